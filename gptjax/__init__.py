@@ -1,0 +1,1 @@
+"""gptjax: decoder-only language models in JAX/Flax NNX."""

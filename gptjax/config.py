@@ -1,0 +1,251 @@
+"""The config schema: defaults for every key, and `validate(cfg)`.
+
+Job files in `configs/` start from `default_config()` and override what they need, so every job has
+every key and `--config.a.b=v` overrides are checked by ml_collections against this schema.
+`validate` runs before anything is built or compiled; each rule raises `ConfigError` with one
+sentence naming the key, the bad value and the rule.
+"""
+
+import math
+import os
+
+import ml_collections
+
+MODES = ("pretrain", "eval")
+POSITIONAL = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "relu", "swiglu")
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("warmup_cosine", "wsd", "constant")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Reserved ids at the top of every vocabulary: <|bos|> <|eos|> <|pad|> and the four chat tokens.
+NUM_SPECIAL_TOKENS = 7
+MAX_MARKOV_TABLE = 2**26  # float64 entries of a synthetic chain's transition table (512 MiB)
+
+# MaxText-style logical-axis rules: parameter/activation axis name -> mesh axes (or None = replicated).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("positions", None),
+    ("head_dim", None),
+    ("scalar", None),
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key gptjax reads, with defaults for a tiny CPU run."""
+    cfg = ml_collections.ConfigDict()
+    cfg.mode = "pretrain"
+    cfg.seed = 0
+
+    cfg.model = ml_collections.ConfigDict(
+        dict(
+            vocab_size=64,
+            max_len=128,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=4,  # < n_heads gives grouped-query attention
+            d_ff=256,
+            positional="learned",
+            norm="layernorm",
+            norm_position="pre",
+            activation="gelu",
+            qk_norm=False,
+            use_bias=True,
+            tie_embeddings=True,
+            dropout=0.0,
+            param_dtype="float32",
+            compute_dtype="float32",
+            remat=False,
+            scan_layers=False,
+            scalar_head=False,
+            init_std=0.02,
+            rope_base=10000.0,
+        )
+    )
+    cfg.data = ml_collections.ConfigDict(
+        dict(
+            source="synthetic:markov",
+            seq_len=64,
+            batch_size=16,  # global batch, in sequences
+            markov_order=1,  # synthetic:markov only
+            markov_alphabet=0,  # symbols used; 0 = every non-special id (model.vocab_size - 7)
+            markov_concentration=0.1,  # Dirichlet alpha of each transition row; lower = lower entropy
+            eval_batches=4,
+        )
+    )
+    cfg.optim = ml_collections.ConfigDict(
+        dict(
+            lr=3e-3,
+            schedule="warmup_cosine",
+            warmup_steps=20,
+            min_lr_ratio=0.1,  # final LR of cosine/WSD as a fraction of lr
+            wsd_decay_fraction=0.2,  # WSD: last fraction of steps decays linearly
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            decay_embeddings=False,
+            clip_norm=1.0,  # 0 disables clipping
+            grad_accum=1,  # microbatches per step; batch_size must divide by it
+        )
+    )
+    cfg.train = ml_collections.ConfigDict(
+        dict(
+            steps=200,
+            eval_every=50,
+            log_every=10,
+            checkpoint_every=100,
+            max_to_keep=3,
+            cpu_peak_flops=0.0,  # 0 = measure once with a matmul calibration
+            progress_bar=True,  # tqdm when stderr is a terminal
+        )
+    )
+    cfg.parallel = ml_collections.ConfigDict(
+        dict(
+            mesh=(-1, 1, 1),  # (data, fsdp, tensor); one -1 takes the rest of the devices
+            num_devices=-1,  # -1 = all visible devices
+            rules=DEFAULT_RULES,
+            multi_host=False,  # call jax.distributed.initialize() first
+        )
+    )
+    return cfg
+
+
+def _fail(key, value, rule):
+    raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _check_choice(cfg, key, choices):
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if value not in choices:
+        _fail(key, value, f"must be one of {', '.join(choices)}")
+
+
+def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
+    """Replaces the one -1 in `mesh` by what makes the product equal `num_devices`."""
+    mesh = tuple(int(m) for m in mesh)
+    if len(mesh) != len(MESH_AXES):
+        _fail("parallel.mesh", mesh, f"must have {len(MESH_AXES)} sizes for axes {MESH_AXES}")
+    if mesh.count(-1) > 1:
+        _fail("parallel.mesh", mesh, "at most one size may be -1")
+    if any(m == 0 or m < -1 for m in mesh):
+        _fail("parallel.mesh", mesh, "sizes must be positive, or -1 for 'the rest'")
+    known = math.prod(m for m in mesh if m != -1)
+    if -1 in mesh:
+        if num_devices % known:
+            _fail("parallel.mesh", mesh, f"the fixed sizes must divide the device count {num_devices}")
+        mesh = tuple(num_devices // known if m == -1 else m for m in mesh)
+    if math.prod(mesh) != num_devices:
+        _fail("parallel.mesh", mesh, f"product {math.prod(mesh)} must equal the device count {num_devices}")
+    return mesh
+
+
+def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_count: int | None = None):
+    """Raises ConfigError on the first rule `cfg` breaks. Returns the resolved mesh shape."""
+    _check_choice(cfg, "mode", MODES)
+    m, d, o, t, p = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.parallel
+
+    for key in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+        if m[key] <= 0:
+            _fail(f"model.{key}", m[key], "must be a positive integer")
+    if m.d_model % m.n_heads:
+        _fail("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
+    if m.n_heads % m.n_kv_heads:
+        _fail("model.n_kv_heads", m.n_kv_heads, f"must divide model.n_heads={m.n_heads}")
+    _check_choice(cfg, "model.positional", POSITIONAL)
+    _check_choice(cfg, "model.norm", NORMS)
+    _check_choice(cfg, "model.norm_position", NORM_POSITIONS)
+    _check_choice(cfg, "model.activation", ACTIVATIONS)
+    _check_choice(cfg, "model.param_dtype", DTYPES)
+    _check_choice(cfg, "model.compute_dtype", DTYPES)
+    if m.positional == "rope" and (m.d_model // m.n_heads) % 2:
+        _fail("model.positional", m.positional, f"RoPE needs an even head dim, got {m.d_model // m.n_heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        _fail("model.dropout", m.dropout, "must be in [0, 1)")
+    if m.vocab_size <= NUM_SPECIAL_TOKENS:
+        _fail("model.vocab_size", m.vocab_size,
+              f"must exceed the {NUM_SPECIAL_TOKENS} reserved special tokens")
+
+    if d.seq_len <= 0 or d.batch_size <= 0:
+        _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")
+    if d.seq_len > m.max_len:
+        _fail("data.seq_len", d.seq_len, f"must not exceed model.max_len={m.max_len}")
+    if d.source.startswith("synthetic:"):
+        if d.source != "synthetic:markov":
+            _fail("data.source", d.source, "synthetic sources available: synthetic:markov")
+        if d.markov_order < 1:
+            _fail("data.markov_order", d.markov_order, "must be >= 1")
+        alphabet = d.markov_alphabet or m.vocab_size - NUM_SPECIAL_TOKENS
+        if not 2 <= alphabet <= m.vocab_size - NUM_SPECIAL_TOKENS:
+            _fail("data.markov_alphabet", d.markov_alphabet,
+                  f"must be 0 or in [2, model.vocab_size - {NUM_SPECIAL_TOKENS}]")
+        if alphabet ** (d.markov_order + 1) > MAX_MARKOV_TABLE:
+            _fail("data.markov_alphabet", alphabet,
+                  f"alphabet**(order+1) = {alphabet ** (d.markov_order + 1):.3g} transition entries exceed "
+                  f"{MAX_MARKOV_TABLE:.3g}; set a smaller data.markov_alphabet or markov_order")
+    else:
+        _fail("data.source", d.source, "only synthetic:markov is available in this version")
+    if d.eval_batches <= 0:
+        _fail("data.eval_batches", d.eval_batches, "must be >= 1")
+
+    if not o.lr > 0:
+        _fail("optim.lr", o.lr, "must be > 0")
+    _check_choice(cfg, "optim.schedule", SCHEDULES)
+    if o.warmup_steps < 0 or o.warmup_steps > t.steps:
+        _fail("optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps={t.steps}]")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        _fail("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    if not 0.0 < o.wsd_decay_fraction <= 1.0:
+        _fail("optim.wsd_decay_fraction", o.wsd_decay_fraction, "must be in (0, 1]")
+    if o.weight_decay < 0 or o.clip_norm < 0:
+        _fail("optim.weight_decay/clip_norm", (o.weight_decay, o.clip_norm), "must be >= 0")
+    if o.grad_accum < 1 or d.batch_size % o.grad_accum:
+        _fail("optim.grad_accum", o.grad_accum, f"must be >= 1 and divide data.batch_size={d.batch_size}")
+
+    if t.steps <= 0:
+        _fail("train.steps", t.steps, "must be positive")
+    for key in ("eval_every", "log_every", "checkpoint_every", "max_to_keep"):
+        if t[key] <= 0:
+            _fail(f"train.{key}", t[key], "must be positive")
+
+    if device_count is None:
+        import jax  # deferred: validation of everything else needs no backend
+
+        device_count = jax.device_count()
+    num_devices = device_count if p.num_devices == -1 else p.num_devices
+    if not 0 < num_devices <= device_count:
+        _fail("parallel.num_devices", p.num_devices, f"must be -1 or in [1, {device_count}] (visible devices)")
+    mesh = resolve_mesh_shape(p.mesh, num_devices)
+    batch_shards = mesh[0] * mesh[1]
+    if (d.batch_size // o.grad_accum) % batch_shards:
+        _fail("data.batch_size", d.batch_size,
+              f"each microbatch ({d.batch_size // o.grad_accum}) must divide by data*fsdp={batch_shards}")
+    rule_names = [name for name, _ in p.rules]
+    for name, axes in p.rules:
+        for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+            if axis not in MESH_AXES:
+                _fail("parallel.rules", name, f"maps to unknown mesh axis {axis!r}; mesh axes are {MESH_AXES}")
+    for needed in ("batch", "embed", "mlp", "heads", "kv_heads", "vocab"):
+        if needed not in rule_names:
+            _fail("parallel.rules", rule_names, f"needs a rule for logical axis {needed!r}")
+
+    if workdir is not None:
+        parent = os.path.dirname(os.path.abspath(workdir))
+        if not os.path.isdir(parent):
+            _fail("--workdir", workdir, f"its parent directory {parent} does not exist; create it first")
+    return mesh

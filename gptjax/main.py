@@ -1,0 +1,49 @@
+"""Command-line entry: `python -m gptjax.main --config=configs/X.py --workdir=DIR [--config.a.b=v]`.
+
+Parses flags, validates the config, and dispatches on `config.mode`. Library code never parses flags.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gptjax.config import ConfigError, validate
+from gptjax.parallel.mesh import maybe_initialize_distributed
+from gptjax.train.checkpoint import CheckpointError
+from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+
+MODES = {"pretrain": train, "eval": evaluate_checkpoint}
+
+
+def _quiet_orbax_info(record) -> bool:
+    """Orbax logs several INFO lines per checkpoint; keep its warnings and errors only."""
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+    logging.get_absl_handler().addFilter(_quiet_orbax_info)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; set options with --config.KEY=VALUE")
+    cfg = _CONFIG.value
+    try:
+        if cfg is None:
+            raise ConfigError("--config is required, e.g. --config=configs/pretrain_synthetic.py")
+        if not _WORKDIR.value:
+            raise ConfigError("--workdir is required: the directory for checkpoints and metrics")
+        maybe_initialize_distributed(cfg.parallel)
+        validate(cfg, _WORKDIR.value)
+        result = MODES[cfg.mode](cfg, _WORKDIR.value)
+    except (ConfigError, CheckpointError, TrainingDivergedError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""The GPT-style decoder, top to bottom in one file.
+
+tokens -> token embedding (+ learned or sinusoidal positions) -> L x Block -> final norm -> LM head
+(tied to the token embedding by default). Each Block is attention + MLP with residuals, the norms
+before (pre-norm, default) or after (post-norm) each sublayer. RoPE, if chosen, lives in attention.
+
+Used functionally: `graphdef, params = nnx.split(model, nnx.Param)` and
+`nnx.merge(graphdef, params)(tokens)` inside pure loss functions (see gptjax/train/step.py).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax.model.attention import Attention
+from gptjax.model.layers import DTYPES, MLP, Dense, dropout, make_norm, partitioned, sinusoidal_positions
+from gptjax.parallel.mesh import constrain
+
+ACTIVATION_NAMES = ("batch", None, None)  # how x_BxTxD is sharded between blocks
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg, rngs):
+        # GPT-2: residual projections start at std / sqrt(2L) so the residual stream's variance
+        # does not grow with depth.
+        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.pre_norm = cfg.norm_position == "pre"
+        self.dropout_rate = cfg.dropout
+        self.attn_norm = make_norm(cfg.d_model, cfg, rngs)
+        self.attn = Attention(cfg, rngs, resid_std)
+        self.mlp_norm = make_norm(cfg.d_model, cfg, rngs)
+        self.mlp = MLP(cfg, rngs, resid_std)
+
+    def __call__(self, x_BxTxD, positions_BxT, dropout_key=None):
+        attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        if self.pre_norm:
+            x_BxTxD = x_BxTxD + dropout(self.attn(self.attn_norm(x_BxTxD), positions_BxT), self.dropout_rate, attn_key)
+            x_BxTxD = x_BxTxD + dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout_rate, mlp_key)
+        else:
+            x_BxTxD = self.attn_norm(x_BxTxD + dropout(self.attn(x_BxTxD, positions_BxT), self.dropout_rate, attn_key))
+            x_BxTxD = self.mlp_norm(x_BxTxD + dropout(self.mlp(x_BxTxD), self.dropout_rate, mlp_key))
+        return constrain(x_BxTxD, ACTIVATION_NAMES)
+
+
+def _stacked_blocks(cfg, rngs):
+    """L blocks with parameters stacked on a leading 'layers' axis, for `nnx.scan`."""
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return Block(cfg, rngs)
+
+    return make(rngs)
+
+
+def _run_blocks(blocks, x_BxTxD, positions_BxT, dropout_key, *, scan, remat, n_layers):
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, n_layers)
+
+    def apply(block, x, key):
+        return block(x, positions_BxT, key)
+
+    if remat:  # recompute activations in the backward pass: memory for FLOPs
+        apply = nnx.remat(apply)
+    if scan:  # one compiled block, looped: compile time independent of depth
+
+        @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+        def step(block, x, key):
+            return apply(block, x, key)
+
+        return step(blocks, x_BxTxD, layer_keys)
+    for i, block in enumerate(blocks):
+        x_BxTxD = apply(block, x_BxTxD, None if layer_keys is None else layer_keys[i])
+    return x_BxTxD
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model. `__call__` gives next-token logits; `scalar` a per-token scalar."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.positional, self.d_model, self.dropout_rate = cfg.positional, cfg.d_model, cfg.dropout
+        self.scan_layers, self.remat, self.n_layers = cfg.scan_layers, cfg.remat, cfg.n_layers
+        self.compute_dtype = DTYPES[cfg.compute_dtype]
+        param_dtype = DTYPES[cfg.param_dtype]
+        embed_init = partitioned(nnx.initializers.normal(cfg.init_std), ("vocab", "embed"))
+        self.token_embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=embed_init,
+                                     dtype=self.compute_dtype, param_dtype=param_dtype, rngs=rngs)
+        if cfg.positional == "learned":
+            pos_init = partitioned(nnx.initializers.normal(cfg.init_std), ("positions", "embed"))
+            self.pos_embed = nnx.Embed(cfg.max_len, cfg.d_model, embedding_init=pos_init,
+                                       dtype=self.compute_dtype, param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.pos_embed = None
+        if cfg.scan_layers:
+            self.blocks = _stacked_blocks(cfg, rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        # Post-norm blocks already end in a norm; pre-norm needs one before the head.
+        self.final_norm = make_norm(cfg.d_model, cfg, rngs) if cfg.norm_position == "pre" else None
+        dense = dict(std=cfg.init_std, use_bias=False, cfg=cfg, rngs=rngs)
+        self.lm_head = None if cfg.tie_embeddings else Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), **dense)
+        self.scalar_head = Dense(cfg.d_model, 1, ("embed", "scalar"), **dense) if cfg.scalar_head else None
+
+    def hidden(self, tokens_BxT, positions_BxT=None, dropout_key=None):
+        """Final hidden states x_BxTxD (after the final norm). `dropout_key=None` means eval mode."""
+        B, T = tokens_BxT.shape
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
+        x_BxTxD = self.token_embed(tokens_BxT)
+        if self.positional == "learned":
+            x_BxTxD = x_BxTxD + self.pos_embed(positions_BxT)
+        elif self.positional == "sinusoidal":
+            x_BxTxD = x_BxTxD + sinusoidal_positions(positions_BxT, self.d_model, self.compute_dtype)
+        embed_key, blocks_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        x_BxTxD = constrain(dropout(x_BxTxD, self.dropout_rate, embed_key), ACTIVATION_NAMES)
+        x_BxTxD = _run_blocks(self.blocks, x_BxTxD, positions_BxT, blocks_key,
+                              scan=self.scan_layers, remat=self.remat, n_layers=self.n_layers)
+        return self.final_norm(x_BxTxD) if self.final_norm is not None else x_BxTxD
+
+    def logits(self, x_BxTxD):
+        """LM head on hidden states; the matmul runs on a 2-D view (fast on XLA:CPU)."""
+        B, T, D = x_BxTxD.shape
+        if self.lm_head is not None:
+            return self.lm_head(x_BxTxD)
+        table_VxD = self.token_embed.embedding[...].astype(self.compute_dtype)
+        return (x_BxTxD.reshape(B * T, D) @ table_VxD.T).reshape(B, T, -1)
+
+    def __call__(self, tokens_BxT, positions_BxT=None, dropout_key=None):
+        """Next-token logits_BxTxV (compute dtype)."""
+        return self.logits(self.hidden(tokens_BxT, positions_BxT, dropout_key))
+
+    def scalar(self, tokens_BxT, positions_BxT=None):
+        """One scalar per position from the shared trunk (reward / value models): values_BxT."""
+        if self.scalar_head is None:
+            raise ValueError("this model has no scalar head; build it with model.scalar_head=True")
+        return self.scalar_head(self.hidden(tokens_BxT, positions_BxT))[..., 0]

@@ -1,0 +1,87 @@
+"""Device mesh from config, logical-axis rules, and the sharding helpers the rest of gptjax uses.
+
+Parameters carry logical axis names (`nnx.with_partitioning(init, ('embed', 'mlp'))`); the rules
+table in `config.parallel.rules` maps each logical name to mesh axes, MaxText style. Activations are
+constrained with `constrain(x, names)` at block boundaries.
+"""
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from gptjax.config import MESH_AXES, resolve_mesh_shape
+
+
+def maybe_initialize_distributed(parallel_cfg) -> None:
+    """Joins the multi-host job when the config asks for it (env vars give coordinator and ids)."""
+    if parallel_cfg.multi_host:
+        jax.distributed.initialize()
+
+
+def make_mesh(parallel_cfg) -> jax.sharding.Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over the first `num_devices` devices (-1 = all)."""
+    devices = jax.devices()
+    n = len(devices) if parallel_cfg.num_devices == -1 else parallel_cfg.num_devices
+    shape = resolve_mesh_shape(parallel_cfg.mesh, n)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[:n])
+
+
+def logical_to_spec(names, rules) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once per spec."""
+    table = dict(rules)
+    used, spec = set(), []
+    for name in names or ():
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def _logical_names(variable):
+    return variable.get_metadata().get("out_sharding") or variable.get_metadata().get("sharding_names")
+
+
+def param_shardings(abstract_params, mesh, rules):
+    """NamedShardings for an (abstract) `nnx.State` of params, as a pure dict like `to_pure_dict`."""
+    specs = jax.tree.map(
+        lambda v: NamedSharding(mesh, logical_to_spec(_logical_names(v), rules)),
+        abstract_params,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return nnx.to_pure_dict(specs)
+
+
+def batch_sharding(mesh, rules, ndim: int = 2) -> NamedSharding:
+    """Sharding of a (B, ...) batch: batch dim over the batch rule's axes, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def constrain(x, names):
+    """`with_sharding_constraint` by logical names, using the rules set by `nnx.logical_axis_rules`.
+
+    A no-op when no mesh is set (e.g. single-process tests or models vmapped by a sweep).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, _current_rules()))
+
+
+def _current_rules():
+    from flax.core import spmd
+
+    return tuple(spmd.get_logical_axis_rules())
+
+
+def host_local_batch(batch_np: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Places this process's slice of a global batch on its devices (single- or multi-host)."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch_np, sharding)
+    return jax.make_array_from_process_local_data(sharding, batch_np)

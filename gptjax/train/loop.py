@@ -1,0 +1,207 @@
+"""The pretraining loop and evaluation, importable from a notebook: `train(cfg, workdir)`.
+
+Workdir layout:
+  config.json          the resolved config of the latest run
+  metrics.jsonl        train/eval rows (see metrics.py)
+  tensorboard/         TensorBoard event files
+  checkpoints/<step>/  orbax checkpoints (state + meta)
+Rerunning the same command resumes from the latest checkpoint, data order included.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+import zlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+from gptjax.config import validate
+from gptjax.data.pipeline import DataStreams, make_streams
+from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
+from gptjax.train import flops
+from gptjax.train.checkpoint import Checkpointer, check_compatible
+from gptjax.train.metrics import MetricsWriter
+from gptjax.train.optim import make_optimizer
+from gptjax.train.state import create_train_state
+from gptjax.train.step import make_eval_step, make_train_step
+
+TOKENIZER_HASH = None  # synthetic data has no tokenizer; the data issue stores the BPE hash here
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or parameters became non-finite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Job:
+    """Everything a train or eval run holds: built once by `setup`."""
+
+    cfg: object
+    workdir: str
+    mesh: jax.sharding.Mesh
+    data: DataStreams
+    graphdef: object
+    state: dict
+    shardings: dict
+    checkpointer: Checkpointer
+    optimizer: object
+    schedule: object
+
+
+def _json_config(cfg) -> dict:
+    return json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as they come back from JSON
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def setup(cfg, workdir: str, mesh) -> Job:
+    """Validates, builds mesh/data/state, and restores the latest checkpoint in `workdir` if any.
+
+    Must run inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`; `run_in_mesh` does that.
+    """
+    data = make_streams(cfg)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    graphdef, state, shardings, abstract = create_train_state(
+        cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed
+    )
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        meta = checkpointer.restore_meta(latest)
+        check_compatible(meta, _json_config(cfg)["model"], TOKENIZER_HASH, checkpointer.directory)
+        state = checkpointer.restore_state(latest, abstract)
+        data.train.set_state(meta["data_state"])
+    return Job(cfg, workdir, mesh, data, graphdef, state, shardings, checkpointer, optimizer, schedule)
+
+
+def run_in_mesh(fn, cfg, workdir: str):
+    """Runs fn(cfg, workdir, mesh) with the config's mesh and logical-axis rules active."""
+    validate(cfg, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(cfg.parallel)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+        return fn(cfg, workdir, mesh)
+
+
+def peak_flops_total(cfg, mesh) -> float:
+    """Peak FLOP/s of all devices in the mesh: the table for accelerators, calibration on CPU."""
+    device = mesh.devices.flat[0]
+    if device.platform == "cpu":
+        return cfg.train.cpu_peak_flops or flops.measure_cpu_peak_flops()  # host-wide, all cores
+    peak = flops.device_peak_flops(device.device_kind)
+    return peak * mesh.size if peak else math.nan
+
+
+def evaluate(job: Job, eval_step) -> float:
+    """Mean validation loss over the fixed validation batches."""
+    sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
+    losses = [eval_step(job.state["params"], host_local_batch(b, sharding)) for b in job.data.val_batches]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def train(cfg, workdir: str) -> dict:
+    """Pretrains per `cfg`, resuming from `workdir` if it holds a checkpoint. Returns final metrics."""
+    return run_in_mesh(_train, cfg, workdir)
+
+
+def _train(cfg, workdir: str, mesh) -> dict:
+    job = setup(cfg, workdir, mesh)
+    t = cfg.train
+    _write_json_atomic(os.path.join(workdir, "config.json"), _json_config(cfg))
+    rules = tuple(cfg.parallel.rules)
+    data_sharding = batch_sharding(job.mesh, rules)
+    step_fn = make_train_step(job.graphdef, job.optimizer, job.schedule,
+                              grad_accum=cfg.optim.grad_accum, dropout=cfg.model.dropout)
+    first_batch = host_local_batch(job.data.val_batches[0], data_sharding)
+    compile_start = time.perf_counter()
+    train_step = (
+        jax.jit(step_fn, in_shardings=(job.shardings, data_sharding),
+                out_shardings=(job.shardings, replicated(job.mesh)), donate_argnums=0)
+        .lower(job.state, first_batch)
+        .compile()
+    )
+    eval_step = jax.jit(make_eval_step(job.graphdef), in_shardings=(job.shardings["params"], data_sharding))
+    compile_seconds = time.perf_counter() - compile_start
+
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"]
+    peak = peak_flops_total(cfg, job.mesh)
+    start_step = int(jax.device_get(job.state["step"]))
+    last_good = job.checkpointer.latest_step()
+    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar)
+    pending = []  # (step, device metrics, batch checksum) not yet read back to the host
+    clock, clock_step = time.perf_counter(), start_step
+    final = {"compile_seconds": compile_seconds}
+
+    def flush(step):
+        nonlocal clock, clock_step
+        rows = jax.device_get([m for _, m, _ in pending])
+        elapsed = time.perf_counter() - clock
+        tokens_per_sec = tokens_per_step * (step - clock_step) / max(elapsed, 1e-9)
+        for (s, _, checksum), row in zip(pending, rows):
+            bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[k])]
+            if bad:
+                job.checkpointer.wait()
+                where = f"step {last_good} in {job.checkpointer.directory}" if last_good else "none yet"
+                raise TrainingDivergedError(
+                    f"{bad[0]} became {row[bad[0]]} at step {s}; training stopped. "
+                    f"Last good checkpoint: {where} (kept intact). Lower optim.lr or raise optim.warmup_steps."
+                )
+            row = {k: float(v) for k, v in row.items()}
+            row.update(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(tokens_per_sec, flops_per_token, peak),
+                       batch_crc32=checksum, data_index=s - 1)
+            writer.write(s, "train", row)
+            final.update(row)
+        writer.advance(step - clock_step)
+        pending.clear()
+        clock, clock_step = time.perf_counter(), step
+
+    for step in range(start_step + 1, t.steps + 1):
+        batch = next(job.data.train)
+        job.state, metrics = train_step(job.state, host_local_batch(batch, data_sharding))
+        pending.append((step, metrics, zlib.crc32(batch.tobytes())))
+        is_last = step == t.steps
+        checkpoint_now = step % t.checkpoint_every == 0 or is_last
+        if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
+            flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint
+        if step % t.eval_every == 0 or is_last:
+            final["eval_loss"] = evaluate(job, eval_step)
+            writer.write(step, "eval", {"loss": final["eval_loss"]})
+            clock = time.perf_counter()  # keep eval time out of tokens/s
+        if checkpoint_now:
+            meta = dict(step=step, config=_json_config(cfg), data_state=job.data.train.get_state(),
+                        tokenizer_hash=TOKENIZER_HASH)
+            job.checkpointer.save(step, job.state, meta)
+            last_good = step
+    writer.close()
+    job.checkpointer.close()
+    final["entropy_rate"] = job.data.entropy_rate
+    return final
+
+
+def evaluate_checkpoint(cfg, workdir: str) -> dict:
+    """`mode=eval`: the validation loss of the latest checkpoint in `workdir`."""
+    return run_in_mesh(_evaluate_checkpoint, cfg, workdir)
+
+
+def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
+    from gptjax.train.checkpoint import CheckpointError
+
+    job = setup(cfg, workdir, mesh)
+    step = job.checkpointer.latest_step()
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {job.checkpointer.directory}; train first with mode=pretrain.")
+    eval_step = jax.jit(make_eval_step(job.graphdef))
+    result = {"step": step, "eval_loss": evaluate(job, eval_step), "entropy_rate": job.data.entropy_rate}
+    _write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    job.checkpointer.close()
+    return result

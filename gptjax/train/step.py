@@ -1,0 +1,67 @@
+"""Pure training and evaluation steps: `train_step(state, batch) -> (state, metrics)`."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def cross_entropy(logits_BxTxV, targets_BxT):
+    """Mean next-token cross-entropy in nats, computed in float32 whatever the compute dtype."""
+    B, T, V = logits_BxTxV.shape
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxTxV.reshape(B * T, V).astype(jnp.float32), targets_BxT.reshape(B * T)
+    )
+    return losses.mean()
+
+
+def lm_loss(params, graphdef, batch_BxT1, dropout_key=None):
+    """Loss of the model `nnx.merge(graphdef, params)` predicting batch[:, 1:] from batch[:, :-1]."""
+    model = nnx.merge(graphdef, params)
+    logits_BxTxV = model(batch_BxT1[:, :-1], dropout_key=dropout_key)
+    return cross_entropy(logits_BxTxV, batch_BxT1[:, 1:])
+
+
+def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropout: float = 0.0):
+    """Builds the pure step. With grad_accum > 1 the batch is split into that many microbatches whose
+    gradients are averaged before one optimizer update (same result, less activation memory)."""
+    grad_fn = jax.value_and_grad(lm_loss)
+
+    def train_step(state, batch_BxT1):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        params = state["params"]
+        if grad_accum == 1:
+            loss, grads = grad_fn(params, graphdef, batch_BxT1, step_key if dropout else None)
+        else:
+            micro_AxMxT1 = batch_BxT1.reshape(grad_accum, -1, batch_BxT1.shape[-1])
+
+            def accumulate(carry, inputs):
+                micro, index = inputs
+                key = jax.random.fold_in(step_key, index) if dropout else None
+                loss, grads = grad_fn(params, graphdef, micro, key)
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(accumulate, zeros, (micro_AxMxT1, jnp.arange(grad_accum)))
+            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(
+            loss=loss,
+            grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(params),  # checked finite before any checkpoint is written
+            lr=schedule(state["step"]),
+        )
+        new_state = dict(params=params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef):
+    """(params, batch) -> mean loss over the batch, no dropout."""
+
+    def eval_step(params, batch_BxT1):
+        return lm_loss(params, graphdef, batch_BxT1)
+
+    return eval_step

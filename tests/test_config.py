@@ -1,0 +1,90 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from gptjax.config import ConfigError, resolve_mesh_shape, validate
+
+# (override path, value, words the message must contain)
+BAD_CONFIGS = [
+    ("model.n_heads", 5, ["model.n_heads=5", "divide model.d_model=32"]),
+    ("model.n_kv_heads", 3, ["model.n_kv_heads=3", "divide model.n_heads=4"]),
+    ("parallel.mesh", (2, 2, 1), ["parallel.mesh", "device count 1"]),
+    ("parallel.mesh", (-1, -1, 1), ["at most one size may be -1"]),
+    ("optim.lr", -1e-3, ["optim.lr=-0.001", "> 0"]),
+    ("optim.lr", 0.0, ["optim.lr=0.0"]),
+    ("optim.warmup_steps", 50, ["optim.warmup_steps=50", "train.steps=10"]),
+    ("model.positional", "alibi", ["model.positional='alibi'", "learned, sinusoidal, rope"]),
+    ("model.norm", "batchnorm", ["model.norm='batchnorm'", "layernorm, rmsnorm"]),
+    ("model.activation", "tanh", ["model.activation='tanh'", "gelu, relu, swiglu"]),
+    ("model.norm_position", "sandwich", ["model.norm_position='sandwich'"]),
+    ("model.compute_dtype", "float16", ["model.compute_dtype='float16'"]),
+    ("data.seq_len", 64, ["data.seq_len=64", "model.max_len=32"]),
+    ("model.vocab_size", 7, ["model.vocab_size=7", "special tokens"]),
+    ("model.dropout", 1.0, ["model.dropout=1.0", "[0, 1)"]),
+    ("optim.schedule", "cyclic", ["optim.schedule='cyclic'", "warmup_cosine, wsd, constant"]),
+    ("optim.grad_accum", 3, ["optim.grad_accum=3", "divide data.batch_size=8"]),
+    ("model.n_layers", 0, ["model.n_layers=0", "positive"]),
+    ("train.checkpoint_every", 0, ["train.checkpoint_every=0"]),
+    ("data.source", "tfds:nope:train", ["data.source='tfds:nope:train'"]),
+    ("mode", "serve", ["mode='serve'", "pretrain, eval"]),
+    ("parallel.num_devices", 16, ["parallel.num_devices=16", "[1, 8]"]),
+    ("data.markov_alphabet", 1000, ["data.markov_alphabet=1000"]),
+]
+
+
+def _set(cfg, path, value):
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("path,value,words", BAD_CONFIGS, ids=[f"{p}={v}" for p, v, _ in BAD_CONFIGS])
+def test_bad_config_raises_config_error_naming_key(path, value, words):
+    cfg = tiny_config()
+    _set(cfg, path, value)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, device_count=8)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_batch_must_divide_by_data_parallel_size():
+    cfg = tiny_config()
+    cfg.parallel.update(num_devices=8, mesh=(-1, 1, 1))
+    cfg.data.batch_size = 12
+    with pytest.raises(ConfigError, match=r"data.batch_size=12.*data\*fsdp=8"):
+        validate(cfg, device_count=8)
+
+
+def test_rope_needs_even_head_dim():
+    cfg = tiny_config(d_model=36, n_heads=4, n_kv_heads=4, positional="rope")  # head dim 9
+    with pytest.raises(ConfigError, match="even head dim"):
+        validate(cfg, device_count=8)
+
+
+def test_missing_workdir_parent(tmp_path):
+    with pytest.raises(ConfigError, match="parent directory .* does not exist"):
+        validate(tiny_config(), workdir=str(tmp_path / "no" / "such" / "run"), device_count=8)
+
+
+def test_valid_config_resolves_mesh():
+    cfg = tiny_config()
+    cfg.parallel.update(num_devices=-1, mesh=(2, -1, 1))
+    assert validate(cfg, device_count=8) == (2, 4, 1)
+    assert resolve_mesh_shape((1, 1, -1), 8) == (1, 1, 8)
+
+
+def test_cli_reports_bad_override_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_synthetic.py",
+         f"--workdir={tmp_path / 'w'}", "--config.model.n_heads=5"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: model.n_heads=5: must divide model.d_model=64" in result.stderr
+    assert "Traceback" not in result.stderr
