@@ -151,10 +151,11 @@ def _train(cfg, workdir: str, mesh) -> dict:
             bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[k])]
             if bad:
                 job.checkpointer.wait()
-                where = f"step {last_good} in {job.checkpointer.directory}" if last_good else "none yet"
+                kept = (f"Last good checkpoint: step {last_good} in {job.checkpointer.directory} (kept intact)."
+                        if last_good else "No checkpoint had been written yet.")
                 raise TrainingDivergedError(
-                    f"{bad[0]} became {row[bad[0]]} at step {s}; training stopped. "
-                    f"Last good checkpoint: {where} (kept intact). Lower optim.lr or raise optim.warmup_steps."
+                    f"{bad[0]} became {row[bad[0]]} at step {s}; training stopped. {kept} "
+                    "Lower optim.lr or raise optim.warmup_steps."
                 )
             row = {k: float(v) for k, v in row.items()}
             row.update(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(tokens_per_sec, flops_per_token, peak),

@@ -48,8 +48,8 @@ def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropo
         params = optax.apply_updates(params, updates)
         metrics = dict(
             loss=loss,
-            grad_norm=optax.global_norm(grads),
-            param_norm=optax.global_norm(params),  # checked finite before any checkpoint is written
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),  # checked finite before any checkpoint is written
             lr=schedule(state["step"]),
         )
         new_state = dict(params=params, opt_state=opt_state, step=state["step"] + 1, rng=state["rng"])

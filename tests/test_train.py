@@ -1,0 +1,164 @@
+"""The training loop end to end: learning, resume after SIGKILL, NaN guard, metrics, eval."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from gptjax.train.checkpoint import CheckpointError, Checkpointer
+from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
+from gptjax.train.metrics import read_metrics
+from gptjax.train.optim import make_schedule, weight_decay_mask
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tiny_model_reaches_the_markov_entropy_rate(tmp_path):
+    from configs.pretrain_synthetic import get_config
+
+    cfg = get_config()
+    cfg.parallel.update(num_devices=1, mesh=(1, 1, 1))
+    cfg.train.update(cpu_peak_flops=1e11, progress_bar=False)
+    start = time.perf_counter()
+    result = train(cfg, str(tmp_path / "run"))
+    assert time.perf_counter() - start < 120
+    assert result["entropy_rate"] > 1.0  # a non-trivial chain
+    assert result["eval_loss"] - result["entropy_rate"] < 0.1
+
+
+def _train_rows(workdir):
+    """Last logged train row per step (a resumed run re-logs the steps after its checkpoint)."""
+    return {r["step"]: r for r in read_metrics(workdir) if r["split"] == "train"}
+
+
+def _cli(workdir, *overrides):
+    return [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_synthetic.py", f"--workdir={workdir}",
+            "--config.parallel.num_devices=1", "--config.parallel.mesh=(1,1,1)", "--config.train.log_every=1",
+            "--config.train.cpu_peak_flops=1e11", *overrides]
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path):
+    overrides = ["--config.train.steps=400", "--config.train.checkpoint_every=40", "--config.train.eval_every=400"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference, *overrides), check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed, *overrides), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "40").is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "400").exists(), "the run finished before it could be killed"
+    killed_at = max(_train_rows(killed))
+    assert 40 <= killed_at < 400
+
+    subprocess.run(_cli(killed, *overrides), check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    expected, resumed = _train_rows(reference), _train_rows(killed)
+    assert sorted(resumed) == list(range(1, 401))
+    for step in range(41, 401):
+        assert resumed[step]["loss"] == expected[step]["loss"], step  # bit-identical, fp32 on CPU
+        assert resumed[step]["batch_crc32"] == expected[step]["batch_crc32"], step  # same batch, same order
+        assert resumed[step]["data_index"] == step - 1
+    assert len({r["batch_crc32"] for r in resumed.values()}) == 400  # no batch repeated
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config()
+    cfg.train.update(steps=40, checkpoint_every=3, eval_every=40)
+    cfg.optim.update(lr=1e3, warmup_steps=3, clip_norm=0.0)  # diverges after a few steps
+    workdir = str(tmp_path / "diverge")
+    with pytest.raises(TrainingDivergedError) as err:
+        train(cfg, workdir)
+    message = str(err.value)
+    step = int(message.split(" at step ")[1].split(";")[0])
+    good = Checkpointer(os.path.join(workdir, "checkpoints"), 3).latest_step()
+    assert good is not None and good < step
+    assert f"Last good checkpoint: step {good} in " in message
+    # The kept checkpoint restores to finite parameters.
+    result = evaluate_checkpoint(cfg, workdir)
+    assert result["step"] == good and np.isfinite(result["eval_loss"])
+
+
+def test_metrics_tensorboard_and_eval_mode(tmp_path):
+    cfg = tiny_config()
+    workdir = str(tmp_path / "run")
+    result = train(cfg, workdir)
+    rows = read_metrics(workdir)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, 11))
+    assert {"loss", "grad_norm", "lr", "tokens_per_sec", "mfu"} <= set(train_rows[0])
+    assert all(r["tokens_per_sec"] > 0 and r["mfu"] > 0 for r in train_rows)
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in eval_rows] == [5, 10]
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["d_model"] == 32
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
+
+    cfg.mode = "eval"
+    evaluated = evaluate_checkpoint(cfg, workdir)
+    assert evaluated["step"] == 10
+    assert evaluated["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    workdir = str(tmp_path / "run")
+    train(tiny_config(), workdir)
+    other = tiny_config(d_model=64)
+    with pytest.raises(CheckpointError, match=r"different model \(model.d_model: checkpoint 32 vs config 64\)"):
+        train(other, workdir)
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint in .*train first"):
+        evaluate_checkpoint(tiny_config(), str(tmp_path / "empty"))
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    results = {}
+    for accum in (1, 4):
+        cfg = tiny_config()
+        cfg.train.update(steps=3, checkpoint_every=3, eval_every=3)
+        cfg.optim.grad_accum = accum
+        train(cfg, str(tmp_path / f"accum{accum}"))
+        results[accum] = [r["loss"] for r in read_metrics(str(tmp_path / f"accum{accum}")) if r["split"] == "train"]
+    np.testing.assert_allclose(results[4], results[1], rtol=1e-5)
+
+
+def test_schedules():
+    cfg = tiny_config().optim
+    cfg.update(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, wsd_decay_fraction=0.2)
+    cosine = make_schedule(cfg, 110)
+    assert float(cosine(0)) == 0.0 and float(cosine(5)) == pytest.approx(0.5)
+    assert float(cosine(10)) == pytest.approx(1.0) and float(cosine(110)) == pytest.approx(0.1)
+    cfg.schedule = "wsd"
+    wsd = make_schedule(cfg, 110)  # warmup 10, stable 78, decay 22
+    assert float(wsd(50)) == pytest.approx(1.0) and float(wsd(88)) == pytest.approx(1.0)
+    assert float(wsd(99)) == pytest.approx(1.0 - 0.9 * 11 / 22) and float(wsd(110)) == pytest.approx(0.1)
+    cfg.schedule = "constant"
+    assert float(make_schedule(cfg, 110)(100)) == 1.0
+
+
+def test_weight_decay_mask_skips_norms_biases_and_embeddings():
+    params = {"token_embed": {"embedding": jnp.ones((4, 2))},
+              "blocks": {0: {"attn_norm": {"scale": jnp.ones((2, 2)), "bias": jnp.ones((2, 2))},
+                             "mlp": {"up": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}}}}
+    mask = weight_decay_mask(params, decay_embeddings=False)
+    assert mask["blocks"][0]["mlp"]["up"]["kernel"] and not mask["blocks"][0]["mlp"]["up"]["bias"]
+    assert not mask["blocks"][0]["attn_norm"]["scale"] and not mask["token_embed"]["embedding"]
+    assert weight_decay_mask(params, decay_embeddings=True)["token_embed"]["embedding"]
