@@ -45,6 +45,7 @@ def _cli(workdir, *overrides):
             "--config.train.cpu_peak_flops=1e11", *overrides]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_exactly(tmp_path):
     overrides = ["--config.train.steps=400", "--config.train.checkpoint_every=40", "--config.train.eval_every=400"]
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")

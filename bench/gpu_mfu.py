@@ -1,0 +1,69 @@
+"""GPT-2-124M training MFU on an accelerator: seq 1024, bf16 compute, fp32 params, AdamW.
+
+Uses configs/gpt2_124m.py shapes on all visible devices (data parallel by default) with random
+tokens, times `--steps` jitted steps after compilation, and reports MFU from the per-device peak
+table in gptjax/train/flops.py (PaLM accounting: 6N + LM head + attention).
+
+  python bench/gpu_mfu.py [--batch_per_device 16] [--steps 20] [--mesh "-1,1,1"] [--remat]
+"""
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from configs.gpt2_124m import get_config
+from gptjax.parallel.mesh import batch_sharding, make_mesh
+from gptjax.train import flops
+from gptjax.train.optim import make_optimizer
+from gptjax.train.state import create_train_state
+from gptjax.train.step import make_train_step
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch_per_device", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--mesh", default="-1,1,1")
+    parser.add_argument("--remat", action="store_true")
+    args = parser.parse_args()
+
+    cfg = get_config()
+    cfg.model.remat = args.remat
+    cfg.parallel.mesh = tuple(int(x) for x in args.mesh.split(","))
+    batch = args.batch_per_device * jax.device_count()
+    seq = cfg.data.seq_len
+    rules = tuple(cfg.parallel.rules)
+    mesh = make_mesh(cfg.parallel)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+        graphdef, state, shardings, _ = create_train_state(cfg.model, optimizer, mesh, rules, 0)
+        data = batch_sharding(mesh, rules)
+        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
+                       out_shardings=(shardings, None), donate_argnums=0)
+        tokens = np.random.default_rng(0).integers(0, 50257, (batch, seq + 1)).astype(np.int32)
+        batch_device = jax.device_put(tokens, data)
+        for _ in range(3):  # compile + warm up
+            state, metrics = step(state, batch_device)
+        metrics["loss"].block_until_ready()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = step(state, batch_device)
+        metrics["loss"].block_until_ready()
+        seconds = (time.perf_counter() - start) / args.steps
+
+    device = jax.devices()[0]
+    tokens_per_sec = batch * seq / seconds
+    per_token = flops.flops_per_token(cfg.model, seq)["with_attention"]
+    peak = (flops.device_peak_flops(device.device_kind) or float("nan")) * jax.device_count()
+    print(json.dumps({"name": "gpu_mfu_gpt2_124m", "value": round(flops.mfu(tokens_per_sec, per_token, peak), 4),
+                      "unit": "MFU", "peer": None, "ratio": None, "tokens_per_sec": round(tokens_per_sec),
+                      "step_seconds": round(seconds, 4), "device": device.device_kind,
+                      "devices": jax.device_count(), "batch": batch, "remat": args.remat, "jax": jax.__version__}))
+
+
+if __name__ == "__main__":
+    main()

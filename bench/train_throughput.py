@@ -1,0 +1,107 @@
+"""Training-step tokens/s: gptjax vs HF transformers GPT2LMHeadModel (PyTorch), CPU, fp32, AdamW.
+
+Same shapes for both (d_model 384, 6 layers, 6 heads, seq 256, batch 8, vocab 8192), measured one
+after the other in this one process. Prints one JSON line; the ratio is gptjax / peer.
+
+  pip install torch==2.13.0 && pip install -e '.[bench]'
+  python bench/train_throughput.py [--steps 20]
+"""
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from gptjax.config import default_config
+from gptjax.parallel.mesh import batch_sharding, make_mesh
+from gptjax.train.optim import make_optimizer
+from gptjax.train.state import create_train_state
+from gptjax.train.step import make_train_step
+
+D, LAYERS, HEADS, SEQ, BATCH, VOCAB = 384, 6, 6, 256, 8, 8192
+
+
+def bench_config():
+    cfg = default_config()
+    cfg.model.update(vocab_size=VOCAB, max_len=SEQ, d_model=D, n_layers=LAYERS, n_heads=HEADS, n_kv_heads=HEADS,
+                     d_ff=4 * D, dropout=0.0)
+    cfg.data.update(seq_len=SEQ, batch_size=BATCH)
+    cfg.optim.update(lr=3e-4, warmup_steps=0, weight_decay=0.1, clip_norm=1.0)
+    cfg.parallel.update(num_devices=1, mesh=(1, 1, 1))
+    return cfg
+
+
+def time_steps(run_step, steps: int, warmup: int = 3) -> float:
+    """Seconds per step, median over `steps` timed steps after `warmup`."""
+    for _ in range(warmup):
+        run_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def gptjax_seconds_per_step(batches, steps: int) -> float:
+    cfg = bench_config()
+    rules = tuple(cfg.parallel.rules)
+    mesh = make_mesh(cfg.parallel)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        optimizer, schedule = make_optimizer(cfg.optim, 1000)
+        graphdef, state, shardings, _ = create_train_state(cfg.model, optimizer, mesh, rules, 0)
+        data = batch_sharding(mesh, rules)
+        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
+                       out_shardings=(shardings, None), donate_argnums=0)
+        holder = {"state": state, "i": 0}
+
+        def run_step():
+            batch = jax.device_put(batches[holder["i"] % len(batches)], data)
+            holder["state"], metrics = step(holder["state"], batch)
+            metrics["loss"].block_until_ready()
+            holder["i"] += 1
+
+        return time_steps(run_step, steps)
+
+
+def torch_seconds_per_step(batches, steps: int) -> tuple[float, str]:
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=D, n_layer=LAYERS, n_head=HEADS,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    holder = {"i": 0}
+
+    def run_step():
+        batch = torch.from_numpy(batches[holder["i"] % len(batches)]).long()
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        holder["i"] += 1
+
+    return time_steps(run_step, steps), f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    batches = np.random.default_rng(0).integers(0, VOCAB - 7, (4, BATCH, SEQ + 1)).astype(np.int32)
+    tokens = BATCH * SEQ
+    ours = tokens / gptjax_seconds_per_step(batches, args.steps)
+    peer_seconds, peer_name = torch_seconds_per_step(batches, args.steps)
+    peer = tokens / peer_seconds
+    print(json.dumps({"name": "train_throughput", "value": round(ours, 1), "unit": "tokens/s",
+                      "peer": round(peer, 1), "peer_name": f"HF GPT2LMHeadModel, {peer_name}",
+                      "ratio": round(ours / peer, 3), "jax": jax.__version__}))
+
+
+if __name__ == "__main__":
+    main()
