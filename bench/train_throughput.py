@@ -1,10 +1,12 @@
 """Training-step tokens/s: gptjax vs HF transformers GPT2LMHeadModel (PyTorch), CPU, fp32, AdamW.
 
-Same shapes for both (d_model 384, 6 layers, 6 heads, seq 256, batch 8, vocab 8192), measured one
-after the other in this one process. Prints one JSON line; the ratio is gptjax / peer.
+Same shapes for both (d_model 384, 6 layers, 6 heads, seq 256, batch 8, vocab 8192), in this one
+process. The two alternate in rounds (a few steps of each per round) so that load from elsewhere on
+the machine hits both alike; each side's figure is the median step time over all rounds. Prints one
+JSON line; the ratio is gptjax / peer tokens/s.
 
   pip install torch==2.13.0 && pip install -e '.[bench]'
-  python bench/train_throughput.py [--steps 20]
+  python bench/train_throughput.py [--rounds 6 --steps 5]
 """
 
 import argparse
@@ -34,19 +36,18 @@ def bench_config():
     return cfg
 
 
-def time_steps(run_step, steps: int, warmup: int = 3) -> float:
-    """Seconds per step, median over `steps` timed steps after `warmup`."""
-    for _ in range(warmup):
-        run_step()
+def time_steps(run_step, steps: int) -> list[float]:
+    """Wall seconds of each of `steps` calls of `run_step` (which must block until done)."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         run_step()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
 
 
-def gptjax_seconds_per_step(batches, steps: int) -> float:
+def gptjax_step(batches):
+    """A blocking training step of gptjax on the bench shapes, compiled and warmed up."""
     cfg = bench_config()
     rules = tuple(cfg.parallel.rules)
     mesh = make_mesh(cfg.parallel)
@@ -58,16 +59,19 @@ def gptjax_seconds_per_step(batches, steps: int) -> float:
                        out_shardings=(shardings, None), donate_argnums=0)
         holder = {"state": state, "i": 0}
 
-        def run_step():
+    def run_step():
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
             batch = jax.device_put(batches[holder["i"] % len(batches)], data)
             holder["state"], metrics = step(holder["state"], batch)
             metrics["loss"].block_until_ready()
-            holder["i"] += 1
+        holder["i"] += 1
 
-        return time_steps(run_step, steps)
+    time_steps(run_step, 3)
+    return run_step
 
 
-def torch_seconds_per_step(batches, steps: int) -> tuple[float, str]:
+def torch_step(batches) -> tuple[object, str]:
+    """A training step of HF GPT2LMHeadModel with torch AdamW, warmed up, and the peer's name."""
     import torch
     import transformers
 
@@ -86,18 +90,24 @@ def torch_seconds_per_step(batches, steps: int) -> tuple[float, str]:
         optimizer.step()
         holder["i"] += 1
 
-    return time_steps(run_step, steps), f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    time_steps(run_step, 3)
+    return run_step, f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5, help="steps of each side per round")
     args = parser.parse_args()
     batches = np.random.default_rng(0).integers(0, VOCAB - 7, (4, BATCH, SEQ + 1)).astype(np.int32)
+    ours_step = gptjax_step(batches)
+    peer_step, peer_name = torch_step(batches)
+    ours_times, peer_times = [], []
+    for _ in range(args.rounds):
+        ours_times += time_steps(ours_step, args.steps)
+        peer_times += time_steps(peer_step, args.steps)
     tokens = BATCH * SEQ
-    ours = tokens / gptjax_seconds_per_step(batches, args.steps)
-    peer_seconds, peer_name = torch_seconds_per_step(batches, args.steps)
-    peer = tokens / peer_seconds
+    ours, peer = tokens / np.median(ours_times), tokens / np.median(peer_times)
     print(json.dumps({"name": "train_throughput", "value": round(ours, 1), "unit": "tokens/s",
                       "peer": round(peer, 1), "peer_name": f"HF GPT2LMHeadModel, {peer_name}",
                       "ratio": round(ours / peer, 3), "jax": jax.__version__}))

@@ -219,3 +219,18 @@ def test_init_params_is_deterministic_per_key():
     c = init_params(m, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert not np.allclose(a["token_embed"]["embedding"], c["token_embed"]["embedding"])
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_cpu_einsum_attention_equals_jax_dot_product_attention(n_kv_heads):
+    from gptjax.model.attention import einsum_attention
+
+    kq, kk, kv = jax.random.split(jax.random.key(4), 3)
+    q = jax.random.normal(kq, (2, 9, 4, 8))
+    k, v = jax.random.normal(kk, (2, 9, n_kv_heads, 8)), jax.random.normal(kv, (2, 9, n_kv_heads, 8))
+    expected = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    np.testing.assert_allclose(einsum_attention(q, k, v), expected, atol=1e-5)
+    grads = jax.grad(lambda *a: (einsum_attention(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    expected_grads = jax.grad(lambda *a: (jax.nn.dot_product_attention(*a, is_causal=True) ** 2).sum(),
+                              argnums=(0, 1, 2))(q, k, v)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grads, expected_grads)

@@ -66,3 +66,16 @@ def test_logical_to_spec_uses_each_mesh_axis_once():
     assert logical_to_spec(("batch", None, "embed"), rules) == P(("data", "fsdp"), None, None)
     assert logical_to_spec(("embed", "mlp"), rules) == P("fsdp", "tensor")
     assert logical_to_spec(("unknown",), rules) == P(None)
+
+
+def test_multi_host_flag_initializes_jax_distributed(monkeypatch):
+    from gptjax.parallel import mesh as mesh_lib
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(1))
+    cfg = tiny_config()
+    mesh_lib.maybe_initialize_distributed(cfg.parallel)
+    assert calls == []
+    cfg.parallel.multi_host = True
+    mesh_lib.maybe_initialize_distributed(cfg.parallel)
+    assert calls == [1]
