@@ -40,7 +40,7 @@ def main():
     mesh = make_mesh(cfg.parallel)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        graphdef, state, shardings, _ = create_train_state(cfg.model, optimizer, mesh, rules, 0)
+        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, 0)
         data = batch_sharding(mesh, rules)
         step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
                        out_shardings=(shardings, None), donate_argnums=0)

@@ -24,7 +24,7 @@ def sharded_run(mesh_shape, num_devices):
     batches = np.random.default_rng(0).integers(0, 57, (STEPS, 16, 17)).astype(np.int32)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        graphdef, state, shardings, _ = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
+        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
         data = batch_sharding(mesh, rules)
         step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
                        out_shardings=(shardings, None))

@@ -111,6 +111,10 @@ def test_metrics_tensorboard_and_eval_mode(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
 
+    rerun = train(cfg, workdir)  # already finished: trains nothing, still reports
+    assert len(read_metrics(workdir)) == len(rows)
+    assert rerun["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
+
     cfg.mode = "eval"
     evaluated = evaluate_checkpoint(cfg, workdir)
     assert evaluated["step"] == 10

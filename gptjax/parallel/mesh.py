@@ -8,6 +8,7 @@ constrained with `constrain(x, names)` at block boundaries.
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from gptjax.config import MESH_AXES, resolve_mesh_shape
@@ -71,13 +72,7 @@ def constrain(x, names):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, _current_rules()))
-
-
-def _current_rules():
-    from flax.core import spmd
-
-    return tuple(spmd.get_logical_axis_rules())
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, spmd.get_logical_axis_rules()))
 
 
 def host_local_batch(batch_np: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -23,10 +23,10 @@ from gptjax.config import validate
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
 from gptjax.train import flops
-from gptjax.train.checkpoint import Checkpointer, check_compatible
+from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state
+from gptjax.train.state import state_spec
 from gptjax.train.step import make_eval_step, make_train_step
 
 TOKENIZER_HASH = None  # synthetic data has no tokenizer; the data issue stores the BPE hash here
@@ -70,17 +70,17 @@ def setup(cfg, workdir: str, mesh) -> Job:
     """
     data = make_streams(cfg)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-    graphdef, state, shardings, abstract = create_train_state(
-        cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed
-    )
+    spec = state_spec(cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
     latest = checkpointer.latest_step()
-    if latest is not None:
+    if latest is None:
+        state = spec.initialize()
+    else:
         meta = checkpointer.restore_meta(latest)
         check_compatible(meta, _json_config(cfg)["model"], TOKENIZER_HASH, checkpointer.directory)
-        state = checkpointer.restore_state(latest, abstract)
+        state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
-    return Job(cfg, workdir, mesh, data, graphdef, state, shardings, checkpointer, optimizer, schedule)
+    return Job(cfg, workdir, mesh, data, spec.graphdef, state, spec.shardings, checkpointer, optimizer, schedule)
 
 
 def run_in_mesh(fn, cfg, workdir: str):
@@ -183,6 +183,8 @@ def _train(cfg, workdir: str, mesh) -> dict:
                         tokenizer_hash=TOKENIZER_HASH)
             job.checkpointer.save(step, job.state, meta)
             last_good = step
+    if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
+        final["eval_loss"] = evaluate(job, eval_step)
     writer.close()
     job.checkpointer.close()
     final["entropy_rate"] = job.data.entropy_rate
@@ -195,8 +197,6 @@ def evaluate_checkpoint(cfg, workdir: str) -> dict:
 
 
 def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
-    from gptjax.train.checkpoint import CheckpointError
-
     job = setup(cfg, workdir, mesh)
     step = job.checkpointer.latest_step()
     if step is None:

@@ -1,5 +1,8 @@
 """The training state: a plain pytree {params, opt_state, step, rng}, created already sharded."""
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -37,9 +40,21 @@ def state_shardings(model_cfg, mesh, rules, abstract_state):
     return dict(params=params, opt_state=opt_state, step=replicated(mesh), rng=replicated(mesh))
 
 
-def make_init_fn(model_cfg, optimizer, seed: int):
-    """() -> train state; jit it with the shardings from `state_shardings`."""
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+    """How to build the train state without building it: restoring a checkpoint needs only
+    `abstract` (shapes + target shardings), a fresh run calls `initialize()`."""
 
+    graphdef: nnx.GraphDef
+    init: Callable[[], dict]  # () -> state; pure, jitted by `initialize`
+    shardings: dict
+    abstract: dict  # jax.ShapeDtypeStruct leaves carrying their target sharding
+
+    def initialize(self) -> dict:
+        return jax.jit(self.init, out_shardings=self.shardings)()
+
+
+def state_spec(model_cfg, optimizer, mesh, rules, seed: int) -> StateSpec:
     def init():
         params_key, rng_key = jax.random.split(jax.random.key(seed))
         params = init_params(model_cfg, params_key)
@@ -50,15 +65,13 @@ def make_init_fn(model_cfg, optimizer, seed: int):
             rng=jax.random.key_data(rng_key),  # raw uint32 key: checkpointable by orbax
         )
 
-    return init
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(model_cfg, mesh, rules, abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return StateSpec(nnx.graphdef(abstract_model(model_cfg)), init, shardings, abstract)
 
 
 def create_train_state(model_cfg, optimizer, mesh, rules, seed: int):
-    """Returns (graphdef, state, shardings, abstract_state_with_shardings)."""
-    graphdef = nnx.graphdef(abstract_model(model_cfg))
-    init = make_init_fn(model_cfg, optimizer, seed)
-    abstract = jax.eval_shape(init)
-    shardings = state_shardings(model_cfg, mesh, rules, abstract)
-    state = jax.jit(init, out_shardings=shardings)()
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return graphdef, state, shardings, abstract
+    """A freshly initialised, sharded train state: returns (graphdef, state, shardings)."""
+    spec = state_spec(model_cfg, optimizer, mesh, rules, seed)
+    return spec.graphdef, spec.initialize(), spec.shardings
