@@ -20,7 +20,8 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("warmup_cosine", "wsd", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Reserved ids at the top of every vocabulary: <|bos|> <|eos|> <|pad|> and the four chat tokens.
+# Reserved ids 0..6 of every BPE vocabulary: <|bos|> <|eos|> <|pad|> and the four chat tokens
+# (gptjax/data/tokenizer.py).
 NUM_SPECIAL_TOKENS = 7
 MAX_MARKOV_TABLE = 2**26  # float64 entries of a synthetic chain's transition table (512 MiB)
 
@@ -81,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
             seq_len=64,
             batch_size=16,  # global batch, in sequences
             markov_order=1,  # synthetic:markov only
-            markov_alphabet=0,  # symbols used; 0 = every non-special id (model.vocab_size - 7)
+            markov_alphabet=0,  # symbols used; 0 = model.vocab_size - 7 (as many as a BPE vocab's ordinary ids)
             markov_concentration=0.1,  # Dirichlet alpha of each transition row; lower = lower entropy
             eval_batches=4,
         )

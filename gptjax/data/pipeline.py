@@ -19,7 +19,6 @@ class DataStreams:
 def make_streams(cfg) -> DataStreams:
     """Train/validation streams for `cfg.data.source` (only synthetic:markov in this version)."""
     d = cfg.data
-    # Symbols take the ids below the reserved special tokens.
     alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
     chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, cfg.seed)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())

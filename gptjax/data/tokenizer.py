@@ -1,0 +1,97 @@
+"""Byte-level BPE tokenizer trained with HF `tokenizers`; the only module that imports it.
+
+Every vocabulary reserves SPECIAL_TOKENS (ids 0..6, in that order). Byte-level BPE covers all of
+Unicode with 256 base symbols, so `decode(encode(s)) == s` for any string. Text that happens to
+contain "<|eos|>" encodes as ordinary bytes unless the caller passes `allow_special=True`.
+"""
+
+import hashlib
+import os
+from typing import Iterable
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from gptjax.config import NUM_SPECIAL_TOKENS
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
+assert len(SPECIAL_TOKENS) == NUM_SPECIAL_TOKENS
+MIN_VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS  # every byte, plus the reserved tokens
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or setting that cannot be used; the message names it and the fix."""
+
+
+class Tokenizer:
+    """Encode/decode text <-> token ids; `hash` identifies the vocabulary and merges exactly."""
+
+    def __init__(self, hf_tokenizer: HFTokenizer):
+        self._tok = hf_tokenizer
+        self.special_ids = {t: hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        if None in self.special_ids.values():
+            missing = [t for t, i in self.special_ids.items() if i is None]
+            raise TokenizerError(f"tokenizer lacks the reserved tokens {missing}; retrain it with gptjax")
+        self.hash = hashlib.sha256(hf_tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self.special_ids["<|bos|>"]
+
+    @property
+    def eos_id(self) -> int:
+        return self.special_ids["<|eos|>"]
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_ids["<|pad|>"]
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings become their ids only if `allow_special`."""
+        self._tok.encode_special_tokens = not allow_special  # "encode" = split into ordinary bytes
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str], allow_special: bool = False) -> list[list[int]]:
+        self._tok.encode_special_tokens = not allow_special
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, path: str) -> None:
+        """Writes tokenizer.json atomically (a crash never leaves a half-written file)."""
+        tmp = f"{path}.tmp"
+        self._tok.save(tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Tokenizer":
+        if not os.path.isfile(path):
+            raise TokenizerError(f"tokenizer file {path} does not exist; train one (leave data.tokenizer empty) "
+                                 "or point data.tokenizer at a tokenizer.json")
+        try:
+            return cls(HFTokenizer.from_file(path))
+        except Exception as e:  # the library raises a bare Exception on malformed JSON
+            raise TokenizerError(f"{path} is not a valid tokenizer.json ({e})") from e
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Trains byte-level BPE on `texts` up to `vocab_size` ids (fewer if the corpus runs out of merges)."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise TokenizerError(f"vocab size {vocab_size} is below {MIN_VOCAB_SIZE} "
+                             f"(256 bytes + {NUM_SPECIAL_TOKENS} special tokens); raise model.vocab_size")
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(tok)
