@@ -78,7 +78,14 @@ def default_config() -> ml_collections.ConfigDict:
     )
     cfg.data = ml_collections.ConfigDict(
         dict(
-            source="synthetic:markov",
+            source="synthetic:markov",  # or shakespeare, text:<glob>, tfds:<name>[/<config>]:<split>
+            tokenizer="",  # path to a tokenizer.json; "" = train BPE on the train split (model.vocab_size ids)
+            cache_dir="",  # token cache; "" = $XDG_CACHE_HOME/gptjax/tokens (~/.cache/gptjax/tokens)
+            val_fraction=0.05,  # documents held out for validation
+            keep_markup=True,  # shakespeare: keep the Markdown headings / speaker marks
+            text_split="file",  # text:<glob>: one document per "file" or per blank-line "paragraph"
+            tfds_text_key="text",
+            tfds_data_dir="",  # "" = TFDS's default data directory
             seq_len=64,
             batch_size=16,  # global batch, in sequences
             markov_order=1,  # synthetic:markov only
@@ -199,8 +206,16 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
             _fail("data.markov_alphabet", alphabet,
                   f"alphabet**(order+1) = {alphabet ** (d.markov_order + 1):.3g} transition entries exceed "
                   f"{MAX_MARKOV_TABLE:.3g}; set a smaller data.markov_alphabet or markov_order")
+    elif d.source == "shakespeare" or d.source.startswith(("text:", "tfds:")):
+        if m.vocab_size < 256 + NUM_SPECIAL_TOKENS:
+            _fail("model.vocab_size", m.vocab_size,
+                  f"a byte-level BPE vocabulary needs at least {256 + NUM_SPECIAL_TOKENS} ids (256 bytes + specials)")
+        if not 0.0 < d.val_fraction < 1.0:
+            _fail("data.val_fraction", d.val_fraction, "must be in (0, 1)")
+        if d.text_split not in ("file", "paragraph"):
+            _fail("data.text_split", d.text_split, "must be one of file, paragraph")
     else:
-        _fail("data.source", d.source, "only synthetic:markov is available in this version")
+        _fail("data.source", d.source, "must be shakespeare, text:<glob>, tfds:<name>[/<config>]:<split> or synthetic:markov")
     if d.eval_batches <= 0:
         _fail("data.eval_batches", d.eval_batches, "must be >= 1")
 

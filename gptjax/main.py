@@ -10,6 +10,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptjax.config import ConfigError, validate
+from gptjax.data.sources import DataSourceError
+from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
@@ -38,7 +40,7 @@ def main(argv):
         maybe_initialize_distributed(cfg.parallel)
         validate(cfg, _WORKDIR.value)
         result = MODES[cfg.mode](cfg, _WORKDIR.value)
-    except (ConfigError, CheckpointError, TrainingDivergedError) as e:
+    except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

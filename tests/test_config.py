@@ -28,7 +28,9 @@ BAD_CONFIGS = [
     ("optim.grad_accum", 3, ["optim.grad_accum=3", "divide data.batch_size=8"]),
     ("model.n_layers", 0, ["model.n_layers=0", "positive"]),
     ("train.checkpoint_every", 0, ["train.checkpoint_every=0"]),
-    ("data.source", "tfds:nope:train", ["data.source='tfds:nope:train'"]),
+    ("data.source", "webdataset:shards", ["data.source='webdataset:shards'", "text:<glob>"]),
+    ("data.source", "shakespeare", ["model.vocab_size=40", "at least 263 ids"]),
+    ("data.val_fraction", 1.5, ["data.val_fraction=1.5"]),
     ("mode", "serve", ["mode='serve'", "pretrain, eval"]),
     ("parallel.num_devices", 16, ["parallel.num_devices=16", "[1, 8]"]),
     ("data.markov_alphabet", 1000, ["data.markov_alphabet=1000"]),
@@ -47,6 +49,9 @@ def _set(cfg, path, value):
 def test_bad_config_raises_config_error_naming_key(path, value, words):
     cfg = tiny_config()
     _set(cfg, path, value)
+    if path == "data.val_fraction":
+        cfg.data.source = "shakespeare"
+        cfg.model.vocab_size = 512
     with pytest.raises(ConfigError) as err:
         validate(cfg, device_count=8)
     for word in words:

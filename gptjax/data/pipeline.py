@@ -1,28 +1,128 @@
-"""Builds the train stream and the fixed validation batches a job reads, from `config.data`."""
+"""Builds the train stream and the fixed validation batches a job reads, from `config.data`.
+
+Text sources: documents -> train/validation split by document -> BPE tokenizer (trained on the train
+split, or loaded) -> token cache -> `grain` pipeline of fixed windows of T+1 tokens (documents packed,
+each starting with <|bos|>), shuffled by seed with a fresh order every epoch, batched, and sharded by
+`jax.process_index()`: each process reads a disjoint slice of the windows. The iterator's state is a
+small dict stored in every checkpoint, so a resumed run continues the exact order.
+Synthetic sources generate token batches directly (synthetic.py).
+"""
 
 import dataclasses
+import hashlib
+import os
 
+import grain
 import jax
 import numpy as np
 
 from gptjax.config import NUM_SPECIAL_TOKENS
+from gptjax.data.cache import cached_tokens, default_cache_dir, split_documents
+from gptjax.data.sources import DataSourceError, open_source
 from gptjax.data.synthetic import MarkovChain, SyntheticBatches
+from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 
 
 @dataclasses.dataclass
 class DataStreams:
-    train: SyntheticBatches  # iterator of (B_local, T+1) int32 with get_state()/set_state()
+    train: object  # iterator of (B_local, T+1) int32 batches with get_state()/set_state()
     val_batches: list  # fixed list of (B_local, T+1) int32 arrays
-    entropy_rate: float | None  # nats/token when the source knows it (synthetic), else None
+    entropy_rate: float | None = None  # nats/token when the source knows it (synthetic), else None
+    tokenizer_hash: str | None = None  # None for synthetic token sources
+    tokens_per_byte: float | None = None  # of the validation text: nats/token -> bits/byte
+    batches_per_epoch: float | None = None  # train batches in one pass over this process's windows
 
 
-def make_streams(cfg) -> DataStreams:
-    """Train/validation streams for `cfg.data.source` (only synthetic:markov in this version)."""
+class WindowBatches:
+    """Shuffled, batched windows of T+1 tokens from a token array, as a checkpointable iterator."""
+
+    def __init__(self, tokens, seq_len: int, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+        n_windows = (len(tokens) - 1) // seq_len
+        self.windows = grain.MapDataset.range(n_windows)[process_index::process_count]
+        if len(self.windows) < batch_size:
+            raise DataSourceError(
+                f"the training text holds {n_windows} windows of {seq_len + 1} tokens, fewer than one batch "
+                f"of {batch_size} per process; use a larger corpus or lower data.seq_len / data.batch_size"
+            )
+        self.batches_per_epoch = len(self.windows) / batch_size
+
+        def window(i):
+            return np.asarray(tokens[i * seq_len: i * seq_len + seq_len + 1], np.int32)
+
+        dataset = self.windows.shuffle(seed=seed).repeat(None).map(window).batch(batch_size, drop_remainder=True)
+        self._iterator = iter(dataset.to_iter_dataset())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+
+def validation_batches(tokens, seq_len: int, batch_size: int, max_batches: int) -> list:
+    """The first `max_batches` batches of consecutive validation windows (at least one)."""
+    n_windows = (len(tokens) - 1) // seq_len
+    n_batches = min(max_batches, n_windows // batch_size)
+    if n_batches == 0:
+        raise DataSourceError(f"the validation text holds {n_windows} windows of {seq_len + 1} tokens, fewer than "
+                              f"one batch of {batch_size}; raise data.val_fraction or lower data.batch_size")
+    windows = np.lib.stride_tricks.sliding_window_view(tokens[: n_batches * batch_size * seq_len + 1], seq_len + 1)
+    return [np.asarray(windows[b * batch_size * seq_len: (b + 1) * batch_size * seq_len: seq_len], np.int32)
+            for b in range(n_batches)]
+
+
+def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: str) -> Tokenizer:
+    """data.tokenizer if set; else one trained on the train documents (cached), saved as WORKDIR/tokenizer.json."""
     d = cfg.data
-    alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
-    chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, cfg.seed)
+    saved = os.path.join(workdir, "tokenizer.json")
+    if d.tokenizer:
+        tokenizer = Tokenizer.load(d.tokenizer)
+    elif os.path.isfile(saved):  # a resumed run keeps the tokenizer it started with
+        tokenizer = Tokenizer.load(saved)
+    else:
+        key = hashlib.sha256(repr((docs.name, cfg.model.vocab_size, train_indices.tolist())).encode()).hexdigest()[:20]
+        cached = os.path.join(cache_dir, f"tokenizer-{key}.json")
+        if os.path.isfile(cached):
+            tokenizer = Tokenizer.load(cached)
+        else:
+            tokenizer = train_tokenizer((docs[int(i)] for i in train_indices), cfg.model.vocab_size)
+            os.makedirs(cache_dir, exist_ok=True)
+            tokenizer.save(cached)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise DataSourceError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
+                              f"{cfg.model.vocab_size}; raise model.vocab_size to at least {tokenizer.vocab_size}")
+    if not os.path.isfile(saved):
+        tokenizer.save(saved)
+    return tokenizer
+
+
+def make_streams(cfg, workdir: str) -> DataStreams:
+    """Train/validation streams for `cfg.data.source`."""
+    d = cfg.data
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
-    val = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "val", **shard)
-    val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]
-    return DataStreams(train=train, val_batches=val_batches, entropy_rate=chain.entropy_rate())
+    local_batch = d.batch_size // jax.process_count()
+    if d.source.startswith("synthetic:"):
+        alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
+        chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, cfg.seed)
+        train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
+        val = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "val", **shard)
+        val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]
+        return DataStreams(train=train, val_batches=val_batches, entropy_rate=chain.entropy_rate())
+
+    docs = open_source(d)
+    cache_dir = d.cache_dir or default_cache_dir()
+    train_idx, val_idx = split_documents(len(docs), d.val_fraction, cfg.seed, docs.name)
+    tokenizer = load_or_train_tokenizer(cfg, workdir, docs, train_idx, cache_dir)
+    train_cache = cached_tokens(docs, train_idx, tokenizer, cache_dir, "train")
+    val_cache = cached_tokens(docs, val_idx, tokenizer, cache_dir, "val")
+    train = WindowBatches(train_cache.tokens, d.seq_len, local_batch, cfg.seed, **shard)
+    val_batches = validation_batches(val_cache.tokens, d.seq_len, local_batch, d.eval_batches)
+    return DataStreams(train=train, val_batches=val_batches, tokenizer_hash=tokenizer.hash,
+                       tokens_per_byte=val_cache.tokens_per_byte, batches_per_epoch=train.batches_per_epoch)

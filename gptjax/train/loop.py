@@ -17,6 +17,7 @@ import zlib
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from gptjax.config import validate
@@ -29,7 +30,7 @@ from gptjax.train.optim import make_optimizer
 from gptjax.train.state import state_spec
 from gptjax.train.step import make_eval_step, make_train_step
 
-TOKENIZER_HASH = None  # synthetic data has no tokenizer; the data issue stores the BPE hash here
+MAX_EPOCHS_BEFORE_WARNING = 4
 
 
 class TrainingDivergedError(RuntimeError):
@@ -68,7 +69,7 @@ def setup(cfg, workdir: str, mesh) -> Job:
 
     Must run inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`; `run_in_mesh` does that.
     """
-    data = make_streams(cfg)
+    data = make_streams(cfg, workdir)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     spec = state_spec(cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
@@ -77,7 +78,7 @@ def setup(cfg, workdir: str, mesh) -> Job:
         state = spec.initialize()
     else:
         meta = checkpointer.restore_meta(latest)
-        check_compatible(meta, _json_config(cfg)["model"], TOKENIZER_HASH, checkpointer.directory)
+        check_compatible(meta, _json_config(cfg)["model"], data.tokenizer_hash, checkpointer.directory)
         state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
     return Job(cfg, workdir, mesh, data, spec.graphdef, state, spec.shardings, checkpointer, optimizer, schedule)
@@ -101,11 +102,15 @@ def peak_flops_total(cfg, mesh) -> float:
     return peak * mesh.size if peak else math.nan
 
 
-def evaluate(job: Job, eval_step) -> float:
-    """Mean validation loss over the fixed validation batches."""
+def evaluate(job: Job, eval_step) -> dict:
+    """Mean validation loss (nats/token) over the fixed validation batches, and bits per byte
+    of the validation text when the source is text."""
     sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
     losses = [eval_step(job.state["params"], host_local_batch(b, sharding)) for b in job.data.val_batches]
-    return float(np.mean(jax.device_get(losses)))
+    result = {"loss": float(np.mean(jax.device_get(losses)))}
+    if job.data.tokens_per_byte is not None:
+        result["bits_per_byte"] = result["loss"] / math.log(2) * job.data.tokens_per_byte
+    return result
 
 
 def train(cfg, workdir: str) -> dict:
@@ -160,6 +165,8 @@ def _train(cfg, workdir: str, mesh) -> dict:
             row = {k: float(v) for k, v in row.items()}
             row.update(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(tokens_per_sec, flops_per_token, peak),
                        batch_crc32=checksum, data_index=s - 1)
+            if job.data.batches_per_epoch:
+                row["epoch"] = s / job.data.batches_per_epoch
             writer.write(s, "train", row)
             final.update(row)
         writer.advance(step - clock_step)
@@ -175,20 +182,30 @@ def _train(cfg, workdir: str, mesh) -> dict:
         if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
             flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint
         if step % t.eval_every == 0 or is_last:
-            final["eval_loss"] = evaluate(job, eval_step)
-            writer.write(step, "eval", {"loss": final["eval_loss"]})
+            _record_eval(final, writer, step, evaluate(job, eval_step))
             clock = time.perf_counter()  # keep eval time out of tokens/s
+        if job.data.batches_per_epoch and step == int(MAX_EPOCHS_BEFORE_WARNING * job.data.batches_per_epoch) + 1:
+            logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
+                            step, MAX_EPOCHS_BEFORE_WARNING)
         if checkpoint_now:
             meta = dict(step=step, config=_json_config(cfg), data_state=job.data.train.get_state(),
-                        tokenizer_hash=TOKENIZER_HASH)
+                        tokenizer_hash=job.data.tokenizer_hash)
             job.checkpointer.save(step, job.state, meta)
             last_good = step
     if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
-        final["eval_loss"] = evaluate(job, eval_step)
+        _record_eval(final, writer, t.steps, evaluate(job, eval_step), log=False)
     writer.close()
     job.checkpointer.close()
     final["entropy_rate"] = job.data.entropy_rate
+    if job.data.batches_per_epoch:
+        final["epochs"] = t.steps / job.data.batches_per_epoch
     return final
+
+
+def _record_eval(final: dict, writer: MetricsWriter, step: int, result: dict, log: bool = True) -> None:
+    final.update({f"eval_{k}": v for k, v in result.items()})
+    if log:
+        writer.write(step, "eval", result)
 
 
 def evaluate_checkpoint(cfg, workdir: str) -> dict:
@@ -202,7 +219,8 @@ def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
     if step is None:
         raise CheckpointError(f"no checkpoint in {job.checkpointer.directory}; train first with mode=pretrain.")
     eval_step = jax.jit(make_eval_step(job.graphdef))
-    result = {"step": step, "eval_loss": evaluate(job, eval_step), "entropy_rate": job.data.entropy_rate}
+    result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, eval_step).items()},
+              "entropy_rate": job.data.entropy_rate}
     _write_json_atomic(os.path.join(workdir, "eval.json"), result)
     job.checkpointer.close()
     return result

