@@ -9,6 +9,7 @@ step on the same shapes; the ratio is pipeline batches/s over training steps/s (
 
 import argparse
 import json
+import sys
 import os
 import tempfile
 import time
@@ -16,6 +17,8 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 from configs.pretrain_shakespeare import get_config
 from gptjax.data.pipeline import make_streams

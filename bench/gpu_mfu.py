@@ -9,11 +9,15 @@ table in gptjax/train/flops.py (PaLM accounting: 6N + LM head + attention).
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 from configs.gpt2_124m import get_config
 from gptjax.parallel.mesh import batch_sharding, make_mesh
