@@ -1,7 +1,8 @@
 """GPT-2 small (124M) shapes, bf16 compute, for accelerators: 12 layers, 12 heads, d_model 768, seq 1024.
 
-Until the data issue lands it trains on the synthetic source with GPT-2's vocabulary size;
-e.g. on 8 GPUs: --config.parallel.mesh="(-1,1,1)" (data parallel) or "(1,-1,1)" (FSDP).
+Reads the synthetic source unless told otherwise, e.g. a prepared TFDS corpus:
+--config.data.source=tfds:lm1b:train --config.data.tfds_data_dir=DIR. On 8 GPUs:
+--config.parallel.mesh="(-1,1,1)" (data parallel) or "(1,-1,1)" (FSDP).
 """
 
 from gptjax.config import default_config

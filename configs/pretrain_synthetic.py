@@ -1,4 +1,4 @@
-"""Tiny decoder on a synthetic order-1 Markov chain with a known entropy rate; ~1 minute on CPU.
+"""Tiny decoder on a synthetic order-1 Markov chain with a known entropy rate; ~25 s on CPU.
 
 python -m gptjax.main --config=configs/pretrain_synthetic.py --workdir=/tmp/gptjax/synthetic
 The final JSON line reports eval_loss next to entropy_rate (the best achievable loss).

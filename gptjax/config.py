@@ -144,6 +144,12 @@ def _check_choice(cfg, key, choices):
         _fail(key, value, f"must be one of {', '.join(choices)}")
 
 
+def mesh_batch_shards(mesh, num_devices: int) -> int:
+    """data * fsdp: how many ways the batch dimension is split."""
+    shape = resolve_mesh_shape(mesh, num_devices)
+    return shape[0] * shape[1]
+
+
 def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
     """Replaces the one -1 in `mesh` by what makes the product equal `num_devices`."""
     mesh = tuple(int(m) for m in mesh)
@@ -163,7 +169,8 @@ def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
     return mesh
 
 
-def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_count: int | None = None):
+def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_count: int | None = None,
+             process_count: int | None = None):
     """Raises ConfigError on the first rule `cfg` breaks. Returns the resolved mesh shape."""
     _check_choice(cfg, "mode", MODES)
     m, d, o, t, p = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.parallel
@@ -198,10 +205,13 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
             _fail("data.source", d.source, "synthetic sources available: synthetic:markov")
         if d.markov_order < 1:
             _fail("data.markov_order", d.markov_order, "must be >= 1")
-        alphabet = d.markov_alphabet or m.vocab_size - NUM_SPECIAL_TOKENS
-        if not 2 <= alphabet <= m.vocab_size - NUM_SPECIAL_TOKENS:
+        if not d.markov_concentration > 0:
+            _fail("data.markov_concentration", d.markov_concentration, "must be > 0")
+        if not 2 <= (d.markov_alphabet or 2) <= m.vocab_size - NUM_SPECIAL_TOKENS:
             _fail("data.markov_alphabet", d.markov_alphabet,
-                  f"must be 0 or in [2, model.vocab_size - {NUM_SPECIAL_TOKENS}]")
+                  f"must be 0 (= model.vocab_size - {NUM_SPECIAL_TOKENS}) or in [2, model.vocab_size - "
+                  f"{NUM_SPECIAL_TOKENS}={m.vocab_size - NUM_SPECIAL_TOKENS}]")
+        alphabet = d.markov_alphabet or m.vocab_size - NUM_SPECIAL_TOKENS
         if alphabet ** (d.markov_order + 1) > MAX_MARKOV_TABLE:
             _fail("data.markov_alphabet", alphabet,
                   f"alphabet**(order+1) = {alphabet ** (d.markov_order + 1):.3g} transition entries exceed "
@@ -219,6 +229,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if d.eval_batches <= 0:
         _fail("data.eval_batches", d.eval_batches, "must be >= 1")
 
+    if t.steps <= 0:
+        _fail("train.steps", t.steps, "must be positive")
     if not o.lr > 0:
         _fail("optim.lr", o.lr, "must be > 0")
     _check_choice(cfg, "optim.schedule", SCHEDULES)
@@ -233,16 +245,20 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if o.grad_accum < 1 or d.batch_size % o.grad_accum:
         _fail("optim.grad_accum", o.grad_accum, f"must be >= 1 and divide data.batch_size={d.batch_size}")
 
-    if t.steps <= 0:
-        _fail("train.steps", t.steps, "must be positive")
     for key in ("eval_every", "log_every", "checkpoint_every", "max_to_keep"):
         if t[key] <= 0:
             _fail(f"train.{key}", t[key], "must be positive")
 
-    if device_count is None:
+    if device_count is None or process_count is None:
         import jax  # deferred: validation of everything else needs no backend
 
-        device_count = jax.device_count()
+        device_count = jax.device_count() if device_count is None else device_count
+        process_count = jax.process_count() if process_count is None else process_count
+    if process_count > 1 and p.num_devices != -1:
+        _fail("parallel.num_devices", p.num_devices, "must be -1 in a multi-process job (every host feeds its devices)")
+    if process_count > 1 and (d.batch_size % process_count or mesh_batch_shards(p.mesh, device_count) % process_count):
+        _fail("data.batch_size", d.batch_size, f"and the data*fsdp mesh size must divide by the {process_count} "
+              "processes, each of which feeds its own rows of the batch")
     num_devices = device_count if p.num_devices == -1 else p.num_devices
     if not 0 < num_devices <= device_count:
         _fail("parallel.num_devices", p.num_devices, f"must be -1 or in [1, {device_count}] (visible devices)")

@@ -27,6 +27,8 @@ BAD_CONFIGS = [
     ("optim.schedule", "cyclic", ["optim.schedule='cyclic'", "warmup_cosine, wsd, constant"]),
     ("optim.grad_accum", 3, ["optim.grad_accum=3", "divide data.batch_size=8"]),
     ("model.n_layers", 0, ["model.n_layers=0", "positive"]),
+    ("train.steps", 0, ["train.steps=0", "positive"]),
+    ("data.markov_concentration", 0.0, ["data.markov_concentration=0.0", "> 0"]),
     ("train.checkpoint_every", 0, ["train.checkpoint_every=0"]),
     ("data.source", "webdataset:shards", ["data.source='webdataset:shards'", "text:<glob>"]),
     ("data.source", "shakespeare", ["model.vocab_size=40", "at least 263 ids"]),
@@ -75,6 +77,17 @@ def test_rope_needs_even_head_dim():
 def test_missing_workdir_parent(tmp_path):
     with pytest.raises(ConfigError, match="parent directory .* does not exist"):
         validate(tiny_config(), workdir=str(tmp_path / "no" / "such" / "run"), device_count=8)
+
+
+def test_multi_process_jobs_need_every_device_and_divisible_batches():
+    cfg = tiny_config()
+    with pytest.raises(ConfigError, match="parallel.num_devices=1: must be -1 in a multi-process job"):
+        validate(cfg, device_count=8, process_count=2)
+    cfg.parallel.update(num_devices=-1, mesh=(1, 1, -1))  # batch not split: hosts would feed "replicated" rows
+    with pytest.raises(ConfigError, match="divide by the 2 processes"):
+        validate(cfg, device_count=8, process_count=2)
+    cfg.parallel.mesh = (2, -1, 1)
+    assert validate(cfg, device_count=8, process_count=2) == (2, 4, 1)
 
 
 def test_valid_config_resolves_mesh():

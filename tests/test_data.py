@@ -103,9 +103,25 @@ def test_token_cache_counts_bytes_marks_documents_and_is_reused(corpus_and_token
     assert entry.n_bytes == sum(len(docs[i].encode("utf-8")) for i in range(3))
     assert int((np.asarray(entry.tokens) == tokenizer.bos_id).sum()) == 3 and entry.tokens[0] == tokenizer.bos_id
     assert tokenizer.decode(entry.tokens[1:]).startswith(docs[0][:20])
-    again = cache_lib.cached_tokens(docs, np.arange(3), tokenizer, str(tmp_path), "train")
-    assert again.path == entry.path
+    original_encode = tokenizer.encode_batch
+    tokenizer.encode_batch = None  # a cache hit must not tokenize again
+    try:
+        again = cache_lib.cached_tokens(docs, np.arange(3), tokenizer, str(tmp_path), "train")
+    finally:
+        tokenizer.encode_batch = original_encode
+    np.testing.assert_array_equal(again.tokens, entry.tokens)
     assert cache_lib.token_dtype(70_000) == np.uint32
+
+
+def test_editing_a_file_invalidates_the_cache(tmp_path):
+    pattern = write_corpus(tmp_path / "corpus", n_files=2)
+    before = text_files(pattern)
+    tokenizer = train_tokenizer([before[0]], 270)
+    first = cache_lib.cached_tokens(before, np.arange(2), tokenizer, str(tmp_path / "cache"), "train")
+    with open(tmp_path / "corpus" / "doc1.txt", "a", encoding="utf-8") as f:
+        f.write("an added line\n")
+    second = cache_lib.cached_tokens(text_files(pattern), np.arange(2), tokenizer, str(tmp_path / "cache"), "train")
+    assert second.path != first.path and len(second.tokens) > len(first.tokens)
 
 
 def test_a_crash_mid_write_leaves_no_cache_entry(corpus_and_tokenizer, tmp_path, monkeypatch):
@@ -154,6 +170,15 @@ def test_processes_read_disjoint_windows_that_cover_the_epoch():
         starts.append({int(w[0]) for _ in range(4) for w in next(stream)})
     assert not starts[0] & starts[1]
     assert starts[0] | starts[1] == set(range(0, 256, 8))
+
+
+def test_validation_windows_are_distinct_across_processes():
+    tokens = np.arange(8 * 20 + 1, dtype=np.uint16)
+    per_process = [validation_batches(tokens, 8, batch_size=2, max_batches=2, process_index=p, process_count=2)
+                   for p in range(2)]
+    starts = [{int(w[0]) for b in batches for w in b} for batches in per_process]
+    assert len(per_process[0]) == 2 and not starts[0] & starts[1]
+    assert starts[0] | starts[1] == set(range(0, 64, 8))
 
 
 def test_corpus_shorter_than_a_batch_is_a_clear_error():

@@ -15,7 +15,7 @@ from gptjax.train.step import make_train_step
 STEPS = 5
 
 
-def sharded_run(mesh_shape, num_devices):
+def sharded_run(mesh_shape, num_devices, grad_accum=1):
     cfg = tiny_config(vocab_size=64, d_model=64, n_heads=8, n_kv_heads=8, d_ff=128)
     cfg.data.batch_size = 16
     cfg.parallel.update(mesh=mesh_shape, num_devices=num_devices)
@@ -26,7 +26,8 @@ def sharded_run(mesh_shape, num_devices):
         optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
         graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
         data = batch_sharding(mesh, rules)
-        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
+        step = jax.jit(make_train_step(graphdef, optimizer, schedule, grad_accum=grad_accum),
+                       in_shardings=(shardings, data),
                        out_shardings=(shardings, None))
         losses = []
         for batch in batches:
@@ -59,6 +60,11 @@ def test_sharded_training_matches_one_device(mesh_shape, single_device_losses):
     # Adam's moments are sharded like their parameters.
     mu = state["opt_state"][1][0].mu["blocks"][0]["mlp"]["up"]["kernel"]
     assert mu.sharding.spec == up.sharding.spec
+
+
+def test_gradient_accumulation_on_a_sharded_batch_matches_one_device(single_device_losses):
+    losses, _ = sharded_run((8, 1, 1), 8, grad_accum=2)
+    np.testing.assert_allclose(losses, single_device_losses, rtol=1e-5)
 
 
 def test_logical_to_spec_uses_each_mesh_axis_once():

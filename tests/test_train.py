@@ -31,7 +31,7 @@ def test_tiny_model_reaches_the_markov_entropy_rate(tmp_path):
     result = train(cfg, str(tmp_path / "run"))
     assert time.perf_counter() - start < 120
     assert result["entropy_rate"] > 1.0  # a non-trivial chain
-    assert result["eval_loss"] - result["entropy_rate"] < 0.1
+    assert -0.05 < result["eval_loss"] - result["entropy_rate"] < 0.1  # below would mean a leak
 
 
 def _train_rows(workdir):
@@ -82,7 +82,6 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, source):
     for step in range(41, 401):
         assert resumed[step]["loss"] == expected[step]["loss"], step  # bit-identical, fp32 on CPU
         assert resumed[step]["batch_crc32"] == expected[step]["batch_crc32"], step  # same batch, same order
-        assert resumed[step]["data_index"] == step - 1
     if source == "synthetic":  # text windows recur after an epoch, by design
         assert len({r["batch_crc32"] for r in resumed.values()}) == 400  # no batch repeated
 
@@ -198,6 +197,18 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
         train(other, workdir)
 
 
+def test_resume_refuses_another_data_stream_but_allows_runtime_only_changes(tmp_path):
+    workdir = str(tmp_path / "run")
+    train(tiny_config(), workdir)
+    other_batch = tiny_config()
+    other_batch.data.batch_size = 16
+    with pytest.raises(CheckpointError, match=r"another data stream \(batch_size: checkpoint 8 vs now 16\)"):
+        train(other_batch, workdir)
+    runtime_only = tiny_config(remat=True)
+    runtime_only.train.steps = 12
+    assert train(runtime_only, workdir)["loss"] > 0  # resumed from step 10 and trained on
+
+
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in .*train first"):
         evaluate_checkpoint(tiny_config(), str(tmp_path / "empty"))
@@ -207,11 +218,12 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     results = {}
     for accum in (1, 4):
         cfg = tiny_config()
-        cfg.train.update(steps=3, checkpoint_every=3, eval_every=3)
-        cfg.optim.grad_accum = accum
+        cfg.train.update(steps=4, checkpoint_every=4, eval_every=4)
+        cfg.optim.update(grad_accum=accum, warmup_steps=0)  # every step updates the params
         train(cfg, str(tmp_path / f"accum{accum}"))
-        results[accum] = [r["loss"] for r in read_metrics(str(tmp_path / f"accum{accum}")) if r["split"] == "train"]
-    np.testing.assert_allclose(results[4], results[1], rtol=1e-5)
+        results[accum] = [(r["loss"], r["grad_norm"]) for r in read_metrics(str(tmp_path / f"accum{accum}"))
+                          if r["split"] == "train"]
+    np.testing.assert_allclose(results[4], results[1], rtol=1e-5)  # the averaged gradient, not a sum
 
 
 def test_schedules():

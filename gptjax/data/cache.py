@@ -64,7 +64,7 @@ def _load(path: str) -> TokenCache:
 def cached_tokens(docs: Documents, indices, tokenizer, cache_dir: str, split: str,
                   batch_docs: int = 64) -> TokenCache:
     """The tokens of docs[indices], from the cache or tokenized now (with a progress bar on a terminal)."""
-    key_parts = [FORMAT_VERSION, docs.name, split, tokenizer.hash,
+    key_parts = [FORMAT_VERSION, docs.fingerprint, split, tokenizer.hash,
                  hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:20]
     path = os.path.join(cache_dir, f"{split}-{key}")

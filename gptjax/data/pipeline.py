@@ -31,6 +31,7 @@ class DataStreams:
     tokenizer_hash: str | None = None  # None for synthetic token sources
     tokens_per_byte: float | None = None  # of the validation text: nats/token -> bits/byte
     batches_per_epoch: float | None = None  # train batches in one pass over this process's windows
+    fingerprint: str | None = None  # of the corpus (text sources); checkpoints refuse another corpus
 
 
 class WindowBatches:
@@ -66,16 +67,19 @@ class WindowBatches:
         self._iterator.set_state(state)
 
 
-def validation_batches(tokens, seq_len: int, batch_size: int, max_batches: int) -> list:
-    """The first `max_batches` batches of consecutive validation windows (at least one)."""
+def validation_batches(tokens, seq_len: int, batch_size: int, max_batches: int, process_index: int = 0,
+                       process_count: int = 1) -> list:
+    """Up to `max_batches` batches of `batch_size` (per process) validation windows, in order; each
+    process takes every process_count-th window, so together they evaluate distinct windows."""
     n_windows = (len(tokens) - 1) // seq_len
-    n_batches = min(max_batches, n_windows // batch_size)
+    n_batches = min(max_batches, n_windows // (batch_size * process_count))
     if n_batches == 0:
         raise DataSourceError(f"the validation text holds {n_windows} windows of {seq_len + 1} tokens, fewer than "
-                              f"one batch of {batch_size}; raise data.val_fraction or lower data.batch_size")
-    windows = np.lib.stride_tricks.sliding_window_view(tokens[: n_batches * batch_size * seq_len + 1], seq_len + 1)
-    return [np.asarray(windows[b * batch_size * seq_len: (b + 1) * batch_size * seq_len: seq_len], np.int32)
-            for b in range(n_batches)]
+                              f"one batch of {batch_size * process_count}; raise data.val_fraction or lower "
+                              "data.batch_size")
+    starts = np.arange(n_batches * batch_size * process_count)[process_index::process_count] * seq_len
+    windows = np.stack([np.asarray(tokens[s: s + seq_len + 1], np.int32) for s in starts])
+    return list(windows.reshape(n_batches, batch_size, seq_len + 1))
 
 
 def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: str) -> Tokenizer:
@@ -87,19 +91,19 @@ def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: s
     elif os.path.isfile(saved):  # a resumed run keeps the tokenizer it started with
         tokenizer = Tokenizer.load(saved)
     else:
-        key = hashlib.sha256(repr((docs.name, cfg.model.vocab_size, train_indices.tolist())).encode()).hexdigest()[:20]
+        key = hashlib.sha256(repr((docs.fingerprint, cfg.model.vocab_size, train_indices.tolist())).encode()).hexdigest()[:20]
         cached = os.path.join(cache_dir, f"tokenizer-{key}.json")
         if os.path.isfile(cached):
             tokenizer = Tokenizer.load(cached)
-        else:
+        else:  # deterministic: every process of a multi-host job trains the same one
             tokenizer = train_tokenizer((docs[int(i)] for i in train_indices), cfg.model.vocab_size)
             os.makedirs(cache_dir, exist_ok=True)
             tokenizer.save(cached)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise DataSourceError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
                               f"{cfg.model.vocab_size}; raise model.vocab_size to at least {tokenizer.vocab_size}")
-    if not os.path.isfile(saved):
-        tokenizer.save(saved)
+    if not os.path.isfile(saved) and jax.process_index() == 0:
+        tokenizer.save(saved)  # the workdir keeps the tokenizer the run started with
     return tokenizer
 
 
@@ -123,6 +127,7 @@ def make_streams(cfg, workdir: str) -> DataStreams:
     train_cache = cached_tokens(docs, train_idx, tokenizer, cache_dir, "train")
     val_cache = cached_tokens(docs, val_idx, tokenizer, cache_dir, "val")
     train = WindowBatches(train_cache.tokens, d.seq_len, local_batch, cfg.seed, **shard)
-    val_batches = validation_batches(val_cache.tokens, d.seq_len, local_batch, d.eval_batches)
+    val_batches = validation_batches(val_cache.tokens, d.seq_len, local_batch, d.eval_batches, **shard)
     return DataStreams(train=train, val_batches=val_batches, tokenizer_hash=tokenizer.hash,
-                       tokens_per_byte=val_cache.tokens_per_byte, batches_per_epoch=train.batches_per_epoch)
+                       tokens_per_byte=val_cache.tokens_per_byte, batches_per_epoch=train.batches_per_epoch,
+                       fingerprint=docs.fingerprint)

@@ -11,6 +11,7 @@ Nothing here touches the network. Synthetic token sources live in synthetic.py.
 """
 
 import glob
+import hashlib
 import importlib.util
 import os
 import re
@@ -21,10 +22,14 @@ class DataSourceError(ValueError):
 
 
 class Documents:
-    """A random-access sequence of documents (str), with a name for messages and cache keys."""
+    """A random-access sequence of documents (str).
 
-    def __init__(self, name: str, get, length: int):
-        self.name, self._get, self._length = name, get, length
+    `name` is for messages; `fingerprint` changes whenever the underlying data may have changed
+    (resolved paths, sizes and mtimes; package or dataset version) and keys the caches.
+    """
+
+    def __init__(self, name: str, get, length: int, fingerprint: str):
+        self.name, self._get, self._length, self.fingerprint = name, get, length, fingerprint
 
     def __len__(self) -> int:
         return self._length
@@ -61,7 +66,17 @@ def shakespeare(keep_markup: bool = True) -> Documents:
         text = _read_utf8(paths[i])
         return text if keep_markup else strip_markdown(text)
 
-    return Documents("shakespeare" + ("" if keep_markup else ":stripped"), read, len(paths))
+    return Documents("shakespeare" + ("" if keep_markup else ":stripped"), read, len(paths),
+                     _files_fingerprint(paths, extra=str(keep_markup)))
+
+
+def _files_fingerprint(paths, extra: str = "") -> str:
+    """Hash of resolved paths, sizes and modification times: changes when any file does."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.realpath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _read_utf8(path: str) -> str:
@@ -77,10 +92,11 @@ def text_files(pattern: str, split: str = "file") -> Documents:
     paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
         raise DataSourceError(f"text:{pattern} matches no files; check the path or quote the glob")
+    fingerprint = _files_fingerprint(paths, extra=split)
     if split == "file":
-        return Documents(f"text:{pattern}", lambda i: _read_utf8(paths[i]), len(paths))
+        return Documents(f"text:{pattern}", lambda i: _read_utf8(paths[i]), len(paths), fingerprint)
     blocks = [b.strip("\n") for p in paths for b in re.split(r"\n\s*\n", _read_utf8(p)) if b.strip()]
-    return Documents(f"text:{pattern}:paragraph", blocks.__getitem__, len(blocks))
+    return Documents(f"text:{pattern}:paragraph", blocks.__getitem__, len(blocks), fingerprint)
 
 
 def tfds_documents(name_and_split: str, text_key: str, data_dir: str | None) -> Documents:
@@ -106,7 +122,10 @@ def tfds_documents(name_and_split: str, text_key: str, data_dir: str | None) -> 
         value = record[text_key]
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    return Documents(f"tfds:{name_and_split}", read, len(source))
+    fingerprint = hashlib.sha256(
+        f"{name_and_split}|{os.path.realpath(data_dir or tfds.core.constants.DATA_DIR)}|{len(source)}|{source!r}"
+        .encode()).hexdigest()
+    return Documents(f"tfds:{name_and_split}", read, len(source), fingerprint)
 
 
 def open_source(data_cfg) -> Documents:

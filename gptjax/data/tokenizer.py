@@ -7,6 +7,7 @@ contain "<|eos|>" encodes as ordinary bytes unless the caller passes `allow_spec
 
 import hashlib
 import os
+import uuid
 from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -64,7 +65,7 @@ class Tokenizer:
 
     def save(self, path: str) -> None:
         """Writes tokenizer.json atomically (a crash never leaves a half-written file)."""
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # unique: processes may save side by side
         self._tok.save(tmp)
         os.replace(tmp, path)
 

@@ -25,10 +25,21 @@ def einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH):
 
 
 def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH):
-    """`jax.nn.dot_product_attention` on accelerators (the cuDNN flash kernel on GPUs); the
-    equivalent einsum form on CPU, where it is faster. Both handle K < N (GQA)."""
-    if jax.default_backend() == "cpu":
+    """Causal attention, the fastest exact form per backend; all handle K < N (GQA).
+
+    CPU: `einsum_attention`. GPU with bf16/fp16: the cuDNN flash kernel, which
+    `jax.nn.dot_product_attention` only uses when asked (its default is XLA); it rejects some shapes
+    at trace time, and those fall back to XLA. Otherwise: `jax.nn.dot_product_attention` (XLA).
+    """
+    backend = jax.default_backend()
+    if backend == "cpu":
         return einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)
+    if backend == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, is_causal=True,
+                                                implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError):  # unsupported shape/dtype/GPU for cuDNN
+            pass
     return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, is_causal=True)
 
 

@@ -47,15 +47,27 @@ class Checkpointer:
         self._manager.close()
 
 
-def check_compatible(meta: dict, model_cfg: dict, tokenizer_hash, directory: str) -> None:
-    """Raises CheckpointError if a checkpoint was written for another model or tokenizer."""
+# Model keys that change how the parameters are used, not which parameters exist or mean.
+RUNTIME_ONLY_MODEL_KEYS = ("remat", "dropout", "compute_dtype", "init_std")
+
+
+def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer_hash, directory: str) -> None:
+    """Raises CheckpointError if a checkpoint was written for another model, data stream or tokenizer."""
     saved_model = meta.get("config", {}).get("model", {})
     diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {v!r}"
-             for k, v in model_cfg.items() if saved_model.get(k) != v]
+             for k, v in model_cfg.items() if k not in RUNTIME_ONLY_MODEL_KEYS and saved_model.get(k) != v]
     if diffs:
         raise CheckpointError(
             f"{directory} holds a checkpoint of a different model ({'; '.join(diffs[:3])}); "
             "rerun with the config that wrote it, or use a fresh --workdir."
+        )
+    saved_data = meta.get("data_identity", {})
+    diffs = [f"{k}: checkpoint {saved_data.get(k)!r} vs now {v!r}" for k, v in data_identity.items()
+             if saved_data.get(k) != v]
+    if diffs:
+        raise CheckpointError(
+            f"{directory} was trained on another data stream ({'; '.join(diffs[:3])}), so its data position "
+            "cannot be resumed; rerun with the data config that wrote it, or use a fresh --workdir."
         )
     if meta.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(

@@ -58,10 +58,21 @@ def _json_config(cfg) -> dict:
 
 
 def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
+    """Process 0 writes `obj` as JSON via a temporary file and a rename."""
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
+
+
+def data_identity(cfg, data: DataStreams) -> dict:
+    """What a checkpoint's data position is relative to: resuming needs the same stream."""
+    d = cfg.data
+    keys = ("source", "seq_len", "batch_size", "val_fraction", "keep_markup", "text_split",
+            "markov_order", "markov_concentration", "markov_alphabet")
+    return {**{k: d[k] for k in keys}, "seed": cfg.seed, "corpus_fingerprint": data.fingerprint}
 
 
 def setup(cfg, workdir: str, mesh) -> Job:
@@ -78,7 +89,8 @@ def setup(cfg, workdir: str, mesh) -> Job:
         state = spec.initialize()
     else:
         meta = checkpointer.restore_meta(latest)
-        check_compatible(meta, _json_config(cfg)["model"], data.tokenizer_hash, checkpointer.directory)
+        check_compatible(meta, _json_config(cfg)["model"], data_identity(cfg, data), data.tokenizer_hash,
+                         checkpointer.directory)
         state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
     return Job(cfg, workdir, mesh, data, spec.graphdef, state, spec.shardings, checkpointer, optimizer, schedule)
@@ -141,8 +153,7 @@ def _train(cfg, workdir: str, mesh) -> dict:
     flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"]
     peak = peak_flops_total(cfg, job.mesh)
     start_step = int(jax.device_get(job.state["step"]))
-    last_good = job.checkpointer.latest_step()
-    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar)
+    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar, enabled=jax.process_index() == 0)
     pending = []  # (step, device metrics, batch checksum) not yet read back to the host
     clock, clock_step = time.perf_counter(), start_step
     final = {"compile_seconds": compile_seconds}
@@ -156,6 +167,7 @@ def _train(cfg, workdir: str, mesh) -> dict:
             bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[k])]
             if bad:
                 job.checkpointer.wait()
+                last_good = job.checkpointer.latest_step()
                 kept = (f"Last good checkpoint: step {last_good} in {job.checkpointer.directory} (kept intact)."
                         if last_good else "No checkpoint had been written yet.")
                 raise TrainingDivergedError(
@@ -164,7 +176,7 @@ def _train(cfg, workdir: str, mesh) -> dict:
                 )
             row = {k: float(v) for k, v in row.items()}
             row.update(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(tokens_per_sec, flops_per_token, peak),
-                       batch_crc32=checksum, data_index=s - 1)
+                       batch_crc32=checksum)
             if job.data.batches_per_epoch:
                 row["epoch"] = s / job.data.batches_per_epoch
             writer.write(s, "train", row)
@@ -173,29 +185,30 @@ def _train(cfg, workdir: str, mesh) -> dict:
         pending.clear()
         clock, clock_step = time.perf_counter(), step
 
-    for step in range(start_step + 1, t.steps + 1):
-        batch = next(job.data.train)
-        job.state, metrics = train_step(job.state, host_local_batch(batch, data_sharding))
-        pending.append((step, metrics, zlib.crc32(batch.tobytes())))
-        is_last = step == t.steps
-        checkpoint_now = step % t.checkpoint_every == 0 or is_last
-        if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
-            flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint
-        if step % t.eval_every == 0 or is_last:
-            _record_eval(final, writer, step, evaluate(job, eval_step))
-            clock = time.perf_counter()  # keep eval time out of tokens/s
-        if job.data.batches_per_epoch and step == int(MAX_EPOCHS_BEFORE_WARNING * job.data.batches_per_epoch) + 1:
-            logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
-                            step, MAX_EPOCHS_BEFORE_WARNING)
-        if checkpoint_now:
-            meta = dict(step=step, config=_json_config(cfg), data_state=job.data.train.get_state(),
-                        tokenizer_hash=job.data.tokenizer_hash)
-            job.checkpointer.save(step, job.state, meta)
-            last_good = step
-    if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
-        _record_eval(final, writer, t.steps, evaluate(job, eval_step), log=False)
-    writer.close()
-    job.checkpointer.close()
+    try:
+        for step in range(start_step + 1, t.steps + 1):
+            batch = next(job.data.train)
+            job.state, metrics = train_step(job.state, host_local_batch(batch, data_sharding))
+            pending.append((step, metrics, zlib.crc32(batch.tobytes())))
+            is_last = step == t.steps
+            checkpoint_now = step % t.checkpoint_every == 0 or is_last
+            if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
+                flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint
+            if step % t.eval_every == 0 or is_last:
+                _record_eval(final, writer, step, evaluate(job, eval_step))
+                clock = time.perf_counter()  # keep eval time out of tokens/s
+            if job.data.batches_per_epoch and step == int(MAX_EPOCHS_BEFORE_WARNING * job.data.batches_per_epoch) + 1:
+                logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
+                                step, MAX_EPOCHS_BEFORE_WARNING)
+            if checkpoint_now:
+                meta = dict(step=step, config=_json_config(cfg), data_state=job.data.train.get_state(),
+                            data_identity=data_identity(cfg, job.data), tokenizer_hash=job.data.tokenizer_hash)
+                job.checkpointer.save(step, job.state, meta)
+        if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
+            _record_eval(final, writer, t.steps, evaluate(job, eval_step), log=False)
+    finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
+        writer.close()
+        job.checkpointer.close()
     final["entropy_rate"] = job.data.entropy_rate
     if job.data.batches_per_epoch:
         final["epochs"] = t.steps / job.data.batches_per_epoch
@@ -214,10 +227,11 @@ def evaluate_checkpoint(cfg, workdir: str) -> dict:
 
 
 def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory) or Checkpointer(directory, cfg.train.max_to_keep).latest_step() is None:
+        raise CheckpointError(f"no checkpoint in {os.path.abspath(directory)}; train first with mode=pretrain.")
     job = setup(cfg, workdir, mesh)
     step = job.checkpointer.latest_step()
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {job.checkpointer.directory}; train first with mode=pretrain.")
     eval_step = jax.jit(make_eval_step(job.graphdef))
     result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, eval_step).items()},
               "entropy_rate": job.data.entropy_rate}

@@ -13,7 +13,13 @@ from absl import logging
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, total_steps: int, initial_step: int, progress_bar: bool = True):
+    """Writes metrics; `enabled=False` (every process but the first of a multi-host job) writes nothing."""
+
+    def __init__(self, workdir: str, total_steps: int, initial_step: int, progress_bar: bool = True,
+                 enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         from tensorboardX import SummaryWriter  # deferred: only jobs that write metrics pay the import
 
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -26,6 +32,8 @@ class MetricsWriter:
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
     def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "split": split, **{k: _plain(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
@@ -39,10 +47,12 @@ class MetricsWriter:
             logging.info("step %d %s %s", step, split, summary)
 
     def advance(self, steps: int) -> None:
-        if self._bar is not None:
+        if self.enabled and self._bar is not None:
             self._bar.update(steps)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         if self._bar is not None:
             self._bar.close()
         self._tb.close()

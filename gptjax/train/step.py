@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gptjax.parallel.mesh import constrain
+
 
 def cross_entropy(logits_BxTxV, targets_BxT):
     """Mean next-token cross-entropy in nats, computed in float32 whatever the compute dtype."""
@@ -33,7 +35,10 @@ def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropo
         if grad_accum == 1:
             loss, grads = grad_fn(params, graphdef, batch_BxT1, step_key if dropout else None)
         else:
-            micro_AxMxT1 = batch_BxT1.reshape(grad_accum, -1, batch_BxT1.shape[-1])
+            # Microbatch a takes rows a, a+A, a+2A, ...: each microbatch stays spread over every
+            # batch shard instead of living on 1/A of the devices.
+            micro_AxMxT1 = batch_BxT1.reshape(-1, grad_accum, batch_BxT1.shape[-1]).swapaxes(0, 1)
+            micro_AxMxT1 = constrain(micro_AxMxT1, (None, "batch", None))
 
             def accumulate(carry, inputs):
                 micro, index = inputs
