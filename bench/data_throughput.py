@@ -9,8 +9,8 @@ step on the same shapes; the ratio is pipeline batches/s over training steps/s (
 
 import argparse
 import json
-import sys
 import os
+import sys
 import tempfile
 import time
 
@@ -24,10 +24,8 @@ from configs.pretrain_shakespeare import get_config
 from gptjax.data.pipeline import make_streams
 from gptjax.data.sources import shakespeare
 from gptjax.data.tokenizer import Tokenizer
-from gptjax.parallel.mesh import batch_sharding, make_mesh
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state
-from gptjax.train.step import make_train_step
+from gptjax.parallel.mesh import make_mesh
+from gptjax.train.loop import sharded_train_step
 
 
 def main():
@@ -55,14 +53,9 @@ def main():
         next(streams.train)
     batches_per_s = args.batches / (time.perf_counter() - start)
 
-    rules = tuple(cfg.parallel.rules)
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, 0)
-        data = batch_sharding(mesh, rules)
-        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
-                       out_shardings=(shardings, None), donate_argnums=0)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+        step, state, data = sharded_train_step(cfg, mesh)
         batch = jax.device_put(next(streams.train), data)
         for _ in range(2):
             state, metrics = step(state, batch)

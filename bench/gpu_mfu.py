@@ -20,11 +20,9 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 from configs.gpt2_124m import get_config
-from gptjax.parallel.mesh import batch_sharding, make_mesh
+from gptjax.parallel.mesh import make_mesh
 from gptjax.train import flops
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state
-from gptjax.train.step import make_train_step
+from gptjax.train.loop import sharded_train_step
 
 
 def main():
@@ -40,14 +38,9 @@ def main():
     cfg.parallel.mesh = tuple(int(x) for x in args.mesh.split(","))
     batch = args.batch_per_device * jax.device_count()
     seq = cfg.data.seq_len
-    rules = tuple(cfg.parallel.rules)
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, 0)
-        data = batch_sharding(mesh, rules)
-        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
-                       out_shardings=(shardings, None), donate_argnums=0)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+        step, state, data = sharded_train_step(cfg, mesh)
         tokens = np.random.default_rng(0).integers(0, 50257, (batch, seq + 1)).astype(np.int32)
         batch_device = jax.device_put(tokens, data)
         for _ in range(3):  # compile + warm up

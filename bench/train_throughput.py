@@ -18,10 +18,8 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import default_config
-from gptjax.parallel.mesh import batch_sharding, make_mesh
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state
-from gptjax.train.step import make_train_step
+from gptjax.parallel.mesh import make_mesh
+from gptjax.train.loop import sharded_train_step
 
 D, LAYERS, HEADS, SEQ, BATCH, VOCAB = 384, 6, 6, 256, 8, 8192
 
@@ -52,11 +50,7 @@ def gptjax_step(batches):
     rules = tuple(cfg.parallel.rules)
     mesh = make_mesh(cfg.parallel)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        optimizer, schedule = make_optimizer(cfg.optim, 1000)
-        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, 0)
-        data = batch_sharding(mesh, rules)
-        step = jax.jit(make_train_step(graphdef, optimizer, schedule), in_shardings=(shardings, data),
-                       out_shardings=(shardings, None), donate_argnums=0)
+        step, state, data = sharded_train_step(cfg, mesh)
         holder = {"state": state, "i": 0}
 
     def run_step():

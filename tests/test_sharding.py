@@ -7,10 +7,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from gptjax.parallel.mesh import batch_sharding, host_local_batch, logical_to_spec, make_mesh
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state
-from gptjax.train.step import make_train_step
+from gptjax.parallel.mesh import host_local_batch, logical_to_spec, make_mesh
+from gptjax.train.loop import sharded_train_step
 
 STEPS = 5
 
@@ -19,16 +17,11 @@ def sharded_run(mesh_shape, num_devices, grad_accum=1):
     cfg = tiny_config(vocab_size=64, d_model=64, n_heads=8, n_kv_heads=8, d_ff=128)
     cfg.data.batch_size = 16
     cfg.parallel.update(mesh=mesh_shape, num_devices=num_devices)
-    rules = tuple(cfg.parallel.rules)
+    cfg.optim.grad_accum = grad_accum
     mesh = make_mesh(cfg.parallel)
     batches = np.random.default_rng(0).integers(0, 57, (STEPS, 16, 17)).astype(np.int32)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
-        data = batch_sharding(mesh, rules)
-        step = jax.jit(make_train_step(graphdef, optimizer, schedule, grad_accum=grad_accum),
-                       in_shardings=(shardings, data),
-                       out_shardings=(shardings, None))
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+        step, state, data = sharded_train_step(cfg, mesh)
         losses = []
         for batch in batches:
             state, metrics = step(state, host_local_batch(batch, data))

@@ -27,7 +27,7 @@ from gptjax.train import flops
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import state_spec
+from gptjax.train.state import create_train_state, state_spec
 from gptjax.train.step import make_eval_step, make_train_step
 
 MAX_EPOCHS_BEFORE_WARNING = 4
@@ -103,6 +103,20 @@ def run_in_mesh(fn, cfg, workdir: str):
     mesh = make_mesh(cfg.parallel)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
         return fn(cfg, workdir, mesh)
+
+
+def sharded_train_step(cfg, mesh):
+    """(jitted train step, fresh sharded state, batch sharding) for `cfg` on `mesh`, for benchmarks,
+    tests and notebooks that drive steps themselves. Call inside `jax.set_mesh(mesh)` and
+    `nnx.logical_axis_rules(cfg.parallel.rules)`; the step donates the state it is given."""
+    rules = tuple(cfg.parallel.rules)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
+    data_sharding = batch_sharding(mesh, rules)
+    step_fn = make_train_step(graphdef, optimizer, schedule, grad_accum=cfg.optim.grad_accum, dropout=cfg.model.dropout)
+    step = jax.jit(step_fn, in_shardings=(shardings, data_sharding), out_shardings=(shardings, replicated(mesh)),
+                   donate_argnums=0)
+    return step, state, data_sharding
 
 
 def peak_flops_total(cfg, mesh) -> float:
