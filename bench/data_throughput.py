@@ -16,7 +16,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
@@ -24,8 +23,7 @@ from configs.pretrain_shakespeare import get_config
 from gptjax.data.pipeline import make_streams
 from gptjax.data.sources import shakespeare
 from gptjax.data.tokenizer import Tokenizer
-from gptjax.parallel.mesh import make_mesh
-from gptjax.train.loop import sharded_train_step
+from timing import seconds_per_train_step
 
 
 def main():
@@ -53,18 +51,8 @@ def main():
         next(streams.train)
     batches_per_s = args.batches / (time.perf_counter() - start)
 
-    mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
-        step, state, data = sharded_train_step(cfg, mesh)
-        batch = jax.device_put(next(streams.train), data)
-        for _ in range(2):
-            state, metrics = step(state, batch)
-        metrics["loss"].block_until_ready()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, batch)
-        metrics["loss"].block_until_ready()
-        steps_per_s = args.steps / (time.perf_counter() - start)
+    batch = next(streams.train)
+    steps_per_s = 1.0 / seconds_per_train_step(cfg, batch, args.steps, warmup=2)
 
     print(json.dumps({"name": "data_throughput", "value": round(batches_per_s, 1), "unit": "batches/s",
                       "peer": round(steps_per_s, 2), "peer_name": "training steps/s, pretrain_shakespeare, CPU",

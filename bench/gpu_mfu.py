@@ -11,18 +11,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
 from configs.gpt2_124m import get_config
-from gptjax.parallel.mesh import make_mesh
 from gptjax.train import flops
-from gptjax.train.loop import sharded_train_step
+from timing import seconds_per_train_step
 
 
 def main():
@@ -38,19 +35,8 @@ def main():
     cfg.parallel.mesh = tuple(int(x) for x in args.mesh.split(","))
     batch = args.batch_per_device * jax.device_count()
     seq = cfg.data.seq_len
-    mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
-        step, state, data = sharded_train_step(cfg, mesh)
-        tokens = np.random.default_rng(0).integers(0, 50257, (batch, seq + 1)).astype(np.int32)
-        batch_device = jax.device_put(tokens, data)
-        for _ in range(3):  # compile + warm up
-            state, metrics = step(state, batch_device)
-        metrics["loss"].block_until_ready()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, batch_device)
-        metrics["loss"].block_until_ready()
-        seconds = (time.perf_counter() - start) / args.steps
+    tokens = np.random.default_rng(0).integers(0, 50257, (batch, seq + 1)).astype(np.int32)
+    seconds = seconds_per_train_step(cfg, tokens, args.steps)
 
     device = jax.devices()[0]
     tokens_per_sec = batch * seq / seconds
