@@ -11,7 +11,10 @@ import os
 
 import ml_collections
 
-MODES = ("pretrain", "eval")
+MODES = ("pretrain", "eval", "sweep")
+PARAMETRIZATIONS = ("sp", "mup")
+SWEEP_MODES = ("run", "plan", "fit")
+SWEEP_FAMILIES = ("depth", "explicit")
 POSITIONAL = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
@@ -74,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
             scalar_head=False,
             init_std=0.02,
             rope_base=10000.0,
+            parametrization="sp",  # "sp" (standard) or "mup" (maximal update parametrization, model/mup.py)
+            mup_base_width=64,  # muP: the d_model whose init and learning rates the others transfer from
         )
     )
     cfg.data = ml_collections.ConfigDict(
@@ -127,6 +132,32 @@ def default_config() -> ml_collections.ConfigDict:
             num_devices=-1,  # -1 = all visible devices
             rules=DEFAULT_RULES,
             multi_host=False,  # call jax.distributed.initialize() first
+        )
+    )
+    cfg.sweep = ml_collections.ConfigDict(
+        dict(
+            mode="run",  # run: plan, train unfinished trials, fit, report; plan: write plan.json only; fit: refit
+            budgets=(),  # training FLOPs per model (flops.py's with_attention accounting), one IsoFLOP profile each
+            family="depth",  # depth: d_model = width_per_layer * n_layers; explicit: the (n_layers, d_model) in models
+            depths=(1, 2, 3, 4, 5, 6, 8, 10, 12),  # depth family: the candidate depths
+            width_per_layer=64,
+            head_dim=16,
+            ffn_ratio=4,
+            models=(),  # explicit family: ((n_layers, d_model), ...)
+            sizes_per_budget=4,  # models per IsoFLOP profile, spread around the expected optimum
+            size_spread=16.0,  # ratio of largest to smallest model (params) in a profile
+            tokens_per_param=20.0,  # the prior optimum (Chinchilla) the profile is centred on
+            learning_rates=(),  # () = optim.lr; several = a per-scale learning-rate sweep
+            batch_sizes=(),  # () = data.batch_size; several = a batch-size sweep
+            seeds=(0,),
+            warmup_fraction=0.05,  # of each trial's steps
+            min_steps=20,  # a trial shorter than this cannot be trained meaningfully: its budget is refused
+            max_epochs=4.0,  # warn when a trial reads the training text more often than this
+            vectorize=True,  # train trials that share shapes (lr, seed) together under jax.vmap
+            n_workers=0,  # 0 = trials in this process; N = N parallel subprocesses
+            trial_index=-1,  # >= 0: run only trial K of plan.json (cluster array jobs), then stop
+            target_flops=1e15,  # the budget the recommendation extrapolates to
+            n_bootstrap=200,
         )
     )
     return cfg
