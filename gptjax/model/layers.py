@@ -57,8 +57,8 @@ def make_norm(dim, cfg, rngs, names=("embed",)):
 class MLP(nnx.Module):
     """Position-wise feed-forward: D -> F -> D with GELU, ReLU, or SwiGLU (gated, F wide)."""
 
-    def __init__(self, cfg, rngs, resid_std):
-        std, bias = cfg.init_std, cfg.use_bias
+    def __init__(self, cfg, rngs, std, resid_std):
+        bias = cfg.use_bias
         self.activation = cfg.activation
         self.up = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=std, use_bias=bias, cfg=cfg, rngs=rngs)
         if cfg.activation == "swiglu":

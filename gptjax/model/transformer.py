@@ -3,6 +3,8 @@
 tokens -> token embedding (+ learned or sinusoidal positions) -> L x Block -> final norm -> LM head
 (tied to the token embedding by default). Each Block is attention + MLP with residuals, the norms
 before (pre-norm, default) or after (post-norm) each sublayer. RoPE, if chosen, lives in attention.
+Under `parametrization="mup"` the hidden init, attention scale and readout multiplier come from
+gptjax/model/mup.py (at SP they are GPT-2's: init_std, 1/sqrt(head_dim), 1).
 
 Used functionally: `graphdef, params = nnx.split(model, nnx.Param)` and
 `nnx.merge(graphdef, params)(tokens)` inside pure loss functions (see gptjax/train/step.py).
@@ -16,6 +18,7 @@ from flax import nnx
 
 from gptjax.model.attention import Attention
 from gptjax.model.layers import DTYPES, MLP, Dense, dropout, make_norm, partitioned, sinusoidal_positions
+from gptjax.model.mup import hidden_init_std, output_multiplier
 from gptjax.parallel.mesh import constrain
 
 ACTIVATION_NAMES = ("batch", None, None)  # how x_BxTxD is sharded between blocks
@@ -23,15 +26,16 @@ ACTIVATION_NAMES = ("batch", None, None)  # how x_BxTxD is sharded between block
 
 class Block(nnx.Module):
     def __init__(self, cfg, rngs):
+        std = hidden_init_std(cfg)  # of the hidden kernels: init_std under SP
         # GPT-2: residual projections start at std / sqrt(2L) so the residual stream's variance
         # does not grow with depth.
-        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        resid_std = std / math.sqrt(2 * cfg.n_layers)
         self.pre_norm = cfg.norm_position == "pre"
         self.dropout_rate = cfg.dropout
         self.attn_norm = make_norm(cfg.d_model, cfg, rngs)
-        self.attn = Attention(cfg, rngs, resid_std)
+        self.attn = Attention(cfg, rngs, std, resid_std)
         self.mlp_norm = make_norm(cfg.d_model, cfg, rngs)
-        self.mlp = MLP(cfg, rngs, resid_std)
+        self.mlp = MLP(cfg, rngs, std, resid_std)
 
     def __call__(self, x_BxTxD, positions_BxT, dropout_key=None):
         attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
@@ -82,6 +86,7 @@ class Transformer(nnx.Module):
         self.positional, self.d_model, self.dropout_rate = cfg.positional, cfg.d_model, cfg.dropout
         self.scan_layers, self.remat, self.n_layers = cfg.scan_layers, cfg.remat, cfg.n_layers
         self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.output_mult = output_multiplier(cfg)  # on every readout's input; 1 under SP
         param_dtype = DTYPES[cfg.param_dtype]
         embed_init = partitioned(nnx.initializers.normal(cfg.init_std), ("vocab", "embed"))
         self.token_embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=embed_init,
@@ -121,6 +126,7 @@ class Transformer(nnx.Module):
     def logits(self, x_BxTxD):
         """LM head on hidden states; the matmul runs on a 2-D view (fast on XLA:CPU)."""
         B, T, D = x_BxTxD.shape
+        x_BxTxD = x_BxTxD * self.output_mult
         if self.lm_head is not None:
             return self.lm_head(x_BxTxD)
         table_VxD = self.token_embed.embedding[...].astype(self.compute_dtype)
@@ -134,4 +140,4 @@ class Transformer(nnx.Module):
         """One scalar per position from the shared trunk (reward / value models): values_BxT."""
         if self.scalar_head is None:
             raise ValueError("this model has no scalar head; build it with model.scalar_head=True")
-        return self.scalar_head(self.hidden(tokens_BxT, positions_BxT))[..., 0]
+        return self.scalar_head(self.hidden(tokens_BxT, positions_BxT) * self.output_mult)[..., 0]

@@ -53,11 +53,11 @@ class Job:
     schedule: object
 
 
-def _json_config(cfg) -> dict:
+def json_config(cfg) -> dict:
     return json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as they come back from JSON
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj) -> None:
     """Process 0 writes `obj` as JSON via a temporary file and a rename."""
     if jax.process_index() != 0:
         return
@@ -81,7 +81,7 @@ def setup(cfg, workdir: str, mesh) -> Job:
     Must run inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`; `run_in_mesh` does that.
     """
     data = make_streams(cfg, workdir)
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps, cfg.model)
     spec = state_spec(cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
     latest = checkpointer.latest_step()
@@ -89,7 +89,7 @@ def setup(cfg, workdir: str, mesh) -> Job:
         state = spec.initialize()
     else:
         meta = checkpointer.restore_meta(latest)
-        check_compatible(meta, _json_config(cfg)["model"], data_identity(cfg, data), data.tokenizer_hash,
+        check_compatible(meta, json_config(cfg)["model"], data_identity(cfg, data), data.tokenizer_hash,
                          checkpointer.directory)
         state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
@@ -110,7 +110,7 @@ def sharded_train_step(cfg, mesh):
     tests and notebooks that drive steps themselves. Call inside `jax.set_mesh(mesh)` and
     `nnx.logical_axis_rules(cfg.parallel.rules)`; the step donates the state it is given."""
     rules = tuple(cfg.parallel.rules)
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps, cfg.model)
     graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
     data_sharding = batch_sharding(mesh, rules)
     step_fn = make_train_step(graphdef, optimizer, schedule, grad_accum=cfg.optim.grad_accum, dropout=cfg.model.dropout)
@@ -147,7 +147,7 @@ def train(cfg, workdir: str) -> dict:
 def _train(cfg, workdir: str, mesh) -> dict:
     job = setup(cfg, workdir, mesh)
     t = cfg.train
-    _write_json_atomic(os.path.join(workdir, "config.json"), _json_config(cfg))
+    write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
     rules = tuple(cfg.parallel.rules)
     data_sharding = batch_sharding(job.mesh, rules)
     step_fn = make_train_step(job.graphdef, job.optimizer, job.schedule,
@@ -215,7 +215,7 @@ def _train(cfg, workdir: str, mesh) -> dict:
                 logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
                                 step, MAX_EPOCHS_BEFORE_WARNING)
             if checkpoint_now:
-                meta = dict(step=step, config=_json_config(cfg), data_state=job.data.train.get_state(),
+                meta = dict(step=step, config=json_config(cfg), data_state=job.data.train.get_state(),
                             data_identity=data_identity(cfg, job.data), tokenizer_hash=job.data.tokenizer_hash)
                 job.checkpointer.save(step, job.state, meta)
         if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
@@ -249,6 +249,6 @@ def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
     eval_step = jax.jit(make_eval_step(job.graphdef))
     result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, eval_step).items()},
               "entropy_rate": job.data.entropy_rate}
-    _write_json_atomic(os.path.join(workdir, "eval.json"), result)
+    write_json_atomic(os.path.join(workdir, "eval.json"), result)
     job.checkpointer.close()
     return result

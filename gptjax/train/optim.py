@@ -1,7 +1,10 @@
-"""AdamW with warmup+cosine / WSD / constant schedules, clipping and a weight-decay mask."""
+"""AdamW with warmup+cosine / WSD / constant schedules, clipping, a weight-decay mask, and μP's
+per-parameter-group learning rates."""
 
 import jax
 import optax
+
+from gptjax.model import mup
 
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
@@ -35,12 +38,39 @@ def weight_decay_mask(params, decay_embeddings: bool):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(o, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer for `config.optim` and its learning-rate schedule."""
-    schedule = make_schedule(o, total_steps)
-    adamw = optax.adamw(
-        schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-        mask=lambda params: weight_decay_mask(params, o.decay_embeddings),
+def mup_adamw(o, schedule: optax.Schedule, model_cfg, decay_mask) -> optax.GradientTransformation:
+    """optax.adamw's chain (Adam direction -> decoupled weight decay -> learning rate) with μP's
+    per-group factor (`mup.adam_lr_multiplier`: 1/m on hidden kernels) applied to the Adam direction.
+
+    The decay is added after that factor, so every decayed weight still shrinks by lr * weight_decay
+    per step at every width, as under SP; the `mup` package's MuAdamW keeps lr * weight_decay
+    width-independent the same way (it multiplies weight_decay by m where it divides lr by m).
+    """
+    groups = (mup.HIDDEN, mup.VECTOR)
+    per_group = optax.multi_transform(
+        {group: optax.scale(mup.adam_lr_multiplier(model_cfg, group)) for group in groups},
+        lambda params: jax.tree_util.tree_map_with_path(lambda path, _: mup.param_group(path), params),
     )
+    return optax.chain(
+        optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+        per_group,
+        optax.add_decayed_weights(o.weight_decay, decay_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+def make_optimizer(o, total_steps: int, model_cfg=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer for `config.optim` and its learning-rate schedule (that of SP and of μP's
+    vector-like parameters). `model_cfg` (config.model) selects μP's per-group learning rates when
+    its parametrization is "mup"; without it, or under "sp", every parameter follows the schedule."""
+    schedule = make_schedule(o, total_steps)
+
+    def decay_mask(params):
+        return weight_decay_mask(params, o.decay_embeddings)
+
+    if model_cfg is not None and mup.is_mup(model_cfg):
+        adamw = mup_adamw(o, schedule, model_cfg, decay_mask)
+    else:
+        adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
     clip = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
     return optax.chain(*clip, adamw), schedule

@@ -1,0 +1,75 @@
+"""Vectorized sweep training: K tiny models trained together under jax.vmap vs one after another.
+
+Both sides train the same K models (one shape, K learning rates) on the same batch, jitted, on this
+CPU. "Sequential" runs the single-model jitted step K times per round; "vectorized" runs the vmapped
+step (gptjax/scaling/vectorized.py) once. Throughput = model-tokens/s summed over the K models after
+compilation; compile time is reported separately (the sequential side compiles once too, shapes being
+equal). Goal (issue 4): >= 3x at K=8.
+
+  python bench/sweep_vectorized.py [--members 8] [--steps 30] [--d_model 32] [--n_layers 2]
+"""
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from gptjax.config import default_config
+from gptjax.scaling.vectorized import group_train_step, init_group
+
+
+def seconds_per_round(step, states, batch, steps: int) -> float:
+    """Mean seconds to advance every state in `states` by one step (after warmup)."""
+    for i, state in enumerate(states):
+        states[i], metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        for i, state in enumerate(states):
+            states[i], metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--d_model", type=int, default=32)
+    parser.add_argument("--n_layers", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--seq_len", type=int, default=64)
+    args = parser.parse_args()
+    cfg = default_config()
+    D = args.d_model
+    cfg.model.update(vocab_size=384, max_len=args.seq_len, d_model=D, n_layers=args.n_layers, n_heads=max(D // 16, 1),
+                     n_kv_heads=max(D // 16, 1), d_ff=4 * D)
+    cfg.data.update(seq_len=args.seq_len, batch_size=args.batch_size)
+    members = [{"lr": lr, "seed": 0} for lr in np.geomspace(1e-3, 3e-2, args.members)]
+    batch = np.random.default_rng(0).integers(7, 384, (args.batch_size, args.seq_len + 1)).astype(np.int32)
+    step = jax.jit(group_train_step(cfg), donate_argnums=0)
+
+    timings = {}
+    for name, groups in (("sequential", [[m] for m in members]), ("vectorized", [members])):
+        states = [init_group(cfg, g) for g in groups]
+        start = time.perf_counter()
+        jax.block_until_ready(step.lower(states[0], batch).compile())
+        compile_seconds = time.perf_counter() - start
+        timings[name] = (seconds_per_round(step, states, batch, args.steps), compile_seconds)
+
+    model_tokens = args.members * args.batch_size * args.seq_len
+    value = model_tokens / timings["vectorized"][0]
+    peer = model_tokens / timings["sequential"][0]
+    print(json.dumps({
+        "name": "sweep_vectorized_throughput", "value": round(value), "unit": "model-tokens/s",
+        "peer": round(peer), "peer_name": f"the same {args.members} models one after another (jitted)",
+        "ratio": round(value / peer, 2), "members": args.members, "d_model": D, "n_layers": args.n_layers,
+        "batch": [args.batch_size, args.seq_len], "compile_seconds": {k: round(v[1], 2) for k, v in timings.items()},
+        "jax": jax.__version__, "backend": jax.default_backend(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

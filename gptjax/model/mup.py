@@ -1,0 +1,87 @@
+"""The maximal update parametrization (μP), all of it in one place.
+
+`config.model.parametrization = "mup"` makes a model of width `d_model` behave like a wider or
+narrower copy of a *base* model of width `mup_base_width`, so that hyperparameters tuned on the base
+model (above all the learning rate) transfer across widths (Yang et al. 2022, "Tensor Programs V:
+Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer", μTransfer). With the width
+multiplier m = d_model / mup_base_width, relative to "sp" (GPT-2's standard parametrization):
+
+    parameter kind                       init std               forward multiplier   Adam LR
+    input: token / position embeddings   init_std               1                    lr
+    hidden: attn q,k,v,out, MLP kernels  init_std / sqrt(m)     1                    lr / m
+    vector: biases, norm scales          zeros / ones           1                    lr
+    readout: tied embedding, lm_head,    init_std               1 / m on the head's  lr
+             scalar_head                                        input
+    attention logits q.k                 -                      1/sqrt(H) -> 1/sqrt(H m)
+
+This is the output-multiplier form of μP in Tensor Programs V, the one that allows input and output
+embeddings to be shared, as implemented by the authors' `mup` package (MuReadout / MuSharedReadout
+divide the readout's input by the width multiplier; MuAdam divides the Adam LR of weights with two
+width-sized dimensions by it and leaves every other LR alone). Hidden kernels' fan-in variance 1/fan_in
+becomes init_std**2 / m against the base model; GPT-2's extra 1/sqrt(2 n_layers) on residual
+projections is a depth rule and stays.
+
+The tied LM head. The token embedding E is both an input weight (one-hot fan-in: constant init, Adam
+LR unscaled) and, through logits = x E^T, an output weight (μP: constant init, Adam LR unscaled, the
+logits multiplied by 1/m). The two rules agree on E's init and LR, so tying needs nothing beyond the
+1/m logit multiplier; E's LR is the unscaled lr.
+
+No zero init. The `mup` README recommends zero-initialising the readout and the query projection so
+that the logits and attention logits do not shrink (like 1/sqrt(m)) at initialisation; that shrinking
+is transient, the readout here is usually the (non-zero) token embedding, and keeping the SP init
+keeps μP identical to SP at the base width, so both keep their random init.
+
+Assumptions, documented rather than checked: every hidden width grows with d_model by the same m
+(d_ff / d_model and n_heads fixed, so the head dim H grows with m; the base model's head dim is H / m).
+At d_model == mup_base_width every rule above is the identity, so μP equals SP there exactly: a
+learning rate tuned on the SP base model is the μP learning rate at every width.
+"""
+
+import math
+
+HIDDEN, VECTOR = "hidden", "vector"  # Adam learning-rate groups (see `param_group`)
+
+
+def is_mup(model_cfg) -> bool:
+    return model_cfg.parametrization == "mup"
+
+
+def width_mult(model_cfg) -> float:
+    """m = d_model / mup_base_width under μP; 1.0 under SP (every rule below is then the identity)."""
+    return model_cfg.d_model / model_cfg.mup_base_width if is_mup(model_cfg) else 1.0
+
+
+def hidden_init_std(model_cfg) -> float:
+    """Init std of hidden kernels (attention q/k/v/out, MLP up/gate/down): variance ~ 1/fan_in, equal
+    to `init_std` at the base width. Embeddings and readouts keep `init_std` at every width."""
+    return model_cfg.init_std / math.sqrt(width_mult(model_cfg))
+
+
+def attention_scale(model_cfg) -> float:
+    """Multiplier of the attention logits q.k. SP: 1/sqrt(H). μP: 1/H, the μP rule, written as
+    sqrt(H_base)/H with the base head dim H_base = H/m so that it equals 1/sqrt(H) at the base width
+    (Tensor Programs V; the `mup` README's 8/d is the same idea for H_base = 64)."""
+    head_dim = model_cfg.d_model // model_cfg.n_heads
+    return head_dim**-0.5 * width_mult(model_cfg) ** -0.5
+
+
+def output_multiplier(model_cfg) -> float:
+    """Multiplier on the input of every readout (the tied or untied LM head, the scalar head): 1/m.
+    Keeps logits O(1) once training has aligned the readout with the features, which grow the logits
+    like m under SP."""
+    return 1.0 / width_mult(model_cfg)
+
+
+def param_group(path) -> str:
+    """HIDDEN for kernels inside the blocks (both dims grow with width: "matrix-like" in μP), VECTOR for
+    everything else: embeddings, readout kernels (vocab / 1 output dims), biases, norm scales.
+
+    `path` is a key path of the params pytree (`jax.tree_util.tree_map_with_path`); decided by name,
+    not rank, because scanned layers put a leading layers axis on every block parameter."""
+    names = [str(getattr(key, "key", key)) for key in path]
+    return HIDDEN if names[0] == "blocks" and names[-1] == "kernel" else VECTOR
+
+
+def adam_lr_multiplier(model_cfg, group: str) -> float:
+    """Factor on the Adam learning rate of a `param_group`: 1/m for HIDDEN under μP, else 1."""
+    return 1.0 / width_mult(model_cfg) if group == HIDDEN else 1.0

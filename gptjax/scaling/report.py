@@ -1,0 +1,312 @@
+"""The sweep's human-readable report: WORKDIR/report.md and its plots under WORKDIR/plots/.
+
+Drawn from the trial rows and `fit.fit_all`'s dict (the runner writes that dict to WORKDIR/fits.json);
+nothing is refitted here. Each plot whose fit is missing is replaced by a sentence saying so, so a sweep
+with failed trials or too few budgets still gets a report. matplotlib is imported inside `write_report`
+and draws on an Agg canvas without pyplot, so importing this module, or a notebook's own backend, is
+unaffected.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from gptjax.scaling import fit as fitlib
+
+PLOTS_DIR = "plots"
+
+
+def format_value(x, digits: int = 4) -> str:
+    """A number as report.md prints it (4 significant digits); None (a missing value) as an em dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.{digits}g}"
+
+
+def _interval(estimate) -> str:
+    if not estimate or estimate.get("low") is None:
+        return "—"
+    return f"[{format_value(estimate['low'])}, {format_value(estimate['high'])}]"
+
+
+def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float) -> str:
+    """Write WORKDIR/report.md and WORKDIR/plots/*.png; returns the path of report.md.
+
+    rows: the sweep's trial rows (results.jsonl); fits: `fit.fit_all(rows, target_flops, ...)`.
+    Images are linked with paths relative to report.md.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: only reporting pays the import
+    from matplotlib.figure import Figure
+
+    os.makedirs(os.path.join(workdir, PLOTS_DIR), exist_ok=True)
+
+    def save(fig, name):
+        FigureCanvasAgg(fig)
+        fig.savefig(os.path.join(workdir, PLOTS_DIR, name), dpi=110)
+        return f"![{name[:-4].replace('_', ' ')}]({PLOTS_DIR}/{name})"
+
+    def new_figure(panels=1):
+        fig = Figure(figsize=(5.5 * panels, 4.2), layout="constrained")
+        return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+    usable = fitlib.usable_rows(rows)
+    lines = ["# Scaling sweep report", "",
+             f"Target compute: **{format_value(target_flops)} FLOPs**. {_rows_summary(fits)}", ""]
+    lines += _recommendation_section(fits, target_flops)
+    lines += _backtest_section(fits.get("backtest"))
+    lines += _fits_section(fits)
+    lines += ["## Plots", "", "### Loss vs compute", "",
+              _plot_loss_vs_compute(usable, fits, target_flops, new_figure, save), "",
+              "### IsoFLOP profiles", "", _plot_isoflops(usable, fits, new_figure, save), "",
+              "### Compute-optimal N and D", "", _plot_allocation(fits, target_flops, new_figure, save), "",
+              "### Hyperparameters", "", _plot_hyperparameters(fits, target_flops, new_figure, save), ""]
+    notes = fits.get("notes") or []
+    lines += ["## Notes", ""] + ([f"- {n}" for n in notes] or ["None."]) + [""]
+    lines += _trials_table(rows)
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text
+
+
+def _rows_summary(fits):
+    n = fits.get("n_rows") or {}
+    if not n:
+        return ""
+    return (f"{n['total']} trials, {n['fitted']} fitted ({n['excluded']} excluded: failed, diverged or no loss); "
+            f"{n['models']} model sizes over {n['budgets']} budgets.")
+
+
+_QUANTITIES = (("N", "N* (compute parameters)"), ("D", "D* (tokens)"), ("tokens_per_param", "tokens per parameter"),
+               ("loss", "predicted loss"), ("lr", "learning rate η*"), ("batch_size", "batch size B* (sequences)"))
+
+
+def _recommendation_section(fits, target_flops):
+    rec = fits.get("recommendation") or {}
+    lines = [f"## Recommendation at C = {format_value(target_flops)} FLOPs", "",
+             "| quantity | value | 95% interval | from |", "| --- | --- | --- | --- |"]
+    for key, label in _QUANTITIES:
+        est = rec.get(key)
+        if est:
+            lines.append(f"| {label} | {format_value(est['value'])} | {_interval(est)} | {est['source']} |")
+        else:
+            lines.append(f"| {label} | — | — | no fit (see notes) |")
+    return lines + [""]
+
+
+def _backtest_section(back):
+    lines = ["## Backtest", ""]
+    if not back:
+        return lines + ["No backtest: it needs at least two budgets (see notes).", ""]
+    parts = []
+    for name, label in (("frontier", "frontier"), ("approach3", "Approach 3")):
+        entry = back.get(name) or {}
+        if "predicted" in entry:
+            parts.append(f"{label} predicted {format_value(entry['predicted'])} (error {entry['error']:+.4g}, "
+                         f"{100 * entry['rel_error']:+.2f}%)")
+        else:
+            parts.append(f"{label} skipped ({entry.get('skipped', 'no fit')})")
+    lines.append(f"Refitted without the largest budget ({format_value(back['held_out_budget'])} FLOPs), whose best "
+                 f"observed loss is {format_value(back['observed'])}: " + "; ".join(parts) + ".")
+    return lines + [""]
+
+
+def _fits_section(fits):
+    lines = ["## Fits", ""]
+    frontier = fits.get("frontier")
+    if frontier:
+        p = frontier["params"]
+        lines.append(f"- Frontier L(C) = E + (C0/C)^γ: E = {format_value(p['E']['value'])} {_interval(p['E'])}, "
+                     f"C0 = {format_value(p['C0']['value'])} {_interval(p['C0'])}, "
+                     f"γ = {format_value(p['gamma']['value'])} {_interval(p['gamma'])}.")
+    a2 = fits.get("approach2")
+    if a2:
+        n_law, d_law = a2["N_law"], a2["D_law"]
+        lines.append(f"- Approach 2 (IsoFLOP parabolas): N*(C) = {format_value(n_law['coef']['value'])} · "
+                     f"C^{format_value(n_law['exponent']['value'])} (exponent {_interval(n_law['exponent'])}), "
+                     f"D*(C) ∝ C^{format_value(d_law['exponent']['value'])} {_interval(d_law['exponent'])}.")
+    a3 = fits.get("approach3")
+    if a3:
+        p = a3["params"]
+        terms = ", ".join(f"{name} = {format_value(p[key]['value'])} {_interval(p[key])}"
+                          for key, name in (("E", "E"), ("A", "A"), ("B", "B"), ("alpha", "α"), ("beta", "β")))
+        lines.append(f"- Approach 3, L(N, D) = E + A/N^α + B/D^β: {terms}; "
+                     f"N_opt ∝ C^{format_value(p['a']['value'])}, D_opt ∝ C^{format_value(p['b']['value'])}.")
+    for key, label in (("lr", "η*(C)"), ("batch_size", "B*(C)")):
+        law = (fits.get("hyperparameters") or {}).get(key)
+        if law:
+            lines.append(f"- {label} = {format_value(law['law']['coef']['value'])} · "
+                         f"C^{format_value(law['law']['exponent']['value'])} "
+                         f"(exponent {_interval(law['law']['exponent'])}), from {len(law['budgets'])} budgets.")
+    if len(lines) == 2:
+        lines.append("No fit could be made (see notes).")
+    return lines + [""]
+
+
+def _trials_table(rows):
+    lines = ["## Trials", "",
+             "| trial | budget | shape | N | D | lr | batch | eval loss | status | tokens/s | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def key(row):
+        return tuple(row.get(k) if isinstance(row.get(k), (int, float)) else math.inf
+                     for k in ("budget", "N", "lr", "batch_size"))
+
+    for row in sorted(rows, key=key):
+        status = row.get("status", "ok") + (f" ({row['reason']})" if row.get("reason") else "")
+        cells = [row.get("trial", "—"), format_value(row.get("budget")), _shape(row), format_value(row.get("N")),
+                 format_value(row.get("D")), format_value(row.get("lr")), format_value(row.get("batch_size")),
+                 format_value(row.get("eval_loss")), status, format_value(row.get("tokens_per_sec")),
+                 format_value(row.get("wall_seconds"))]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return lines + [""]
+
+
+def _shape(row):
+    if row.get("n_layers") is None or row.get("d_model") is None:
+        return "—"
+    extra = "".join(f" {tag}{row[k]}" for k, tag in (("n_heads", "h"), ("d_ff", "ff")) if row.get(k) is not None)
+    return f"L{row['n_layers']} d{row['d_model']}{extra}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots: each returns the markdown for report.md (an image link, or a sentence when it is skipped)
+
+
+def _budget_colors(budgets):
+    from matplotlib import colormaps
+
+    budgets = sorted(set(budgets))
+    cmap = colormaps["viridis"]
+    return {b: cmap(i / max(len(budgets) - 1, 1)) for i, b in enumerate(budgets)}
+
+
+def _error_bar(estimate):
+    """matplotlib's yerr for one estimate; a missing interval end draws no bar on that side."""
+    value = estimate["value"]
+    low, high = estimate.get("low"), estimate.get("high")
+    return [[value - (value if low is None else low)], [(value if high is None else high) - value]]
+
+
+def _draw_band(ax, band, color, label):
+    c = np.array(band["C"], float)
+    value = np.array([np.nan if v is None else v for v in band["value"]], float)
+    ax.plot(c, value, color=color, label=label)
+    low = np.array([np.nan if v is None else v for v in band["low"]], float)
+    high = np.array([np.nan if v is None else v for v in band["high"]], float)
+    if np.isfinite(low).any():
+        ax.fill_between(c, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def _plot_loss_vs_compute(usable, fits, target_flops, new_figure, save):
+    if not usable:
+        return "Skipped: no trial finished with a finite loss."
+    fig, (ax,) = new_figure()
+    colors = _budget_colors(r["budget"] for r in usable)
+    ax.scatter([r["C"] for r in usable], [r["eval_loss"] for r in usable], s=14, alpha=0.6,
+               c=[colors[r["budget"]] for r in usable], label="trials")
+    frontier = fits.get("frontier")
+    sentence = ""
+    if frontier:
+        ax.scatter([p["C"] for p in frontier["points"]], [p["loss"] for p in frontier["points"]], s=40,
+                   facecolors="none", edgecolors="black", label="frontier points")
+        _draw_band(ax, frontier["curve"], "black", "frontier fit (95% band)")
+        at = frontier.get("at_target", {}).get("loss")
+        if at and at["value"] is not None:
+            ax.errorbar([target_flops], [at["value"]], yerr=_error_bar(at), fmt="*", color="crimson", markersize=10,
+                        label=f"frontier at target: {format_value(at['value'])}")
+    else:
+        sentence = "\n\nThe frontier could not be fitted, so only the trials are shown (see notes)."
+    ax.axvline(target_flops, color="gray", linestyle=":", linewidth=1)
+    ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="eval loss", title="Loss vs compute")
+    ax.legend(fontsize=8)
+    return save(fig, "loss_vs_compute.png") + sentence
+
+
+def _plot_isoflops(usable, fits, new_figure, save):
+    models = fitlib.best_per_model(usable)
+    if not models:
+        return "Skipped: no trial finished with a finite loss."
+    fig, (ax,) = new_figure()
+    colors = _budget_colors(m["budget"] for m in models)
+    for b, color in colors.items():
+        pts = [m for m in models if m["budget"] == b]
+        ax.scatter([m["N"] for m in pts], [m["eval_loss"] for m in pts], color=color, s=20,
+                   label=f"C = {format_value(b, 3)}")
+    a2, a3 = fits.get("approach2"), fits.get("approach3")
+    for v in (a2 or {}).get("budgets", []):
+        color = colors.get(v["budget"], "gray")
+        lo, hi = v["N_range"]
+        n = np.geomspace(lo / 1.5, hi * 1.5, 100)
+        x = np.log(n)
+        ax.plot(n, np.polyval(v["coef"], x), color=color, linewidth=1)
+        ax.plot([v["N_opt"]], [np.polyval(v["coef"], math.log(v["N_opt"]))], marker="v" if v["status"] == "ok" else "x",
+                color=color, markersize=8, linestyle="none")
+    if a3:
+        for b, color in colors.items():
+            c = np.exp(np.mean([math.log(m["C"]) for m in models if m["budget"] == b]))
+            ns = [m["N"] for m in models if m["budget"] == b]
+            n = np.geomspace(min(ns) / 1.5, max(ns) * 1.5, 100)
+            ax.plot(n, fitlib.predict_loss(a3, n, c / (6 * n)), color=color, linestyle="--", linewidth=0.8)
+    ax.set(xscale="log", xlabel="N (compute parameters)", ylabel="eval loss (best over lr / batch / seed)",
+           title="IsoFLOP profiles: parabolas (solid, ▼ vertex), Approach 3 (dashed)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    sentence = "" if a2 else "\n\nNo IsoFLOP parabolas: Approach 2 could not be fitted (see notes)."
+    return save(fig, "isoflop_profiles.png") + sentence
+
+
+def _plot_allocation(fits, target_flops, new_figure, save):
+    a2, a3 = fits.get("approach2"), fits.get("approach3")
+    if not (a2 or a3):
+        return "Skipped: neither Approach 2 nor Approach 3 could be fitted (see notes)."
+    fig, axes = new_figure(2)
+    for ax, key, label in ((axes[0], "N", "N* (compute parameters)"), (axes[1], "D", "D* (tokens)")):
+        if a2:
+            pts = [v for v in a2["budgets"] if v["status"] == "ok"]
+            c = np.array([v["C"] for v in pts])
+            if key == "N":
+                value = np.array([v["N_opt"] for v in pts])
+                low = np.array([v["N_opt_interval"]["low"] or v["N_opt"] for v in pts])
+                high = np.array([v["N_opt_interval"]["high"] or v["N_opt"] for v in pts])
+            else:  # D* = C / (6 N*): the interval flips
+                value = np.array([v["D_opt"] for v in pts])
+                low = c / (6 * np.array([v["N_opt_interval"]["high"] or v["N_opt"] for v in pts]))
+                high = c / (6 * np.array([v["N_opt_interval"]["low"] or v["N_opt"] for v in pts]))
+            ax.errorbar(c, value, yerr=[value - low, high - value], fmt="o", color="tab:blue",
+                        label="Approach 2 vertices")
+            _draw_band(ax, a2["curve"][key], "tab:blue", "Approach 2 law")
+        if a3:
+            _draw_band(ax, a3["curve"][key], "tab:orange", "Approach 3")
+        rec = (fits.get("recommendation") or {}).get(key)
+        if rec:
+            ax.errorbar([target_flops], [rec["value"]], yerr=_error_bar(rec), fmt="*", color="crimson",
+                        markersize=10, label=f"recommended ({rec['source']}): {format_value(rec['value'])}")
+        ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel=label)
+        ax.legend(fontsize=8)
+    return save(fig, "compute_optimal.png")
+
+
+def _plot_hyperparameters(fits, target_flops, new_figure, save):
+    laws = [(key, law) for key, law in (fits.get("hyperparameters") or {}).items() if law]
+    if not laws:
+        return ("Skipped: no hyperparameter law was fitted (learning rate and batch size not swept over >= 3 "
+                "budgets; see notes).")
+    fig, axes = new_figure(len(laws))
+    labels = {"lr": "best learning rate η*", "batch_size": "best batch size B* (sequences)"}
+    for ax, (key, law) in zip(axes, laws):
+        ax.scatter([o["C"] for o in law["budgets"]], [o["value"] for o in law["budgets"]], color="tab:green",
+                   label="per-budget optimum", zorder=3)
+        _draw_band(ax, law["curve"], "tab:green", "power law (95% band)")
+        at = law.get("at_target")
+        if at and at["value"] is not None:
+            ax.plot([target_flops], [at["value"]], "*", color="crimson", markersize=10,
+                    label=f"at target: {format_value(at['value'])}")
+        ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel=labels.get(key, key))
+        ax.legend(fontsize=8)
+    return save(fig, "hyperparameters.png")

@@ -1,0 +1,277 @@
+"""Runs a scaling sweep (`config.mode = "sweep"`): plan, train every unfinished trial, fit, report.
+
+Workdir layout:
+  plan.json              the trials (shapes, budgets, steps, FLOPs in all accountings) and warnings
+  tokenizer.json         shared by every trial
+  trials/<id>/           one trial: checkpoints/, metrics.jsonl, tensorboard/, result.json when done
+  results.jsonl          one row per trained model (see `result_rows`)
+  fits.json, report.md, plots/   from gptjax/scaling/fit.py and report.py
+
+Rerunning the same command skips trials with a result (diverged ones included: divergence is
+deterministic) and resumes an interrupted trial from its checkpoint; trials that crashed are retried.
+`sweep.trial_index=K` runs trial K only (cluster array jobs share one workdir), `sweep.mode=fit` refits
+from the results, `sweep.mode=plan` writes plan.json and stops.
+"""
+
+import concurrent.futures
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+
+from absl import logging
+
+from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
+from gptjax.train.loop import TrainingDivergedError, train, write_json_atomic
+
+RESULT_FILE = "result.json"
+
+
+def run_sweep(cfg, workdir: str) -> dict:
+    """The sweep job; returns a summary (counts, the recommendation, where the report is)."""
+    os.makedirs(workdir, exist_ok=True)
+    if cfg.sweep.mode == "fit":
+        return fit_and_report(cfg, workdir)
+    trials, warnings = prepare(cfg, workdir)
+    if cfg.sweep.mode == "plan":
+        return {"plan": os.path.join(workdir, "plan.json"), "trials": len(trials), "warnings": warnings}
+    if cfg.sweep.trial_index >= 0:
+        if cfg.sweep.trial_index >= len(trials):
+            raise SweepPlanError(f"sweep.trial_index={cfg.sweep.trial_index}: the plan has {len(trials)} trials "
+                                 f"(0..{len(trials) - 1}); see {os.path.join(workdir, 'plan.json')}")
+        rows = run_trial(cfg, trials[cfg.sweep.trial_index], workdir)
+        return {"trial": trials[cfg.sweep.trial_index].id, "results": rows}
+    todo = [t for t in trials if not _finished(workdir, t)]
+    logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
+    progress = SweepProgress(len(trials), len(trials) - len(todo), cfg.train.progress_bar)
+    try:
+        if cfg.sweep.n_workers > 0:
+            _run_in_subprocesses(cfg, todo, workdir, progress)
+        else:
+            for trial in todo:
+                progress.trial_done(trial, run_trial(cfg, trial, workdir))
+    finally:
+        progress.close()
+    rows = collect_results(workdir, trials)
+    print_summary(rows)
+    return fit_and_report(cfg, workdir)
+
+
+def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
+    """Builds the shared tokenizer and token caches once, plans, and writes plan.json."""
+    from gptjax.data.pipeline import make_streams  # the data stack is only needed to plan or train
+
+    data = make_streams(cfg, workdir)
+    train_tokens = (round(data.batches_per_epoch * cfg.data.batch_size * cfg.data.seq_len)
+                    if data.batches_per_epoch else None)
+    trials, warnings = plan_sweep(cfg, train_tokens)
+    for warning in warnings:
+        logging.warning("sweep plan: %s", warning)
+    write_json_atomic(os.path.join(workdir, "plan.json"),
+                      {"train_tokens": train_tokens, "warnings": warnings, "trials": [t.to_json() for t in trials]})
+    return trials, warnings
+
+
+def _tokenizer_path(cfg, workdir: str) -> str | None:
+    if cfg.data.source.startswith("synthetic:"):
+        return None
+    return cfg.data.tokenizer or os.path.join(os.path.abspath(workdir), "tokenizer.json")
+
+
+def trial_dir(workdir: str, trial: Trial) -> str:
+    return os.path.join(workdir, "trials", trial.id)
+
+
+def _finished(workdir: str, trial: Trial) -> bool:
+    path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return all(r["status"] != "failed" for r in json.load(f))
+
+
+def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
+    """Trains one trial (all its learning rates) unless it already has a result; never raises for a
+    diverging or crashing trial: its rows carry status "diverged" / "failed" and the reason."""
+    directory = trial_dir(workdir, trial)
+    path = os.path.join(directory, RESULT_FILE)
+    if _finished(workdir, trial):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    os.makedirs(directory, exist_ok=True)
+    tcfg = trial_config(cfg, trial, _tokenizer_path(cfg, workdir))
+    start = time.perf_counter()
+    try:
+        if len(trial.learning_rates) > 1:
+            from gptjax.scaling.vectorized import train_group
+
+            members = [{"lr": lr, "seed": trial.seed} for lr in trial.learning_rates]
+            results = train_group(tcfg, members, directory)
+        else:
+            results = [_train_one(tcfg, directory)]
+    except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
+        logging.error("trial %s failed:\n%s", trial.id, traceback.format_exc())
+        reason = f"{type(e).__name__}: {e}"
+        results = [dict(lr=lr, seed=trial.seed, status="failed", reason=reason, eval_loss=math.nan,
+                        wall_seconds=time.perf_counter() - start) for lr in trial.learning_rates]
+    write_json_atomic(path, results)
+    return results
+
+
+def _train_one(tcfg, directory: str) -> dict:
+    """One model through the regular training loop (sharded over the mesh, as any pretraining run)."""
+    start = time.perf_counter()
+    base = dict(lr=tcfg.optim.lr, seed=tcfg.seed, steps=tcfg.train.steps,
+                tokens=tcfg.train.steps * tcfg.data.batch_size * tcfg.data.seq_len, group_size=1)
+    try:
+        final = train(tcfg, directory)
+    except TrainingDivergedError as e:
+        return dict(base, status="diverged", reason=str(e), eval_loss=math.nan,
+                    wall_seconds=time.perf_counter() - start)
+    return dict(base, status="ok", reason="", eval_loss=final["eval_loss"],
+                eval_bits_per_byte=final.get("eval_bits_per_byte"), train_loss=final["loss"],
+                tokens_per_sec=final["tokens_per_sec"], compile_seconds=final["compile_seconds"],
+                wall_seconds=time.perf_counter() - start, epochs=final.get("epochs"))
+
+
+def _worker(cfg, trial: Trial, workdir: str) -> list[dict]:
+    """Entry point of a sweep subprocess."""
+    logging.set_verbosity(logging.WARNING)
+    return run_trial(cfg, trial, workdir)
+
+
+def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> None:
+    """Runs trials in sweep.n_workers spawned processes (each with its own JAX runtime). A worker that
+    dies (e.g. killed for memory) gets its trial recorded as failed; the others go on."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(cfg.sweep.n_workers, mp_context=context) as pool:
+        futures = {pool.submit(_worker, cfg, trial, workdir): trial for trial in trials}
+        for future in concurrent.futures.as_completed(futures):
+            trial = futures[future]
+            try:
+                rows = future.result()
+            except Exception as e:  # noqa: BLE001 - the worker process itself died
+                reason = f"worker process died: {type(e).__name__}: {e}"
+                rows = [dict(lr=lr, seed=trial.seed, status="failed", reason=reason, eval_loss=math.nan)
+                        for lr in trial.learning_rates]
+                write_json_atomic(os.path.join(trial_dir(workdir, trial), RESULT_FILE), rows)
+            progress.trial_done(trial, rows)
+
+
+class SweepProgress:
+    """The sweep-level display: a tqdm bar over trials on a terminal (each trial's own step bar shows
+    below it), and one line per finished trial either way."""
+
+    def __init__(self, total: int, done: int, progress_bar: bool):
+        self.total, self.done = total, done
+        self._bar = None
+        if progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=done, unit="trial", desc="sweep", dynamic_ncols=True)
+
+    def trial_done(self, trial: Trial, rows: list[dict]) -> None:
+        self.done += 1
+        ok = [r for r in rows if r["status"] == "ok"]
+        if ok:
+            best = min(ok, key=lambda r: r["eval_loss"])
+            outcome = f"best eval_loss {best['eval_loss']:.4f} at lr {best['lr']:.3g}"
+        else:
+            outcome = f"{rows[0]['status']}: {rows[0]['reason']}"
+        message = f"[sweep {self.done}/{self.total}] {trial.id} (N={trial.N:.3g}, D={trial.tokens:.3g}): {outcome}"
+        logging.info("%s", message)
+        if self._bar is not None:
+            self._bar.write(message)
+            self._bar.update(1)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def result_rows(trial: Trial, results: list[dict]) -> list[dict]:
+    """results.jsonl rows of one trial: the plan's shapes and FLOPs joined with each model's result."""
+    shape = trial.shape
+    rows = []
+    for r in results:
+        rows.append(dict(
+            trial=trial.id, index=trial.index, budget=trial.budget, n_layers=shape.n_layers,
+            d_model=shape.d_model, n_heads=shape.n_heads, d_ff=shape.d_ff, batch_size=trial.batch_size,
+            seq_len=round(trial.tokens / trial.steps / trial.batch_size), lr=r["lr"], seed=r["seed"],
+            steps=trial.steps, tokens=trial.tokens, N=trial.N, D=trial.tokens, C=trial.C, params=trial.params,
+            flops_per_token=trial.flops_per_token,
+            flops={k: v * trial.tokens for k, v in trial.flops_per_token.items()},
+            **{k: r.get(k) for k in ("eval_loss", "eval_bits_per_byte", "train_loss", "tokens_per_sec",
+                                     "wall_seconds", "compile_seconds", "group_size", "epochs", "status",
+                                     "reason")}))
+    return rows
+
+
+def collect_results(workdir: str, trials: list[Trial]) -> list[dict]:
+    """Gathers every finished trial's result into WORKDIR/results.jsonl (rewritten atomically)."""
+    rows = []
+    for trial in trials:
+        path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                rows.extend(result_rows(trial, json.load(f)))
+    tmp = os.path.join(workdir, f"results.jsonl.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp, os.path.join(workdir, "results.jsonl"))
+    return rows
+
+
+def _plan_trials(workdir: str) -> list[Trial] | None:
+    """The trials of WORKDIR/plan.json, or None when there is no plan (results from elsewhere)."""
+    from gptjax.scaling.plan import ModelShape
+
+    path = os.path.join(workdir, "plan.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        plan = json.load(f)
+    trials = []
+    for t in plan["trials"]:
+        t = dict(t, shape=ModelShape(**t["shape"]), learning_rates=tuple(t["learning_rates"]))
+        trials.append(Trial(**t))
+    return trials
+
+
+def fit_and_report(cfg, workdir: str) -> dict:
+    """Fits the scaling laws to WORKDIR's results (refreshed from trials/ when a plan exists) and
+    writes fits.json, report.md and plots/."""
+    from gptjax.scaling.fit import fit_all, load_results
+    from gptjax.scaling.report import write_report
+
+    trials = _plan_trials(workdir)
+    results_path = os.path.join(workdir, "results.jsonl")
+    if trials is not None:
+        rows = collect_results(workdir, trials)
+    elif os.path.isfile(results_path):
+        rows = load_results(results_path)
+    else:
+        raise SweepPlanError(f"sweep.mode=fit: {os.path.abspath(workdir)} has neither plan.json nor results.jsonl; "
+                             "run the sweep first (sweep.mode=run) or point --workdir at a finished sweep")
+    fits = fit_all(rows, cfg.sweep.target_flops, n_bootstrap=cfg.sweep.n_bootstrap, seed=cfg.seed)
+    write_json_atomic(os.path.join(workdir, "fits.json"), fits)
+    report = write_report(workdir, rows, fits, cfg.sweep.target_flops)
+    statuses = [r["status"] for r in rows]
+    return {"models": len(rows), "ok": statuses.count("ok"), "diverged": statuses.count("diverged"),
+            "failed": statuses.count("failed"), "recommendation": fits.get("recommendation"), "report": report}
+
+
+def print_summary(rows: list[dict]) -> None:
+    """The table of every trained model, to stderr."""
+    header = f"{'trial':<34} {'N':>9} {'D':>9} {'lr':>8} {'eval_loss':>9} {'status':>8} {'tok/s':>8} {'wall s':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        loss = r["eval_loss"] if r["eval_loss"] is not None else math.nan
+        lines.append(f"{r['trial']:<34} {r['N']:>9.3g} {r['D']:>9.3g} {r['lr']:>8.2g} {loss:>9.4f} "
+                     f"{r['status']:>8} {r.get('tokens_per_sec') or math.nan:>8.0f} {r.get('wall_seconds') or math.nan:>7.1f}")
+    print("\n".join(lines), file=sys.stderr, flush=True)

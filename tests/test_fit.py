@@ -1,0 +1,259 @@
+"""Scaling-law fits (gptjax/scaling/fit.py) on synthetic sweeps whose true laws are known."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gptjax.scaling import fit as F
+
+# Hoffmann et al. 2022's published fit of L(N, D).
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def isoflop_rows(budgets, per_budget, spread, noise=0.0, seed=0, law=CHINCHILLA):
+    """One row per model: `per_budget` sizes per budget, log-spaced over a `spread`x range centred on
+    the law's compute-optimal N, with multiplicative log-normal noise of relative size `noise`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        n_opt, _ = F.compute_optimal(law, c)
+        for n in n_opt * np.geomspace(spread**-0.5, spread**0.5, per_budget):
+            d = c / (6 * n)
+            loss = F.predict_loss(law, n, d) * math.exp(noise * rng.standard_normal())
+            rows.append(dict(trial=f"c{c:.3g}-n{n:.4g}", budget=float(c), C=float(c), N=float(n), D=float(d),
+                             eval_loss=float(loss), status="ok"))
+    return rows
+
+
+def test_approach3_recovers_chinchilla_and_its_intervals_cover_the_truth():
+    budgets = np.geomspace(1e18, 1e21, 7)
+    rows = isoflop_rows(budgets, per_budget=9, spread=30, noise=0.002, seed=0)
+    fit = F.fit_approach3(rows, target_flops=1e23, n_bootstrap=200, seed=0, n_starts=30)
+    p = fit["params"]
+    for name, tol in (("E", 0.02), ("alpha", 0.02), ("beta", 0.02)):
+        assert abs(p[name]["value"] - CHINCHILLA[name]) < tol, (name, p[name])
+        assert p[name]["low"] <= CHINCHILLA[name] <= p[name]["high"], (name, p[name])
+        # An interval that covers because it is vacuous would not test the bootstrap.
+        assert p[name]["high"] - p[name]["low"] < 4 * tol, (name, p[name])
+    assert fit["n_bootstrap"] >= 180
+    # The allocation at the target follows from the fitted parameters.
+    n_t, d_t = F.compute_optimal(fit, 1e23)
+    assert fit["at_target"]["N"]["value"] == pytest.approx(n_t)
+    assert fit["at_target"]["tokens_per_param"]["value"] == pytest.approx(d_t / n_t)
+
+
+def test_loss_surface_exact_on_noiseless_points_and_optimum_minimises_the_isoflop_curve():
+    rows = isoflop_rows([1e18, 1e19, 1e20, 1e21], per_budget=7, spread=30)
+    n, d, loss = (np.array([r[k] for r in rows]) for k in ("N", "D", "eval_loss"))
+    fit = F.fit_loss_surface(n, d, loss, n_starts=30)
+    for name, true in CHINCHILLA.items():
+        assert fit[name] == pytest.approx(true, rel=2e-3), name
+    # N_opt from the closed form is the minimum of L(N, C/(6N)) found by brute force.
+    c = 3e22
+    n_opt, d_opt = F.compute_optimal(CHINCHILLA, c)
+    grid = n_opt * np.geomspace(0.5, 2, 2001)
+    assert grid[np.argmin(F.predict_loss(CHINCHILLA, grid, c / (6 * grid)))] == pytest.approx(n_opt, rel=2e-3)
+    assert 6 * n_opt * d_opt == pytest.approx(c)
+
+
+def parabola_rows(budgets, exponent=0.5, coef=0.1, ratios=(1 / 8, 1 / 3, 1, 3, 8), shift=None):
+    """IsoFLOP profiles that are exact parabolas in log N with the vertex at N* = coef C^exponent;
+    `shift` = {budget: factor} moves a profile's sampled sizes off its optimum."""
+    rows = []
+    for c in budgets:
+        n_star = coef * c**exponent
+        for r in ratios:
+            n = n_star * r * (shift or {}).get(c, 1.0)
+            loss = 2.0 + 5.0 * c**-0.1 + 0.05 * math.log(n / n_star) ** 2
+            rows.append(dict(trial=f"{c:.3g}-{r:.3g}", budget=c, C=c, N=n, D=c / (6 * n), eval_loss=loss, status="ok"))
+    return rows
+
+
+def test_approach2_recovers_the_optimum_exponent_and_flags_off_centre_profiles():
+    budgets = [1e16, 1e17, 1e18, 1e19]
+    fit = F.fit_approach2(parabola_rows(budgets), target_flops=1e21, n_bootstrap=20)
+    assert fit["N_law"]["exponent"]["value"] == pytest.approx(0.5, abs=1e-9)
+    assert fit["N_law"]["coef"]["value"] == pytest.approx(0.1, rel=1e-6)
+    assert fit["D_law"]["exponent"]["value"] == pytest.approx(0.5, abs=1e-9)  # D* = C / (6 N*)
+    assert fit["at_target"]["N"]["value"] == pytest.approx(0.1 * 1e21**0.5, rel=1e-6)
+    assert F.power_law(fit["N_law"], 1e21) == pytest.approx(fit["at_target"]["N"]["value"])
+    assert [b["status"] for b in fit["budgets"]] == ["ok"] * 4
+
+    # A profile sampled entirely above its optimum has its vertex outside: flagged, clipped, left out.
+    shifted = parabola_rows(budgets + [1e20], shift={1e20: 20.0})
+    fit = F.fit_approach2(shifted, n_bootstrap=0)
+    flagged = [b for b in fit["budgets"] if b["status"] != "ok"]
+    assert [(b["budget"], b["status"]) for b in flagged] == [(1e20, "clipped")]
+    assert flagged[0]["N_opt"] == pytest.approx(flagged[0]["N_range"][0])
+    assert fit["N_law"]["exponent"]["value"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_approach2_needs_three_budgets_with_three_models():
+    rows = parabola_rows([1e16, 1e17, 1e18], ratios=(0.5, 1, 2))[:-1]  # the last budget keeps 2 models
+    with pytest.raises(F.FitError, match="need >= 3 budgets with >= 3 models"):
+        F.fit_approach2(rows, n_bootstrap=0)
+
+
+def frontier_rows(budgets, E=1.8, C0=3e12, gamma=0.15, noise=0.0, seed=0):
+    """Per budget three models: the best exactly on L(C) = E + (C0/C)^gamma, two worse."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        best = (E + (C0 / c) ** gamma) * math.exp(noise * rng.standard_normal())
+        for k, excess in enumerate((0.0, 0.05, 0.2)):
+            rows.append(dict(trial=f"{c:.3g}-{k}", budget=c, C=c, N=1e6 * (k + 1), D=c / (6e6 * (k + 1)),
+                             eval_loss=best + excess, status="ok"))
+    return rows
+
+
+def test_frontier_recovers_E_and_gamma():
+    budgets = list(np.geomspace(1e14, 1e19, 6))
+    fit = F.fit_frontier(frontier_rows(budgets), target_flops=1e21, n_bootstrap=20)
+    assert fit["params"]["E"]["value"] == pytest.approx(1.8, abs=1e-4)
+    assert fit["params"]["gamma"]["value"] == pytest.approx(0.15, rel=1e-3)
+    assert fit["params"]["C0"]["value"] == pytest.approx(3e12, rel=1e-2)
+    assert fit["at_target"]["loss"]["value"] == pytest.approx(1.8 + (3e12 / 1e21) ** 0.15, rel=1e-5)
+    assert F.frontier_loss(fit, 1e21) == pytest.approx(fit["at_target"]["loss"]["value"])
+    assert [p["trial"] for p in fit["points"]] == [f"{c:.3g}-0" for c in budgets]
+
+    # With noise the bootstrap interval holds the truth, and a budget worse than a cheaper one is dropped.
+    rows = frontier_rows(budgets, noise=0.003, seed=1)
+    rows.append(dict(trial="bad", budget=3e19, C=3e19, N=1e6, D=1e12, eval_loss=5.0, status="ok"))
+    fit = F.fit_frontier(rows, n_bootstrap=100)
+    assert fit["dropped"] == 1 and "bad" not in [p["trial"] for p in fit["points"]]
+    assert fit["params"]["gamma"]["low"] <= 0.15 <= fit["params"]["gamma"]["high"]
+
+
+def test_backtest_small_on_noiseless_data_and_large_when_the_held_out_budget_is_off():
+    rows = isoflop_rows([1e18, 1e19, 1e20, 1e21], per_budget=7, spread=30)
+    result = F.backtest(rows, n_starts=30)
+    assert result["held_out_budget"] == 1e21
+    assert result["observed"] == min(r["eval_loss"] for r in rows if r["budget"] == 1e21)
+    for method in ("frontier", "approach3"):
+        assert abs(result[method]["rel_error"]) < 2e-3, (method, result[method])
+
+    for r in rows:
+        if r["budget"] == 1e21:
+            r["eval_loss"] *= 1.05
+    result = F.backtest(rows, n_starts=30)
+    for method in ("frontier", "approach3"):
+        assert result[method]["rel_error"] == pytest.approx(-0.05 / 1.05, abs=3e-3), (method, result[method])
+
+
+def lr_sweep_rows(budgets, lr_law=(0.3, -0.125), batch_law=None, lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+                  batch_sizes=(64,), sizes=(0.5, 1.0, 2.0)):
+    """Rows of an lr (and batch) sweep at three sizes per budget: loss = Chinchilla + quadratic
+    penalties in log lr and log batch around their laws' optima; the middle size is the best."""
+    rows = []
+    for c in budgets:
+        n_opt, _ = F.compute_optimal(CHINCHILLA, c)
+        lr_star = lr_law[0] * c ** lr_law[1]
+        b_star = batch_law[0] * c ** batch_law[1] if batch_law else batch_sizes[0]
+        for ratio in sizes:
+            n = n_opt * ratio
+            for lr in lrs:
+                for bs in batch_sizes:
+                    loss = (F.predict_loss(CHINCHILLA, n, c / (6 * n)) + 0.03 * math.log(lr / lr_star) ** 2
+                            + 0.02 * math.log(bs / b_star) ** 2)
+                    rows.append(dict(trial=f"{c:.3g}-{ratio}-{lr:.0e}-{bs}", budget=c, C=c, N=float(n),
+                                     D=float(c / (6 * n)), eval_loss=float(loss), lr=lr, batch_size=bs, status="ok"))
+    return rows
+
+
+def test_hyperparameter_laws_recover_known_exponents():
+    budgets = [1e17, 1e18, 1e19, 1e20]
+    rows = lr_sweep_rows(budgets, batch_law=(2e-3, 0.3), batch_sizes=(64, 128, 256, 512, 1024, 2048))
+    lr = F.fit_hyperparameter_law(rows, "lr", target_flops=1e22, n_bootstrap=50)
+    assert lr["law"]["exponent"]["value"] == pytest.approx(-0.125, abs=1e-6)
+    assert lr["law"]["coef"]["value"] == pytest.approx(0.3, rel=1e-4)
+    assert lr["at_target"]["value"] == pytest.approx(0.3 * 1e22**-0.125, rel=1e-4)
+    assert {b["method"] for b in lr["budgets"]} == {"parabola"}
+    n_best = [F.compute_optimal(CHINCHILLA, c)[0] for c in budgets]
+    assert [b["N"] for b in lr["budgets"]] == pytest.approx(n_best)  # the sweep at the best model
+    batch = F.fit_hyperparameter_law(rows, "batch_size", n_bootstrap=50)
+    assert batch["law"]["exponent"]["value"] == pytest.approx(0.3, abs=1e-6)
+
+    # Two learning rates give the argmin, which a law through argmins still orders correctly.
+    two = F.fit_hyperparameter_law(lr_sweep_rows(budgets, lrs=(3e-4, 3e-3)), "lr", n_bootstrap=0)
+    assert {b["method"] for b in two["budgets"]} == {"argmin"}
+    assert two["law"]["exponent"]["value"] < 0
+
+
+def test_fit_all_on_a_sweep_is_json_and_recommends_from_the_fits():
+    budgets = list(np.geomspace(1e17, 1e20, 4))
+    rows = lr_sweep_rows(budgets, sizes=(0.2, 0.5, 1.0, 2.0, 5.0))
+    rows.append(dict(trial="diverged", budget=1e17, C=1e17, N=1e6, D=1e10, eval_loss=float("nan"), status="diverged"))
+    fits = F.fit_all(rows, target_flops=1e22, n_bootstrap=20, n_starts=20)
+    json.dumps(fits, allow_nan=False)  # plain JSON: no numpy types, no NaN
+    assert set(fits) >= {"frontier", "approach2", "approach3", "backtest", "hyperparameters", "recommendation",
+                         "n_rows", "notes"}
+    assert fits["n_rows"] == {"total": len(rows), "fitted": len(rows) - 1, "excluded": 1, "models": 20, "budgets": 4}
+    rec = fits["recommendation"]
+    assert rec["N"] == {**fits["approach3"]["at_target"]["N"], "source": "approach3"}
+    assert rec["loss"]["low"] <= rec["loss"]["value"] <= rec["loss"]["high"]
+    assert rec["lr"]["value"] == pytest.approx(0.3 * 1e22**-0.125, rel=1e-3)
+    assert rec["batch_size"] is None and any("batch_size" in note for note in fits["notes"])
+
+
+def test_failed_and_diverged_rows_are_excluded():
+    rows = frontier_rows(list(np.geomspace(1e14, 1e19, 4)))
+    # Lower losses than any ok row: if they counted, they would be every budget's best.
+    rows += [dict(trial="diverged", budget=1e14, C=1e14, N=1e6, D=1e7, eval_loss=0.1, status="diverged"),
+             dict(trial="failed", budget=1e19, C=1e19, N=1e6, D=1e12, eval_loss=0.1, status="failed", reason="oom"),
+             dict(trial="nan", budget=1e19, C=1e19, N=2e6, D=1e12, eval_loss=float("nan"), status="ok")]
+    assert {r["trial"] for r in F.best_per_model(rows)}.isdisjoint({"diverged", "failed", "nan"})
+    fits = F.fit_all(rows, target_flops=1e21, n_bootstrap=10, n_starts=10)
+    assert fits["n_rows"]["excluded"] == 3
+    assert "diverged" not in [p["trial"] for p in fits["frontier"]["points"]]
+
+
+def test_too_little_data_gives_notes_not_errors():
+    rows = isoflop_rows([1e18, 1e19], per_budget=2, spread=4)
+    for given in (rows, []):
+        fits = F.fit_all(given, target_flops=1e21, n_bootstrap=10, n_starts=10)
+        json.dumps(fits, allow_nan=False)
+        for key in ("frontier", "approach2", "approach3"):
+            assert fits[key] is None
+            assert any(note.startswith(key) and "need >=" in note for note in fits["notes"]), key
+        assert fits["recommendation"]["N"] is None and fits["recommendation"]["loss"] is None
+    with pytest.raises(F.FitError, match="target_flops"):
+        F.fit_all(rows, target_flops=0)
+
+
+def test_rows_that_cannot_be_fitted_raise_a_clear_error():
+    with pytest.raises(F.FitError, match=r"row 0 \(t0\) lacks N"):
+        F.usable_rows([dict(trial="t0", budget=1e18, C=1e18, D=1e9, eval_loss=3.0, status="ok")])
+
+
+def test_load_csv_round_trip(tmp_path):
+    rows = lr_sweep_rows([1e17, 1e18], lrs=(1e-3, 3e-3))
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["params", "tokens", "loss", "budget", "lr", "batch_size"])
+        for r in rows:
+            writer.writerow([repr(r[k]) for k in ("N", "D", "eval_loss", "budget", "lr", "batch_size")])
+    loaded = F.load_csv(str(path))
+    assert len(loaded) == len(rows)
+    for got, want in zip(loaded, rows):
+        for key in ("N", "D", "eval_loss", "budget", "lr", "batch_size"):
+            assert got[key] == want[key], key
+        assert got["C"] == pytest.approx(6 * want["N"] * want["D"]) and got["status"] == "ok"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("params,loss\n1e6,3.0\n")
+    with pytest.raises(F.FitError, match="lacks column"):
+        F.load_csv(str(bad))
+
+
+def test_load_results_reads_jsonl_and_names_a_bad_line(tmp_path):
+    rows = frontier_rows([1e14, 1e15])
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert F.load_results(str(path)) == rows
+    path.write_text(json.dumps(rows[0]) + "\n{truncated\n")
+    with pytest.raises(F.FitError, match="results.jsonl:2"):
+        F.load_results(str(path))

@@ -1,0 +1,100 @@
+"""The sweep report (gptjax/scaling/report.py): report.md, its numbers and its plots."""
+
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+
+from gptjax.scaling import fit as F
+from gptjax.scaling.report import format_value, write_report
+
+LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep_rows(budgets=(1e17, 1e18, 1e19, 1e20), sizes=(0.25, 0.5, 1.0, 2.0, 4.0), lrs=(3e-4, 1e-3, 3e-3)):
+    """Rows as the sweep writes them: per budget five depths around the optimum, each at three learning
+    rates (loss = Chinchilla's law + a penalty away from lr* = 0.3 C^-0.125), plus one failed trial."""
+    rows = []
+    for c in budgets:
+        n_opt, _ = F.compute_optimal(LAW, c)
+        for layers, ratio in enumerate(sizes, start=2):
+            n = float(n_opt * ratio)
+            for lr in lrs:
+                loss = F.predict_loss(LAW, n, c / (6 * n)) + 0.03 * math.log(lr / (0.3 * c**-0.125)) ** 2
+                rows.append(dict(trial=f"c{c:.0e}-L{layers}-lr{lr:.0e}", budget=c, n_layers=layers, d_model=64 * layers,
+                                 n_heads=4, d_ff=256 * layers, N=n, D=c / (6 * n), C=c, lr=lr, batch_size=16,
+                                 eval_loss=float(loss), status="ok", reason="", tokens_per_sec=1e5, wall_seconds=12.5))
+    rows.append(dict(trial="c1e+20-L9-oom", budget=1e20, n_layers=9, d_model=576, N=1e9, D=1e10, C=6e19, lr=1e-3,
+                     batch_size=16, eval_loss=float("nan"), status="failed", reason="out of memory"))
+    return rows
+
+
+def linked_images(workdir, text):
+    """The images report.md links, as paths; each must be a relative link to an existing, valid PNG."""
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    for link in links:
+        assert not os.path.isabs(link), link
+        path = os.path.join(workdir, link)
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE, link
+        from matplotlib import image
+
+        assert image.imread(path).shape[0] > 100, link
+    return links
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    rows = sweep_rows()
+    return rows, F.fit_all(rows, target_flops=1e22, n_bootstrap=20, n_starts=10)
+
+
+def test_report_names_the_recommendation_and_links_valid_plots(tmp_path, sweep):
+    rows, fits = sweep
+    path = write_report(str(tmp_path), rows, fits, 1e22)
+    assert path == os.path.join(str(tmp_path), "report.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    rec = fits["recommendation"]
+    for key in ("N", "D", "tokens_per_param", "loss", "lr"):
+        assert rec[key] is not None, key
+        assert format_value(rec[key]["value"]) in text, key
+        assert f"[{format_value(rec[key]['low'])}, {format_value(rec[key]['high'])}]" in text, key
+    assert format_value(fits["backtest"]["observed"]) in text
+    assert len(linked_images(str(tmp_path), text)) == 4
+    # Every trial is in the table, the failed one with its reason.
+    for row in rows:
+        assert f"| {row['trial']} |" in text
+    assert "failed (out of memory)" in text
+
+
+def test_report_with_missing_fits_says_so_and_still_links_valid_plots(tmp_path, sweep):
+    rows, fits = sweep
+    missing = {**fits, "frontier": None, "approach2": None, "approach3": None, "backtest": None,
+               "hyperparameters": {"lr": None, "batch_size": None},
+               "recommendation": {key: None for key in fits["recommendation"]}}
+    with open(write_report(str(tmp_path), rows, missing, 1e22), encoding="utf-8") as f:
+        text = f.read()
+    assert "The frontier could not be fitted" in text
+    assert "Skipped: neither Approach 2 nor Approach 3 could be fitted" in text
+    assert "Skipped: no hyperparameter law was fitted" in text
+    assert "No backtest" in text
+    assert len(linked_images(str(tmp_path), text)) == 2  # the trials alone: loss vs compute, IsoFLOP points
+
+    # Too few trials for any fit: fit_all's notes and a report without a single plot that needs a fit.
+    few = sweep_rows(budgets=(1e17,), sizes=(1.0,), lrs=(1e-3,))
+    few_fits = F.fit_all(few, target_flops=1e22, n_bootstrap=5, n_starts=5)
+    with open(write_report(str(tmp_path / "few"), few, few_fits, 1e22), encoding="utf-8") as f:
+        text = f.read()
+    for note in few_fits["notes"]:
+        assert note in text
+    linked_images(str(tmp_path / "few"), text)
+
+
+def test_format_value():
+    assert format_value(None) == "—" and format_value(float("nan")) == "—"
+    assert float(format_value(123456.789)) == pytest.approx(123500)
+    assert np.isclose(float(format_value(2.5e-4)), 2.5e-4)

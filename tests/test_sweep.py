@@ -1,0 +1,254 @@
+"""Scaling sweeps: planning, vectorized training, the resumable runner (gptjax/scaling/)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from gptjax.scaling import plan as plan_lib
+from gptjax.scaling import sweep as sweep_lib
+from gptjax.scaling.plan import SweepPlanError, plan_sweep
+from gptjax.scaling.vectorized import train_group
+from gptjax.train import flops
+from gptjax.train.loop import train
+
+
+def sweep_config(**sweep_overrides):
+    """A tiny synthetic sweep: 3 budgets x 3 depths, two learning rates per model (~20-80 steps each)."""
+    cfg = tiny_config()
+    cfg.mode = "sweep"
+    cfg.data.update(seq_len=16, batch_size=8, eval_batches=2)
+    cfg.sweep.update(budgets=(2e8, 4e8, 8e8), family="depth", depths=(1, 2, 3, 4), width_per_layer=8, head_dim=8,
+                     sizes_per_budget=3, size_spread=4.0, learning_rates=(3e-3, 1e-2), min_steps=10, n_bootstrap=20,
+                     target_flops=1e10)
+    cfg.sweep.update(sweep_overrides)
+    return cfg
+
+
+# ---------------------------------------------------------------- planning
+
+
+def test_plan_profiles_budgets_and_accountings():
+    cfg = sweep_config()
+    trials, warnings = plan_sweep(cfg)
+    assert warnings == []  # synthetic: no corpus to repeat
+    assert len(trials) == 3 * 3
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    for budget in cfg.sweep.budgets:
+        profile = [t for t in trials if t.budget == budget]
+        assert len({t.shape for t in profile}) == 3  # distinct sizes
+        if budget == max(cfg.sweep.budgets):  # the family has models on both sides of its prior optimum
+            n_opt = math.sqrt(budget / (6 * cfg.sweep.tokens_per_param))
+            assert min(t.N for t in profile) < n_opt < max(t.N for t in profile)
+        for t in profile:
+            per_token = flops.flops_per_token(plan_lib.model_config(cfg.model, t.shape), cfg.data.seq_len)
+            assert t.flops_per_token == per_token and set(per_token) == {"total_6n", "nonembed_6n", "with_attention"}
+            assert t.N == pytest.approx(per_token["with_attention"] / 6)
+            assert t.C == pytest.approx(6 * t.N * t.tokens)
+            assert abs(t.C - budget) <= 0.5 * 6 * t.N * tokens_per_step  # within half a step of the budget
+            assert t.learning_rates == (3e-3, 1e-2) and t.steps >= cfg.sweep.min_steps
+
+
+def test_plan_without_vectorization_has_one_trial_per_learning_rate():
+    trials, _ = plan_sweep(sweep_config(vectorize=False))
+    assert len(trials) == 3 * 3 * 2
+    assert len({t.id for t in trials}) == len(trials)
+    assert all(len(t.learning_rates) == 1 for t in trials)
+
+
+def test_plan_refuses_a_budget_it_cannot_meet_and_warns_on_epochs():
+    with pytest.raises(SweepPlanError, match=r"sweep.budgets: 1e\+06 FLOPs train only 0 .* sweep.sizes_per_budget=3"):
+        plan_sweep(sweep_config(budgets=(1e6, 2e8)))
+    with pytest.raises(SweepPlanError, match="ascending"):
+        plan_sweep(sweep_config(budgets=(4e8, 2e8)))
+    with pytest.raises(SweepPlanError, match="parabola needs >= 3"):
+        plan_sweep(sweep_config(sizes_per_budget=2))
+    _, warnings = plan_sweep(sweep_config(), train_tokens=2000)
+    assert warnings and "sweep.max_epochs" in warnings[0]
+
+
+# ---------------------------------------------------------------- vectorized training
+
+
+def test_vectorized_members_equal_separate_runs_and_divergence_stays_isolated(tmp_path):
+    cfg = tiny_config()
+    cfg.train.update(steps=12, eval_every=6, checkpoint_every=6, log_every=3)
+    members = [{"lr": 3e-3, "seed": 0}, {"lr": 1e4, "seed": 0}, {"lr": 1e-2, "seed": 0}, {"lr": 1e-2, "seed": 1}]
+    results = train_group(cfg, members, str(tmp_path / "group"))
+    assert [r["status"] for r in results] == ["ok", "diverged", "ok", "ok"]
+    assert "became" in results[1]["reason"] and math.isnan(results[1]["eval_loss"])
+    for index in (0, 2):  # members with cfg's seed are exactly the runs train() makes alone
+        solo = cfg.copy_and_resolve_references()
+        solo.optim.lr = members[index]["lr"]
+        final = train(solo, str(tmp_path / f"solo-{index}"))
+        assert results[index]["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+        assert results[index]["train_loss"] == pytest.approx(final["loss"], rel=1e-5)
+    assert abs(results[3]["eval_loss"] - results[2]["eval_loss"]) > 1e-4  # another init seed, another model
+    # A rerun of the finished group trains nothing and reports the same losses from the checkpoint.
+    again = train_group(cfg, members, str(tmp_path / "group"))
+    assert [r["eval_loss"] for r in again] == pytest.approx([r["eval_loss"] for r in results], nan_ok=True)
+    assert again[1]["status"] == "diverged"
+
+
+# ---------------------------------------------------------------- the runner
+
+
+@pytest.mark.slow
+def test_sweep_runs_skips_finished_trials_and_refits(tmp_path, monkeypatch):
+    cfg = sweep_config()
+    workdir = str(tmp_path / "sweep")
+    summary = sweep_lib.run_sweep(cfg, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    assert len(rows) == summary["models"] == 9 * 2 and summary["ok"] == 18
+    assert {r["status"] for r in rows} == {"ok"} and all(np.isfinite(r["eval_loss"]) for r in rows)
+    assert all(r["C"] == pytest.approx(6 * r["N"] * r["D"]) and set(r["flops"]) == set(r["flops_per_token"]) for r in rows)
+    for name in ("plan.json", "fits.json", "report.md"):
+        assert os.path.isfile(os.path.join(workdir, name))
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", must_not_train)
+    again = sweep_lib.run_sweep(cfg, workdir)
+    assert again["models"] == 18
+    refit = sweep_lib.run_sweep(sweep_config(mode="fit"), workdir)
+    assert refit["models"] == 18 and refit["recommendation"] == again["recommendation"]
+
+
+@pytest.mark.slow
+def test_a_crashing_or_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    cfg = sweep_config(budgets=(2e8, 4e8), learning_rates=(3e-3, 1e4))
+    workdir = str(tmp_path / "sweep")
+    crash_id = plan_sweep(cfg)[0][1].id
+
+    import gptjax.scaling.vectorized as vectorized
+
+    original = vectorized.train_group
+
+    def crash_one(tcfg, members, directory):
+        if os.path.basename(directory) == crash_id:
+            raise RuntimeError("simulated out-of-memory")
+        return original(tcfg, members, directory)
+
+    monkeypatch.setattr(vectorized, "train_group", crash_one)
+    summary = sweep_lib.run_sweep(cfg, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "diverged", "failed")}
+    assert len(by_status["failed"]) == 2 and all("simulated out-of-memory" in r["reason"] for r in by_status["failed"])
+    assert len(by_status["diverged"]) == 5 and all(r["lr"] == 1e4 for r in by_status["diverged"])
+    assert len(by_status["ok"]) == 5 and summary["failed"] == 2
+    # The rerun retries the crashed trial only (diverged ones are final).
+    monkeypatch.setattr(vectorized, "train_group", original)
+    sweep_lib.run_sweep(cfg, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    assert sum(r["status"] == "failed" for r in rows) == 0 and sum(r["status"] == "ok" for r in rows) == 6
+
+
+def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path):
+    cfg = sweep_config(trial_index=2)
+    workdir = str(tmp_path / "sweep")
+    out = sweep_lib.run_sweep(cfg, workdir)
+    trials, _ = plan_sweep(cfg)
+    assert out["trial"] == trials[2].id and len(out["results"]) == 2
+    assert sorted(os.listdir(os.path.join(workdir, "trials"))) == [trials[2].id]
+    with pytest.raises(SweepPlanError, match=r"sweep.trial_index=99: the plan has 9 trials"):
+        sweep_lib.run_sweep(sweep_config(trial_index=99), workdir)
+
+
+def test_fit_mode_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(SweepPlanError, match="neither plan.json nor results.jsonl"):
+        sweep_lib.run_sweep(sweep_config(mode="fit"), str(tmp_path / "empty"))
+
+
+CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_sweep import sweep_config
+
+def get_config():
+    cfg = sweep_config(budgets=(2e8, 4e8, 8e8), n_workers={workers})
+    cfg.train.progress_bar = False
+    return cfg
+"""
+
+
+def _sweep_command(tmp_path, workdir, workers=0):
+    config = tmp_path / f"sweep_config_{workers}.py"
+    config.write_text(CONFIG_FILE.format(tests=os.path.dirname(__file__), workers=workers))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return [sys.executable, "-m", "gptjax.main", f"--config={config}", f"--workdir={workdir}"], env
+
+
+@pytest.mark.slow
+def test_sweep_survives_sigkill_mid_trial_and_never_retrains_a_finished_trial(tmp_path):
+    workdir = tmp_path / "sweep"
+    command, env = _sweep_command(tmp_path, workdir)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill once at least two trials are finished and a later one has written a checkpoint.
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        trials_dir = workdir / "trials"
+        done = sorted(p.name for p in trials_dir.iterdir() if (p / "result.json").exists()) if trials_dir.exists() else []
+        running = [p for p in trials_dir.iterdir() if not (p / "result.json").exists()
+                   and (p / "checkpoints").exists() and any(c.name.isdigit() for c in (p / "checkpoints").iterdir())] \
+            if trials_dir.exists() else []
+        if len(done) >= 2 and running:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(done) >= 2 and running, "the sweep never reached the middle of a trial"
+    finished_before = {name: (workdir / "trials" / name / "metrics.jsonl").read_text() for name in done}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["models"] == 18 and summary["ok"] == 18
+    for name, metrics in finished_before.items():  # nothing appended: not trained again
+        assert (workdir / "trials" / name / "metrics.jsonl").read_text() == metrics
+    interrupted = running[0].name
+    rows = [json.loads(line) for line in (workdir / "trials" / interrupted / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["split"] == "train/m0"]
+    # Resumed from its checkpoint, not from scratch: the first logged step was logged once only,
+    # and the trial reached its last step.
+    assert steps.count(steps[0]) == 1
+    trial = next(t for t in json.loads((workdir / "plan.json").read_text())["trials"] if t["id"] == interrupted)
+    assert max(steps) == trial["steps"]
+
+
+@pytest.mark.slow
+def test_sweep_in_parallel_subprocesses(tmp_path):
+    workdir = tmp_path / "sweep"
+    command, env = _sweep_command(tmp_path, workdir, workers=2)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["models"] == 18 and summary["ok"] == 18
+    assert len(os.listdir(workdir / "trials")) == 9
+
+
+def test_sweep_configs_validate_and_plan():
+    from configs.sweep import get_config as default_sweep
+    from configs.sweep_large import get_config as large_sweep
+
+    from gptjax.config import validate
+
+    small = default_sweep()
+    validate(small, device_count=1, process_count=1)
+    trials, warnings = plan_sweep(small, train_tokens=2_800_000)  # Shakespeare at the sweep's 384-id BPE
+    budgets = sorted({t.budget for t in trials})
+    assert len(budgets) >= 4 and math.log10(budgets[-1] / budgets[0]) >= 1.5
+    assert len(trials) * len(small.sweep.learning_rates) >= 16 and warnings == []
+
+    large = large_sweep()
+    validate(large, device_count=8, process_count=1)
+    trials, _ = plan_sweep(large)
+    assert {t.budget for t in trials} == {1e17, 3e17, 1e18, 3e18, 1e19}
+    assert all(t.steps >= 500 for t in trials) and min(t.N for t in trials) > 1e7
+    assert len(trials) == 5 * 5 * 3  # sequential: one trial per learning rate
