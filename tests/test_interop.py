@@ -9,12 +9,12 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from gptjax.train.state import abstract_model, init_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gptjax.interop.hf_gpt2 import InteropError, load_gpt2, save_gpt2  # noqa: E402
-from gptjax.train.state import abstract_model, init_params  # noqa: E402
 
 VOCAB, POSITIONS = 61, 24
 

@@ -14,6 +14,7 @@ which is the order gptjax's reshape to (N, H) expects.
 
 import json
 import math
+import operator
 import os
 
 import jax
@@ -208,7 +209,7 @@ def _params_to_hf(cfg, params: dict) -> dict:
     """HF tensor names (without the 'transformer.' prefix, except lm_head) -> arrays."""
     blocks = params["blocks"]
     if cfg.scan_layers:
-        layers = [jax.tree.map(lambda x: x[i], blocks) for i in range(cfg.n_layers)]
+        layers = [jax.tree.map(operator.itemgetter(i), blocks) for i in range(cfg.n_layers)]
     else:
         layers = [blocks[i] for i in range(cfg.n_layers)]
     t = {
