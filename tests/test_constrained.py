@@ -106,9 +106,9 @@ def test_token_bytes_spell_the_encoded_text(tokenizer):
 def test_automaton_accepts_exactly_the_matching_token_sequences(tokenizer, seed):
     rng = np.random.default_rng(seed)
     regex, sample = random_regex(rng)
-    automaton = regex_automaton(regex, tokenizer, vocab_size=tokenizer.vocab_size + 5)
+    automaton = regex_automaton(regex, tokenizer)
     table, final = np.asarray(automaton.next_state_SxV), np.asarray(automaton.is_final_S)
-    assert table.shape[1] == tokenizer.vocab_size + 5 and (table[:, tokenizer.vocab_size:] == -1).all()
+    assert table.shape[1] == tokenizer.vocab_size and table.shape[0] % 32 == 0
     # Special tokens: never allowed, except EOS exactly in the accepting states (where it stays put).
     others = [i for i in range(len(SPECIAL_TOKENS)) if i != tokenizer.eos_id]
     assert (table[:, others] == -1).all()
@@ -137,8 +137,9 @@ def test_dead_end_states_are_pruned():
     stub = StubTokenizer([None, None, b"a", b"b"])
     automaton = regex_automaton("a+c|b", stub)
     table = np.asarray(automaton.next_state_SxV)
-    assert table.shape == (2, 4) and table[0, 2] == -1 and table[0, 3] == 1
-    assert list(np.asarray(automaton.is_final_S)) == [False, True]
+    assert table.shape == (32, 4) and table[0, 2] == -1 and table[0, 3] == 1
+    assert list(table[1]) == [-1, 1, -1, -1] and (table[2:] == -1).all()  # final: EOS only; 2..31: padding
+    assert list(np.flatnonzero(np.asarray(automaton.is_final_S))) == [1]
     with pytest.raises(ConstraintError, match="'a\\+c'.*no sequence"):
         regex_automaton("a+c", stub)
     with pytest.raises(ConstraintError, match="'c'"):
@@ -148,12 +149,12 @@ def test_dead_end_states_are_pruned():
 def test_bad_patterns_are_clear_errors(tokenizer):
     with pytest.raises(ConstraintError, match=r"pattern '\(ab'"):
         regex_automaton("(ab", tokenizer)
+    with pytest.raises(ConstraintError, match=r"pattern 'a\)\(b'"):  # not a group of the END wrapping
+        regex_automaton("a)(b", tokenizer)
     with pytest.raises(ConstraintError, match="pattern '\\[a&&b\\]'"):  # the empty language
         regex_automaton("[a&&b]", tokenizer)
     with pytest.raises(ConstraintError, match="JSON schema .*cannot be compiled"):
         json_schema_automaton({"type": "no-such-type"}, tokenizer)
-    with pytest.raises(ConstraintError, match="vocab_size=10"):
-        regex_automaton("a", tokenizer, vocab_size=10)
     with pytest.raises(ConstraintError, match="states.*MiB.*max_table_bytes"):
         regex_automaton("[ab]{0,40}", tokenizer, max_table_bytes=10_000)
 
@@ -161,7 +162,7 @@ def test_bad_patterns_are_clear_errors(tokenizer):
 def test_automata_are_cached_per_pattern_and_tokenizer(tokenizer):
     first = regex_automaton("(ab)+", tokenizer)
     assert regex_automaton("(ab)+", tokenizer) is first
-    assert regex_automaton("(ab)+", tokenizer, vocab_size=tokenizer.vocab_size + 1) is not first
+    assert regex_automaton("(ab)+", StubTokenizer([None, None, b"a", b"b"])) is not first
     with pytest.raises(ConstraintError, match="max_table_bytes"):  # a cached automaton still honours the limit
         regex_automaton("(ab)+", tokenizer, max_table_bytes=16)
 

@@ -1,7 +1,7 @@
 """Constrained decoding: outputs that match a regular expression or a JSON schema.
 
 outlines-core compiles the pattern against the tokenizer's vocabulary into a token-level automaton
-(state --token--> state) once, on the host. We renumber its states 0..S-1 (start = 0), drop the states
+(state --token--> state) once, on the host. We renumber its states from 0 (the start), drop the states
 from which no accepting state can be reached (so sampling can never paint itself into a corner), and
 store it as a dense table the jitted decode loop indexes on device:
 
@@ -11,9 +11,9 @@ store it as a dense table the jitted decode loop indexes on device:
 Special tokens are never allowed, except EOS in accepting states (where it keeps the state), so a
 sequence ends exactly when the text so far matches and the model chooses to stop.
 
-Memory: the table holds S * V int32. With GPT-2's 50257 ids one state costs 196 KiB, so a 100-state
-regex takes 19.6 MiB and a JSON schema with 1000 states 196 MiB; builds above `max_table_bytes`
-(default 512 MiB, ~2700 GPT-2 states) are refused rather than exhausting device memory.
+Memory: the table holds S * V int32, S rounded up to a multiple of 32. With GPT-2's 50257 ids one
+state costs 196 KiB: the 32-state minimum is 6.1 MiB, a 1000-state JSON schema 192 MiB; builds above
+`max_table_bytes` (default 512 MiB, ~2670 GPT-2 states) are refused rather than exhausting device memory.
 """
 
 import collections
@@ -27,6 +27,7 @@ from outlines_core import Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
 MAX_TABLE_BYTES = 512 * 2**20
+STATE_BUCKET = 32  # S is a multiple of this (see _build)
 CACHE_SIZE = 16  # automata kept per process; a GPT-2-vocab automaton is tens of MiB on device
 
 
@@ -48,29 +49,22 @@ class TokenAutomaton:
     start_state: int = dataclasses.field(default=0, metadata=dict(static=True))
 
 
-def regex_automaton(regex: str, tokenizer, vocab_size: int | None = None,
-                    max_table_bytes: int = MAX_TABLE_BYTES) -> TokenAutomaton:
+def regex_automaton(regex: str, tokenizer, max_table_bytes: int = MAX_TABLE_BYTES) -> TokenAutomaton:
     """The automaton whose accepted token sequences decode to exactly the strings that fully match
-    `regex` (Rust `regex` syntax: no lookaround or backreferences). `vocab_size` is the model's logits
-    width when it exceeds the tokenizer's (the extra ids are never allowed). Built once per
-    (regex, tokenizer, vocab_size) and cached."""
-    vocab_size = vocab_size or tokenizer.vocab_size
-    if vocab_size < tokenizer.vocab_size:
-        raise ConstraintError(f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} ids; "
-                              "pass the model's model.vocab_size")
-    key = (regex, tokenizer.hash, vocab_size)
+    `regex` (Rust `regex` syntax: no lookaround or backreferences), over the tokenizer's ids (the
+    generate loop pads it to a larger model vocabulary). Built once per (regex, tokenizer) and cached."""
+    key = (regex, tokenizer.hash)
     if key in _CACHE:
         _CACHE.move_to_end(key)
-        _check_size(regex, *_CACHE[key].next_state_SxV.shape, max_table_bytes)  # it may have been built under a higher limit
+        _check_size(regex, *_CACHE[key].next_state_SxV.shape, max_table_bytes)  # built under another limit?
         return _CACHE[key]
-    _CACHE[key] = _build(regex, tokenizer, vocab_size, max_table_bytes)
+    _CACHE[key] = _build(regex, tokenizer, max_table_bytes)
     if len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     return _CACHE[key]
 
 
-def json_schema_automaton(schema: str | dict, tokenizer, vocab_size: int | None = None,
-                          whitespace_pattern: str | None = None,
+def json_schema_automaton(schema: str | dict, tokenizer, whitespace_pattern: str | None = None,
                           max_table_bytes: int = MAX_TABLE_BYTES) -> TokenAutomaton:
     """The automaton for JSON texts valid under `schema` (a JSON Schema as a dict or JSON string), via
     outlines-core's schema -> regex translation. `whitespace_pattern` is the regex allowed between
@@ -81,7 +75,7 @@ def json_schema_automaton(schema: str | dict, tokenizer, vocab_size: int | None 
     except (ValueError, TypeError) as e:
         raise ConstraintError(f"JSON schema {_short(schema_json)} cannot be compiled ({e}); fix the schema or use "
                               "the features outlines-core supports") from e
-    return regex_automaton(regex, tokenizer, vocab_size, max_table_bytes)
+    return regex_automaton(regex, tokenizer, max_table_bytes)
 
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -118,12 +112,14 @@ def _outlines_index(regex: str, tokenizer) -> tuple[Index, int]:
     end_id = tokenizer.vocab_size
     by_bytes[END.encode("utf-8")].append(end_id)
     try:
+        # The regex alone first (over single bytes: cheap), else "a)(b" would pass as "(?:a)(b)END".
+        Index(regex, Vocabulary(256, {bytes([b]): [b] for b in range(256)}))
         return Index(f"(?:{regex}){END}", Vocabulary(tokenizer.eos_id, dict(by_bytes))), end_id
     except ValueError as e:  # outlines raises ValueError for bad syntax and for patterns no token can spell
         raise ConstraintError(f"pattern {_short(regex)} cannot constrain decoding with this tokenizer ({e})") from e
 
 
-def _build(regex: str, tokenizer, vocab_size: int, max_table_bytes: int) -> TokenAutomaton:
+def _build(regex: str, tokenizer, max_table_bytes: int) -> TokenAutomaton:
     index, end_id = _outlines_index(regex, tokenizer)
     outlines_finals = set(index.get_final_states())
     transitions, finals = {}, set()
@@ -143,14 +139,17 @@ def _build(regex: str, tokenizer, vocab_size: int, max_table_bytes: int) -> Toke
             if n in live and n not in number:
                 number[n] = len(order)
                 order.append(n)
-    _check_size(regex, len(order), vocab_size, max_table_bytes)
-    next_state_SxV = np.full((len(order), vocab_size), -1, np.int32)
+    # Unreachable padding states round S up, so that patterns of similar size share one compiled loop.
+    n_states = -(-len(order) // STATE_BUCKET) * STATE_BUCKET
+    _check_size(regex, n_states, tokenizer.vocab_size, max_table_bytes)
+    next_state_SxV = np.full((n_states, tokenizer.vocab_size), -1, np.int32)
     for s in order:
         kept = [(t, number[n]) for t, n in transitions.get(s, {}).items() if n in number]
         if kept:
             tokens, targets = np.array(kept, np.int64).T
             next_state_SxV[number[s], tokens] = targets
-    is_final_S = np.array([s in finals for s in order])
+    is_final_S = np.zeros(n_states, bool)
+    is_final_S[[number[s] for s in finals if s in number]] = True
     next_state_SxV[is_final_S, tokenizer.eos_id] = np.flatnonzero(is_final_S)
     return TokenAutomaton(jnp.asarray(next_state_SxV), jnp.asarray(is_final_S))
 
