@@ -10,7 +10,7 @@ head tied to the token embedding (or a separate bias-free head when `tie_word_em
 GPT-2's Conv1D stores kernels as [in, out], as gptjax's Dense does; its fused c_attn kernel [D, 3D]
 holds the query, key and value kernels side by side, each head-major (head n in columns n*H..n*H+H),
 which is the order gptjax's reshape to (N, H) expects. `reorder_and_upcast_attn` only changes rounding
-(gptjax computes attention scores in float32 anyway), so it imports; flags that change the function
+(where half-precision scores are upcast), so it imports; flags that change the function
 (`scale_attn_by_inverse_layer_idx`, cross-attention, an erf GELU, another LayerNorm epsilon) are refused.
 """
 
