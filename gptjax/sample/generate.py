@@ -42,6 +42,7 @@ class Completion:
     logprobs: list[float]  # per token, under the model's unfiltered distribution (see module docstring)
     finish_reason: str  # "stop_token" | "stop_string" | "length" (max_new_tokens reached)
     text: str | None = None  # decoded, without the stop token and cut before a stop string; needs a tokenizer
+    score: float | None = None  # set by search.py: what the search ranked it by
 
     @property
     def logprob(self) -> float:
