@@ -1,14 +1,19 @@
-"""Constrained decoding: the token automaton against re.fullmatch, JSON schemas, refusals."""
+"""Constrained decoding: the token automaton against re.fullmatch, JSON schemas, refusals, and
+generation under it (every sample ends at EOS with a full match)."""
 
 import dataclasses
 import json
 import re
 
+import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from gptjax.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
 from gptjax.sample.constrained import ConstraintError, json_schema_automaton, regex_automaton
+from gptjax.sample.generate import generate
+from gptjax.train.state import init_params
 
 ALPHABET = "ab01 é-"  # é: two UTF-8 bytes, so tokens that split a character are exercised
 CORPUS = ["ab ba 01 10 aab abba é éa aé -a- b-0 " * 5, "a0b1 é0é 1-1 bb aa 00 11 ab01é"] * 3
@@ -208,3 +213,36 @@ def test_json_schema_automaton_yields_valid_documents(tokenizer, schema):
                        else [True, False] if schema["type"] == "array" else {"kind": "b0", "x": 1.5})
     states = walk(automaton, tokenizer.encode(valid))
     assert states is not None and np.asarray(automaton.is_final_S)[states[-1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    """A random-init model whose vocabulary is wider than the tokenizer's (the automaton gets padded)."""
+    model_cfg = tiny_config(vocab_size=tokenizer.vocab_size + 3, max_len=128).model
+    return model_cfg, init_params(model_cfg, jax.random.key(0))
+
+
+def sample_constrained(tiny_model, tokenizer, automaton, n=4, seed=0):
+    model_cfg, params = tiny_model
+    prompts = [tokenizer.encode(text) for text in ("ab", "0 1", "é", "b-a")[:n]]
+    return generate(model_cfg, params, prompts, max_new_tokens=64, seed=seed, tokenizer=tokenizer,
+                    automaton=automaton)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4, 6, 9])
+def test_generate_with_regex_ends_at_eos_with_a_full_match(tiny_model, tokenizer, seed):
+    regex, _ = random_regex(np.random.default_rng(seed))  # bounded: every path ends within 64 tokens
+    for completion in sample_constrained(tiny_model, tokenizer, regex_automaton(regex, tokenizer), seed=seed):
+        assert completion.finish_reason == "stop_token" and completion.tokens[-1] == tokenizer.eos_id
+        assert re.fullmatch(regex, completion.text), (regex, completion.text)
+
+
+def test_generate_with_json_schema_yields_valid_documents(tiny_model, tokenizer):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3}, "ok": {"type": "boolean"},
+                                               "tags": {"type": "array", "items": {"enum": ["a", "b0"]}, "maxItems": 2}},
+              "required": ["name", "ok"]}
+    completions = sample_constrained(tiny_model, tokenizer, json_schema_automaton(schema, tokenizer))
+    for completion in completions:
+        assert completion.finish_reason == "stop_token"
+        assert conforms(json.loads(completion.text), schema), completion.text
+    assert len({c.text for c in completions}) > 1  # sampled, not one forced string
