@@ -189,3 +189,12 @@ def test_invalid_regex_with_the_real_constrained_module(workdir):
     pytest.importorskip("gptjax.sample.constrained")
     with pytest.raises(SampleError, match="sample.regex="):
         sample_checkpoint(sample_config(prompt="the", regex="(unclosed"), workdir)
+
+
+def test_sampling_on_a_sharded_mesh_matches_one_device(workdir, tmp_path):
+    common = dict(prompt="the queen", num_samples=3, temperature=1.0, seed=5)
+    sample_checkpoint(sample_config(output=str(tmp_path / "one.jsonl"), **common), workdir)
+    cfg = sample_config(output=str(tmp_path / "mesh.jsonl"), **common)
+    cfg.parallel.update(num_devices=4, mesh=(2, 1, 2))  # 3 rows over 2 batch shards; heads and vocab split in 2
+    sample_checkpoint(cfg, workdir)
+    assert [r["tokens"] for r in rows_of(tmp_path / "mesh.jsonl")] == [r["tokens"] for r in rows_of(tmp_path / "one.jsonl")]

@@ -10,6 +10,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -104,18 +105,17 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
     encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
     # One row per (prompt, sample); each row's key depends only on those indices, not on batching.
     jobs = [(i, j) for i in range(len(prompts)) for j in range(1 if s.beam_width else s.num_samples)]
-    root = jax.random.key(s.seed)
+    root, strategy = jax.random.key(s.seed), Strategy(s.temperature, s.top_k, s.top_p, s.min_p)
     rows = []
     for first in range(0, len(jobs), s.batch_size):
         batch = jobs[first:first + s.batch_size]
         batch_prompts = [encoded[i] for i, _ in batch]
         if s.beam_width:
-            completions = [(i, j, c) for (i, _), beams in zip(batch, beam_search(
-                trained.model, params, batch_prompts, beam_width=s.beam_width, max_new_tokens=s.max_new_tokens,
-                length_penalty=s.length_penalty, tokenizer=tokenizer)) for j, c in enumerate(beams[:s.num_samples])]
+            beams = beam_search(trained.model, params, batch_prompts, beam_width=s.beam_width,
+                                max_new_tokens=s.max_new_tokens, length_penalty=s.length_penalty, tokenizer=tokenizer)
+            completions = [(i, j, c) for (i, _), best in zip(batch, beams) for j, c in enumerate(best[:s.num_samples])]
         else:
-            keys = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for i, j in batch])
-            strategy = Strategy(s.temperature, s.top_k, s.top_p, s.min_p)
+            keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for i, j in batch])
             out = generate(trained.model, params, batch_prompts, max_new_tokens=s.max_new_tokens, strategy=strategy,
                            seed=keys, stop_strings=tuple(s.stop_strings), tokenizer=tokenizer, automaton=automaton)
             completions = [(i, j, c) for (i, j), c in zip(batch, out)]
