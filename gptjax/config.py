@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-MODES = ("pretrain", "eval", "sweep")
+MODES = ("pretrain", "eval", "sweep", "sample")
 PARAMETRIZATIONS = ("sp", "mup")
 SWEEP_MODES = ("run", "plan", "fit")
 SWEEP_FAMILIES = ("depth", "explicit")
@@ -160,6 +160,26 @@ def default_config() -> ml_collections.ConfigDict:
             n_bootstrap=200,
         )
     )
+    cfg.sample = ml_collections.ConfigDict(
+        dict(
+            prompt="",  # mode=sample: one prompt, or
+            prompts_file="",  # a UTF-8 file with one prompt per line (blank lines skipped)
+            output="",  # JSONL of the samples; "" = WORKDIR/samples.jsonl
+            num_samples=1,  # completions per prompt (with beam search: the best num_samples beams)
+            max_new_tokens=64,
+            temperature=1.0,  # 0 = greedy
+            top_k=0,  # 0 = off
+            top_p=1.0,  # 1 = off
+            min_p=0.0,  # 0 = off
+            stop_strings=(),  # besides <|eos|>, which always stops
+            seed=0,
+            batch_size=16,  # rows (prompts x num_samples) decoded together
+            beam_width=0,  # > 0: beam search (deterministic) instead of sampling
+            length_penalty=1.0,  # beam score = sum(logprobs) / length**length_penalty
+            regex="",  # constrained decoding: completions match this regular expression, or
+            json_schema="",  # are JSON documents valid under this JSON schema (a JSON string)
+        )
+    )
     return cfg
 
 
@@ -303,6 +323,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         if t[key] <= 0:
             _fail(f"train.{key}", t[key], "must be positive")
 
+    _validate_sample(cfg)
+
     if device_count is None or process_count is None:
         import jax  # deferred: validation of everything else needs no backend
 
@@ -338,3 +360,34 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         if not os.path.isdir(parent):
             _fail("--workdir", workdir, f"its parent directory {parent} does not exist; create it first")
     return mesh
+
+
+def _validate_sample(cfg):
+    s = cfg.sample
+    for key in ("num_samples", "max_new_tokens", "batch_size"):
+        if s[key] < 1:
+            _fail(f"sample.{key}", s[key], "must be >= 1")
+    if not s.temperature >= 0:
+        _fail("sample.temperature", s.temperature, "must be >= 0 (0 = greedy)")
+    if s.top_k < 0:
+        _fail("sample.top_k", s.top_k, "must be >= 0 (0 = off)")
+    if not 0 < s.top_p <= 1:
+        _fail("sample.top_p", s.top_p, "must be in (0, 1] (1 = off)")
+    if not 0 <= s.min_p <= 1:
+        _fail("sample.min_p", s.min_p, "must be in [0, 1] (0 = off)")
+    if any(not isinstance(x, str) or not x for x in s.stop_strings):
+        _fail("sample.stop_strings", s.stop_strings, "must be a tuple of non-empty strings")
+    if s.beam_width < 0:
+        _fail("sample.beam_width", s.beam_width, "must be >= 0 (0 = sample instead of beam search)")
+    if s.beam_width and s.num_samples > s.beam_width:
+        _fail("sample.num_samples", s.num_samples, f"must not exceed sample.beam_width={s.beam_width}")
+    if s.regex and s.json_schema:
+        _fail("sample.regex", s.regex, "set sample.regex or sample.json_schema, not both")
+    if s.beam_width and (s.regex or s.json_schema or s.stop_strings):
+        _fail("sample.beam_width", s.beam_width, "beam search supports neither constraints nor stop strings; "
+              "set sample.beam_width=0 to sample")
+    if cfg.mode == "sample":
+        if bool(s.prompt) == bool(s.prompts_file):
+            _fail("sample.prompt", s.prompt, "mode=sample needs exactly one of sample.prompt and sample.prompts_file")
+        if s.prompts_file and not os.path.isfile(s.prompts_file):
+            _fail("sample.prompts_file", s.prompts_file, "does not exist; give a file with one prompt per line")

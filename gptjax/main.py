@@ -13,6 +13,8 @@ from gptjax.config import ConfigError, validate
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
+from gptjax.sample.job import sample_checkpoint
+from gptjax.sample.strategies import SampleError
 from gptjax.scaling.sweep import run_sweep
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
@@ -20,7 +22,7 @@ from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 
-MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep}
+MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint}
 
 
 def _quiet_orbax_info(record) -> bool:
@@ -41,7 +43,7 @@ def main(argv):
         maybe_initialize_distributed(cfg.parallel)
         validate(cfg, _WORKDIR.value)
         result = MODES[cfg.mode](cfg, _WORKDIR.value)
-    except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError) as e:
+    except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

@@ -20,6 +20,17 @@ assert len(SPECIAL_TOKENS) == NUM_SPECIAL_TOKENS
 MIN_VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS  # every byte, plus the reserved tokens
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """Character -> byte of the ByteLevel pre-tokenizer (GPT-2's table): printable Latin-1 bytes stand for
+    themselves, the other 68 bytes, in increasing order, for chr(256), chr(257), ..."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 class TokenizerError(ValueError):
     """A tokenizer file or setting that cannot be used; the message names it and the fix."""
 
@@ -59,6 +70,14 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], allow_special: bool = False) -> list[list[int]]:
         self._tok.encode_special_tokens = not allow_special
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def token_bytes(self) -> list[bytes | None]:
+        """The bytes each id stands for (index = id), None for the special tokens. Unlike decoding one
+        id, this keeps tokens that hold part of a multi-byte UTF-8 character exact (constrained decoding
+        needs them)."""
+        specials = set(self.special_ids.values())
+        return [None if i in specials else bytes(BYTE_OF_CHAR[c] for c in self._tok.id_to_token(i))
+                for i in range(self.vocab_size)]
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

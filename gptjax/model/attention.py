@@ -46,6 +46,13 @@ def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None):
     return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, is_causal=True)
 
 
+def masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale=None):
+    """Attention of T queries over S keys where `mask_BxTxS` is True (KV-cache decoding, where the
+    cache's slots, not causality alone, decide what is visible); K < N and `scale` as in
+    `causal_attention`. Every query must see at least one key."""
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None], scale=scale)
+
+
 class Attention(nnx.Module):
     """Causal self-attention; N query heads share K key/value heads (K = N is plain MHA)."""
 
@@ -65,6 +72,7 @@ class Attention(nnx.Module):
             self.key_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))
         else:
             self.query_norm = self.key_norm = None
+        self.kv_cache = None  # a model/kv_cache.py KVCache while decoding; None in training
 
     def __call__(self, x_BxTxD, positions_BxT):
         B, T, _ = x_BxTxD.shape
@@ -77,5 +85,8 @@ class Attention(nnx.Module):
         if self.positional == "rope":
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_base)
             k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, self.rope_base)
+        if self.kv_cache is not None:  # decoding: these T tokens also attend to the cached ones
+            out_BxTxNxH = self.kv_cache.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
+            return self.out(out_BxTxNxH.reshape(B, T, N * H))
         out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
         return self.out(out_BxTxNxH.reshape(B, T, N * H))

@@ -1,0 +1,1 @@
+"""Import/export of other frameworks' checkpoints (optional extra `interop`)."""
