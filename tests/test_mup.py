@@ -90,8 +90,10 @@ def test_coordinate_check_mup_is_flat_in_width_sp_grows():
     assert sp_growth["logits"] > 3, sp_growth
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(scan_layers=True, tie_embeddings=False, scalar_head=True)],
-                         ids=["tied", "scan,untied"])
+@pytest.mark.parametrize("overrides", [
+    pytest.param({}, id="tied"),
+    pytest.param(dict(scan_layers=True, tie_embeddings=False), id="scan,untied", marks=pytest.mark.slow),
+])
 def test_mup_at_the_base_width_is_sp_exactly(overrides):
     """Every μP rule is the identity at m = 1: same init, forward, and AdamW (decay, clipping, warmup)."""
     batches = batches_of(3)
