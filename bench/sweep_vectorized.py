@@ -5,19 +5,24 @@ CPU. "Sequential" runs the single-model jitted step K times per round; "vectoriz
 step (gptjax/scaling/vectorized.py) once. Throughput = model-tokens/s summed over the K models after
 compilation; compile time is reported separately (the sequential side compiles once too, shapes being
 equal). Goal (issue 4): >= 3x at K=8.
+A second line times what a sweep does end to end on synthetic data: `train_group` on all K learning
+rates (one compile, one data stream, one checkpoint per save) vs `train` once per learning rate, each
+for --run_steps steps with the sweep's eval/checkpoint cadence.
 
-  python bench/sweep_vectorized.py [--members 8] [--steps 30] [--d_model 32] [--n_layers 2]
+  python bench/sweep_vectorized.py [--members 8] [--steps 30] [--d_model 32] [--n_layers 2] [--run_steps 200]
 """
 
 import argparse
 import json
+import tempfile
 import time
 
 import jax
 import numpy as np
 
 from gptjax.config import default_config
-from gptjax.scaling.vectorized import group_train_step, init_group
+from gptjax.scaling.vectorized import group_train_step, init_group, train_group
+from gptjax.train.loop import train
 
 
 def seconds_per_round(step, states, batch, steps: int) -> float:
@@ -41,6 +46,7 @@ def main():
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--run_steps", type=int, default=200)
     args = parser.parse_args()
     cfg = default_config()
     D = args.d_model
@@ -69,6 +75,28 @@ def main():
         "batch": [args.batch_size, args.seq_len], "compile_seconds": {k: round(v[1], 2) for k, v in timings.items()},
         "jax": jax.__version__, "backend": jax.default_backend(),
     }))
+    print(json.dumps(end_to_end(cfg, members, args.run_steps)))
+
+
+def end_to_end(cfg, members, steps: int) -> dict:
+    """Wall seconds of a K-learning-rate sweep of one shape: vectorized vs one run per learning rate."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.update(source="synthetic:markov", markov_alphabet=64)
+    cfg.train.update(steps=steps, eval_every=steps // 4, log_every=steps // 20, checkpoint_every=steps // 2,
+                     progress_bar=False, cpu_peak_flops=1e11)
+    cfg.parallel.update(num_devices=1, mesh=(1, 1, 1))
+    start = time.perf_counter()
+    train_group(cfg, members, tempfile.mkdtemp(prefix="gptjax-bench-group-"))
+    vectorized = time.perf_counter() - start
+    start = time.perf_counter()
+    for member in members:
+        solo = cfg.copy_and_resolve_references()
+        solo.optim.lr = member["lr"]
+        train(solo, tempfile.mkdtemp(prefix="gptjax-bench-solo-"))
+    sequential = time.perf_counter() - start
+    return {"name": "sweep_vectorized_end_to_end", "value": round(vectorized, 1), "unit": "s",
+            "peer": round(sequential, 1), "peer_name": f"train() once per learning rate ({len(members)} runs)",
+            "ratio": round(sequential / vectorized, 2), "steps": steps}
 
 
 if __name__ == "__main__":
