@@ -1,9 +1,9 @@
 """A scaling sweep for accelerators: budgets 1e17..1e19 FLOPs on a TFDS text corpus (C4 English).
 
-python -m gptjax.main --config=configs/sweep_large.py --workdir=gs://.../sweep \
+python -m gptjax.main --config=configs/sweep_large.py --workdir=/shared/sweeps/large \
     --config.data.tfds_data_dir=DIR            # a prepared c4/en (ArrayRecord), see README "Data"
 Five IsoFLOP profiles of five depth-family models (d_model = 64 * n_layers, 64-dim heads, seq 1024)
-from ~20M to ~700M compute parameters, each at three learning rates (sequential trials, each sharded
+from ~9M to ~800M compute parameters, each at three learning rates (sequential trials, each sharded
 FSDP over all devices). On a cluster, run `--config.sweep.mode=plan` once, then one job per trial with
 `--config.sweep.trial_index=K` (K < the trial count it prints), then `--config.sweep.mode=fit`.
 Validated and planned in the tests; not run there.
@@ -25,7 +25,7 @@ def get_config():
     cfg.sweep.update(
         budgets=(1e17, 3e17, 1e18, 3e18, 1e19),
         family="depth",
-        depths=(4, 6, 8, 10, 12, 14, 16, 18, 20, 24),
+        depths=(2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 24),
         width_per_layer=64,
         head_dim=64,
         sizes_per_budget=5,

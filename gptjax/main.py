@@ -15,7 +15,7 @@ from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
 from gptjax.sample.job import sample_checkpoint
 from gptjax.sample.strategies import SampleError
-from gptjax.scaling.sweep import run_sweep
+from gptjax.scaling.sweep import TrialFailedError, run_sweep
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 
@@ -43,7 +43,8 @@ def main(argv):
         maybe_initialize_distributed(cfg.parallel)
         validate(cfg, _WORKDIR.value)
         result = MODES[cfg.mode](cfg, _WORKDIR.value)
-    except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError) as e:
+    except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
+            TrialFailedError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

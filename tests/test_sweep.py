@@ -92,7 +92,9 @@ def test_vectorized_members_equal_separate_runs_and_divergence_stays_isolated(tm
         assert results[index]["train_loss"] == pytest.approx(final["loss"], rel=1e-5)
     assert abs(results[3]["eval_loss"] - results[2]["eval_loss"]) > 1e-4  # another init seed, another model
     # A rerun of the finished group trains nothing and reports the same losses from the checkpoint.
+    metrics_before = (tmp_path / "group" / "metrics.jsonl").read_text()
     again = train_group(cfg, members, str(tmp_path / "group"))
+    assert (tmp_path / "group" / "metrics.jsonl").read_text() == metrics_before
     assert [r["eval_loss"] for r in again] == pytest.approx([r["eval_loss"] for r in results], nan_ok=True)
     assert again[1]["status"] == "diverged"
 
@@ -120,6 +122,15 @@ def test_sweep_runs_skips_finished_trials_and_refits(tmp_path, monkeypatch):
     assert again["models"] == 18
     refit = sweep_lib.run_sweep(sweep_config(mode="fit"), workdir)
     assert refit["models"] == 18 and refit["recommendation"] == again["recommendation"]
+    # A copied sweep without its trial directories refits from results.jsonl alone.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("plan.json", "results.jsonl"):
+        (copy / name).write_text(open(os.path.join(workdir, name)).read())
+    assert sweep_lib.run_sweep(sweep_config(mode="fit"), str(copy))["models"] == 18
+    # Rerunning with a changed training config is refused instead of reusing results that mean something else.
+    with pytest.raises(SweepPlanError, match="trained with another config .*optim"):
+        sweep_lib.run_sweep(sweep_config(warmup_fraction=0.2), workdir)
 
 
 @pytest.mark.slow
@@ -144,14 +155,23 @@ def test_a_crashing_or_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_pat
     assert len(by_status["failed"]) == 2 and all("simulated out-of-memory" in r["reason"] for r in by_status["failed"])
     assert len(by_status["diverged"]) == 5 and all(r["lr"] == 1e4 for r in by_status["diverged"])
     assert len(by_status["ok"]) == 5 and summary["failed"] == 2
+    fits = json.load(open(os.path.join(workdir, "fits.json")))
+    assert fits["n_rows"]["fitted"] == 5 and fits["n_rows"]["excluded"] == 7
     # The rerun retries the crashed trial only (diverged ones are final).
-    monkeypatch.setattr(vectorized, "train_group", original)
+    retrained = []
+
+    def count_calls(tcfg, members, directory):
+        retrained.append(os.path.basename(directory))
+        return original(tcfg, members, directory)
+
+    monkeypatch.setattr(vectorized, "train_group", count_calls)
     sweep_lib.run_sweep(cfg, workdir)
+    assert retrained == [crash_id]
     rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
     assert sum(r["status"] == "failed" for r in rows) == 0 and sum(r["status"] == "ok" for r in rows) == 6
 
 
-def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path):
+def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path, monkeypatch):
     cfg = sweep_config(trial_index=2)
     workdir = str(tmp_path / "sweep")
     out = sweep_lib.run_sweep(cfg, workdir)
@@ -161,9 +181,16 @@ def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path):
     with pytest.raises(SweepPlanError, match=r"sweep.trial_index=99: the plan has 9 trials"):
         sweep_lib.run_sweep(sweep_config(trial_index=99), workdir)
 
+    def crash(*args, **kwargs):
+        raise RuntimeError("node lost")
+
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", crash)
+    with pytest.raises(sweep_lib.TrialFailedError, match="node lost"):  # the array job must fail, not exit 0
+        sweep_lib.run_sweep(sweep_config(trial_index=3), workdir)
+
 
 def test_fit_mode_without_results_is_a_clear_error(tmp_path):
-    with pytest.raises(SweepPlanError, match="neither plan.json nor results.jsonl"):
+    with pytest.raises(SweepPlanError, match="no trial results and no results.jsonl"):
         sweep_lib.run_sweep(sweep_config(mode="fit"), str(tmp_path / "empty"))
 
 
@@ -205,6 +232,8 @@ def test_sweep_survives_sigkill_mid_trial_and_never_retrains_a_finished_trial(tm
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert len(done) >= 2 and running, "the sweep never reached the middle of a trial"
+    if (running[0] / "result.json").exists():
+        pytest.fail("the trial finished between the poll and the kill; nothing was interrupted (rerun)")
     finished_before = {name: (workdir / "trials" / name / "metrics.jsonl").read_text() for name in done}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -241,14 +270,14 @@ def test_sweep_configs_validate_and_plan():
 
     small = default_sweep()
     validate(small, device_count=1, process_count=1)
-    trials, warnings = plan_sweep(small, train_tokens=2_800_000)  # Shakespeare at the sweep's 384-id BPE
+    trials, warnings = plan_sweep(small, train_tokens=2_868_736)  # Shakespeare's train split, 384-id BPE
     budgets = sorted({t.budget for t in trials})
     assert len(budgets) >= 4 and math.log10(budgets[-1] / budgets[0]) >= 1.5
-    assert len(trials) * len(small.sweep.learning_rates) >= 16 and warnings == []
+    assert len(trials) == 16 and len(small.sweep.learning_rates) == 3 and warnings == []  # 48 models
 
     large = large_sweep()
     validate(large, device_count=8, process_count=1)
     trials, _ = plan_sweep(large)
     assert {t.budget for t in trials} == {1e17, 3e17, 1e18, 3e18, 1e19}
-    assert all(t.steps >= 500 for t in trials) and min(t.N for t in trials) > 1e7
+    assert all(t.steps >= 500 for t in trials) and min(t.N for t in trials) > 5e6
     assert len(trials) == 5 * 5 * 3  # sequential: one trial per learning rate

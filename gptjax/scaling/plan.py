@@ -125,9 +125,9 @@ def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[
                 epochs = tokens / train_tokens if train_tokens else None
                 for seed in s.seeds:
                     for lrs in lr_groups:
-                        trial_id = f"c{budget:.2e}-L{shape.n_layers}-d{shape.d_model}-b{batch_size}-s{seed}"
+                        trial_id = f"c{budget:.6g}-L{shape.n_layers}-d{shape.d_model}-b{batch_size}-s{seed}"
                         if not s.vectorize:
-                            trial_id += f"-lr{lrs[0]:.2e}"
+                            trial_id += f"-lr{lrs[0]:.6g}"
                         N = cost["with_attention"] / 6
                         trials.append(Trial(
                             index=len(trials), id=trial_id, budget=float(budget), shape=shape,
@@ -139,6 +139,11 @@ def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[
                     warnings.append(f"trial {trial_id} reads the training text {epochs:.1f} times (> sweep.max_epochs="
                                     f"{s.max_epochs}); repeated data bends the scaling law — use a larger corpus "
                                     "or smaller budgets")
+    ids = [t.id for t in trials]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise SweepPlanError(f"sweep: two trials would share the id {duplicate} (repeated budgets, seeds or "
+                             "learning rates); make sweep.budgets, seeds and learning_rates distinct")
     return trials, warnings
 
 

@@ -13,7 +13,6 @@ deterministic) and resumes an interrupted trial from its checkpoint; trials that
 from the results, `sweep.mode=plan` writes plan.json and stops.
 """
 
-import concurrent.futures
 import json
 import math
 import multiprocessing
@@ -21,13 +20,19 @@ import os
 import sys
 import time
 import traceback
+import uuid
 
 from absl import logging
 
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
-from gptjax.train.loop import TrainingDivergedError, train, write_json_atomic
+from gptjax.train.loop import TrainingDivergedError, json_config, train, write_json_atomic
 
 RESULT_FILE = "result.json"
+TRIAL_FILE = "trial.json"  # written when a trial starts: what it trains, to refuse a changed config
+
+
+class TrialFailedError(RuntimeError):
+    """`sweep.trial_index=K` ran a trial that crashed: the cluster job should fail (and be retried)."""
 
 
 def run_sweep(cfg, workdir: str) -> dict:
@@ -42,9 +47,14 @@ def run_sweep(cfg, workdir: str) -> dict:
         if cfg.sweep.trial_index >= len(trials):
             raise SweepPlanError(f"sweep.trial_index={cfg.sweep.trial_index}: the plan has {len(trials)} trials "
                                  f"(0..{len(trials) - 1}); see {os.path.join(workdir, 'plan.json')}")
-        rows = run_trial(cfg, trials[cfg.sweep.trial_index], workdir)
-        return {"trial": trials[cfg.sweep.trial_index].id, "results": rows}
-    todo = [t for t in trials if not _finished(workdir, t)]
+        trial = trials[cfg.sweep.trial_index]
+        rows = run_trial(cfg, trial, workdir)
+        failed = [r for r in rows if r["status"] == "failed"]
+        if failed:
+            raise TrialFailedError(f"trial {trial.id} failed ({failed[0]['reason']}); its result is recorded in "
+                                   f"{trial_dir(workdir, trial)} and a rerun retries it")
+        return {"trial": trial.id, "results": rows}
+    todo = [t for t in trials if not _finished(cfg, workdir, t)]
     logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
     progress = SweepProgress(len(trials), len(trials) - len(todo), cfg.train.progress_bar)
     try:
@@ -55,19 +65,23 @@ def run_sweep(cfg, workdir: str) -> dict:
                 progress.trial_done(trial, run_trial(cfg, trial, workdir))
     finally:
         progress.close()
-    rows = collect_results(workdir, trials)
-    print_summary(rows)
-    return fit_and_report(cfg, workdir)
+    summary = fit_and_report(cfg, workdir)
+    print_summary(load_rows(workdir))
+    return summary
 
 
 def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
-    """Builds the shared tokenizer and token caches once, plans, and writes plan.json."""
+    """Builds the shared tokenizer and token caches once, plans, checks every trial's config, and
+    writes plan.json."""
+    from gptjax.config import validate
     from gptjax.data.pipeline import make_streams  # the data stack is only needed to plan or train
 
     data = make_streams(cfg, workdir)
     train_tokens = (round(data.batches_per_epoch * cfg.data.batch_size * cfg.data.seq_len)
                     if data.batches_per_epoch else None)
     trials, warnings = plan_sweep(cfg, train_tokens)
+    for trial in trials:  # a trial config that cannot run is a config error now, not a failed trial later
+        validate(trial_config(cfg, trial, _tokenizer_path(cfg, workdir)))
     for warning in warnings:
         logging.warning("sweep plan: %s", warning)
     write_json_atomic(os.path.join(workdir, "plan.json"),
@@ -85,7 +99,33 @@ def trial_dir(workdir: str, trial: Trial) -> str:
     return os.path.join(workdir, "trials", trial.id)
 
 
-def _finished(workdir: str, trial: Trial) -> bool:
+def trial_identity(cfg, trial: Trial) -> dict:
+    """What a trial's results and checkpoints mean: the trial and every config key that shapes its
+    training (not paths or display settings). A rerun with another identity is refused."""
+    tcfg = json_config(trial_config(cfg, trial, None))
+    for key in ("tokenizer", "cache_dir", "tfds_data_dir"):
+        tcfg["data"].pop(key, None)
+    return {"trial": dict(trial.to_json(), index=None), "model": tcfg["model"], "data": tcfg["data"],
+            "optim": tcfg["optim"], "steps": tcfg["train"]["steps"], "seed": tcfg["seed"]}
+
+
+def _check_identity(cfg, workdir: str, trial: Trial) -> None:
+    path = os.path.join(trial_dir(workdir, trial), TRIAL_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    current = json.loads(json.dumps(trial_identity(cfg, trial)))
+    if saved != current:
+        diffs = [f"{section}" for section in current if saved.get(section) != current[section]]
+        raise SweepPlanError(
+            f"{trial_dir(workdir, trial)} was trained with another config (differs in: {', '.join(diffs)}); "
+            "rerun with the config that started this sweep, or use a fresh --workdir")
+
+
+def _finished(cfg, workdir: str, trial: Trial) -> bool:
+    """True when the trial has a result (ok or diverged) written by this same config."""
+    _check_identity(cfg, workdir, trial)
     path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
     if not os.path.isfile(path):
         return False
@@ -93,15 +133,21 @@ def _finished(workdir: str, trial: Trial) -> bool:
         return all(r["status"] != "failed" for r in json.load(f))
 
 
+def _failed_rows(trial: Trial, reason: str, **extra) -> list[dict]:
+    return [dict(lr=lr, seed=trial.seed, status="failed", reason=reason, eval_loss=math.nan, **extra)
+            for lr in trial.learning_rates]
+
+
 def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
     """Trains one trial (all its learning rates) unless it already has a result; never raises for a
     diverging or crashing trial: its rows carry status "diverged" / "failed" and the reason."""
     directory = trial_dir(workdir, trial)
     path = os.path.join(directory, RESULT_FILE)
-    if _finished(workdir, trial):
+    if _finished(cfg, workdir, trial):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     os.makedirs(directory, exist_ok=True)
+    write_json_atomic(os.path.join(directory, TRIAL_FILE), trial_identity(cfg, trial))
     tcfg = trial_config(cfg, trial, _tokenizer_path(cfg, workdir))
     start = time.perf_counter()
     try:
@@ -114,9 +160,7 @@ def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
             results = [_train_one(tcfg, directory)]
     except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
         logging.error("trial %s failed:\n%s", trial.id, traceback.format_exc())
-        reason = f"{type(e).__name__}: {e}"
-        results = [dict(lr=lr, seed=trial.seed, status="failed", reason=reason, eval_loss=math.nan,
-                        wall_seconds=time.perf_counter() - start) for lr in trial.learning_rates]
+        results = _failed_rows(trial, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - start)
     write_json_atomic(path, results)
     return results
 
@@ -131,34 +175,40 @@ def _train_one(tcfg, directory: str) -> dict:
     except TrainingDivergedError as e:
         return dict(base, status="diverged", reason=str(e), eval_loss=math.nan,
                     wall_seconds=time.perf_counter() - start)
+    # A run killed after its last checkpoint comes back with eval metrics only: train metrics are NaN.
     return dict(base, status="ok", reason="", eval_loss=final["eval_loss"],
-                eval_bits_per_byte=final.get("eval_bits_per_byte"), train_loss=final["loss"],
-                tokens_per_sec=final["tokens_per_sec"], compile_seconds=final["compile_seconds"],
+                eval_bits_per_byte=final.get("eval_bits_per_byte"), train_loss=final.get("loss", math.nan),
+                tokens_per_sec=final.get("tokens_per_sec", math.nan), compile_seconds=final["compile_seconds"],
                 wall_seconds=time.perf_counter() - start, epochs=final.get("epochs"))
 
 
-def _worker(cfg, trial: Trial, workdir: str) -> list[dict]:
-    """Entry point of a sweep subprocess."""
+def _worker(cfg, trial: Trial, workdir: str) -> None:
+    """Entry point of a sweep subprocess: one trial, its result written to the trial's directory."""
     logging.set_verbosity(logging.WARNING)
-    return run_trial(cfg, trial, workdir)
+    run_trial(cfg, trial, workdir)
 
 
 def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> None:
-    """Runs trials in sweep.n_workers spawned processes (each with its own JAX runtime). A worker that
-    dies (e.g. killed for memory) gets its trial recorded as failed; the others go on."""
+    """Runs each trial in its own spawned process (its own JAX runtime), sweep.n_workers at a time.
+    A process that dies without a result (e.g. killed for memory) gets its trial recorded as failed;
+    the others go on. Meant for CPU hosts: on one GPU, each process would claim most of its memory."""
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(cfg.sweep.n_workers, mp_context=context) as pool:
-        futures = {pool.submit(_worker, cfg, trial, workdir): trial for trial in trials}
-        for future in concurrent.futures.as_completed(futures):
-            trial = futures[future]
-            try:
-                rows = future.result()
-            except Exception as e:  # noqa: BLE001 - the worker process itself died
-                reason = f"worker process died: {type(e).__name__}: {e}"
-                rows = [dict(lr=lr, seed=trial.seed, status="failed", reason=reason, eval_loss=math.nan)
-                        for lr in trial.learning_rates]
-                write_json_atomic(os.path.join(trial_dir(workdir, trial), RESULT_FILE), rows)
-            progress.trial_done(trial, rows)
+    queue, running = list(trials), {}
+    while queue or running:
+        while queue and len(running) < cfg.sweep.n_workers:
+            trial = queue.pop(0)
+            process = context.Process(target=_worker, args=(cfg, trial, workdir), daemon=True)
+            process.start()
+            running[process] = trial
+        time.sleep(0.2)
+        for process in [p for p in running if not p.is_alive()]:
+            trial = running.pop(process)
+            path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
+            if not os.path.isfile(path):
+                os.makedirs(trial_dir(workdir, trial), exist_ok=True)
+                write_json_atomic(path, _failed_rows(trial, f"worker process died (exit code {process.exitcode})"))
+            with open(path, encoding="utf-8") as f:
+                progress.trial_done(trial, json.load(f))
 
 
 class SweepProgress:
@@ -220,7 +270,7 @@ def collect_results(workdir: str, trials: list[Trial]) -> list[dict]:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 rows.extend(result_rows(trial, json.load(f)))
-    tmp = os.path.join(workdir, f"results.jsonl.tmp-{os.getpid()}")
+    tmp = os.path.join(workdir, f"results.jsonl.tmp-{uuid.uuid4().hex}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(tmp, os.path.join(workdir, "results.jsonl"))
@@ -243,21 +293,28 @@ def _plan_trials(workdir: str) -> list[Trial] | None:
     return trials
 
 
-def fit_and_report(cfg, workdir: str) -> dict:
-    """Fits the scaling laws to WORKDIR's results (refreshed from trials/ when a plan exists) and
-    writes fits.json, report.md and plots/."""
-    from gptjax.scaling.fit import fit_all, load_results
-    from gptjax.scaling.report import write_report
+def load_rows(workdir: str) -> list[dict]:
+    """The sweep's rows: gathered from trials/*/result.json into results.jsonl when the trial
+    directories are there, else read from results.jsonl alone (e.g. a copied or committed sweep)."""
+    from gptjax.scaling.fit import load_results
 
     trials = _plan_trials(workdir)
     results_path = os.path.join(workdir, "results.jsonl")
-    if trials is not None:
-        rows = collect_results(workdir, trials)
-    elif os.path.isfile(results_path):
-        rows = load_results(results_path)
-    else:
-        raise SweepPlanError(f"sweep.mode=fit: {os.path.abspath(workdir)} has neither plan.json nor results.jsonl; "
-                             "run the sweep first (sweep.mode=run) or point --workdir at a finished sweep")
+    if trials is not None and any(os.path.isfile(os.path.join(trial_dir(workdir, t), RESULT_FILE)) for t in trials):
+        return collect_results(workdir, trials)
+    if os.path.isfile(results_path):
+        return load_results(results_path)
+    raise SweepPlanError(f"sweep.mode=fit: {os.path.abspath(workdir)} has no trial results and no results.jsonl; "
+                         "run the sweep first (sweep.mode=run) or point --workdir at a finished sweep")
+
+
+def fit_and_report(cfg, workdir: str) -> dict:
+    """Fits the scaling laws to WORKDIR's results (see `load_rows`) and writes fits.json, report.md
+    and plots/."""
+    from gptjax.scaling.fit import fit_all
+    from gptjax.scaling.report import write_report
+
+    rows = load_rows(workdir)
     fits = fit_all(rows, cfg.sweep.target_flops, n_bootstrap=cfg.sweep.n_bootstrap, seed=cfg.seed)
     write_json_atomic(os.path.join(workdir, "fits.json"), fits)
     report = write_report(workdir, rows, fits, cfg.sweep.target_flops)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import uuid
 import zlib
 
 import jax
@@ -61,7 +62,7 @@ def write_json_atomic(path: str, obj) -> None:
     """Process 0 writes `obj` as JSON via a temporary file and a rename."""
     if jax.process_index() != 0:
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # unique even across containers whose pids repeat
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
