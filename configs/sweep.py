@@ -1,7 +1,7 @@
 """The main job: a scaling-law sweep on the embedded Shakespeare corpus, ~11 minutes on a 2-core CPU.
 
 python -m gptjax.main --config=configs/sweep.py --workdir=/tmp/gptjax/sweep
-Four IsoFLOP profiles (1e10 .. 3e11 training FLOPs, 1.5 decades) of four model sizes each from a
+Four IsoFLOP profiles (1e10 .. 3.2e11 training FLOPs, 1.5 decades) of four model sizes each from a
 depth family (d_model = 8 * n_layers, 8-dim heads, 384-id BPE, 64-token windows, batch 16), each
 model trained at three learning rates together under jax.vmap: 48 models. Then fits loss vs compute
 (frontier, IsoFLOP parabolas, the parametric L(N, D) with bootstrap intervals), backtests on the
@@ -20,7 +20,7 @@ def get_config():
     cfg.optim.update(schedule="warmup_cosine", weight_decay=0.1, min_lr_ratio=0.1)
     cfg.train.update(progress_bar=True)
     cfg.sweep.update(
-        budgets=(1e10, 3e10, 1e11, 3e11),
+        budgets=(1e10, 3.2e10, 1e11, 3.2e11),
         family="depth",
         depths=(1, 2, 3, 4, 5, 6, 7, 8),
         width_per_layer=8,
