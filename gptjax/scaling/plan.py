@@ -14,7 +14,7 @@ import math
 
 import ml_collections
 
-from gptjax.config import ConfigError
+from gptjax.config import SWEEP_FAMILIES, ConfigError
 from gptjax.train import flops
 
 
@@ -77,8 +77,8 @@ def _check(cfg) -> None:
         raise SweepPlanError("sweep.budgets=(): give the training FLOPs of each IsoFLOP profile, e.g. (1e12, 3e12, 1e13)")
     if any(not b > 0 for b in budgets) or budgets != sorted(set(budgets)):
         raise SweepPlanError(f"sweep.budgets={tuple(budgets)!r}: must be positive, distinct and ascending")
-    if s.family not in ("depth", "explicit"):
-        raise SweepPlanError(f"sweep.family={s.family!r}: must be one of depth, explicit")
+    if s.family not in SWEEP_FAMILIES:  # also checked by config.validate; plan_sweep is public
+        raise SweepPlanError(f"sweep.family={s.family!r}: must be one of {', '.join(SWEEP_FAMILIES)}")
     if s.family == "explicit" and not all(len(tuple(p)) == 2 for p in s.models):
         raise SweepPlanError(f"sweep.models={s.models!r}: must be ((n_layers, d_model), ...) for family=explicit")
     for shape in family_shapes(s):

@@ -65,9 +65,9 @@ def run_sweep(cfg, workdir: str) -> dict:
                 progress.trial_done(trial, run_trial(cfg, trial, workdir))
     finally:
         progress.close()
-    summary = fit_and_report(cfg, workdir)
-    print_summary(load_rows(workdir))
-    return summary
+    rows = load_rows(workdir)
+    print_summary(rows)
+    return fit_and_report(cfg, workdir, rows)
 
 
 def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
@@ -308,13 +308,13 @@ def load_rows(workdir: str) -> list[dict]:
                          "run the sweep first (sweep.mode=run) or point --workdir at a finished sweep")
 
 
-def fit_and_report(cfg, workdir: str) -> dict:
-    """Fits the scaling laws to WORKDIR's results (see `load_rows`) and writes fits.json, report.md
-    and plots/."""
+def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None) -> dict:
+    """Fits the scaling laws to `rows` (default: WORKDIR's results, see `load_rows`) and writes
+    fits.json, report.md and plots/."""
     from gptjax.scaling.fit import fit_all
     from gptjax.scaling.report import write_report
 
-    rows = load_rows(workdir)
+    rows = load_rows(workdir) if rows is None else rows
     fits = fit_all(rows, cfg.sweep.target_flops, n_bootstrap=cfg.sweep.n_bootstrap, seed=cfg.seed)
     write_json_atomic(os.path.join(workdir, "fits.json"), fits)
     report = write_report(workdir, rows, fits, cfg.sweep.target_flops)

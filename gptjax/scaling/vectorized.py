@@ -28,7 +28,7 @@ from gptjax.train.checkpoint import Checkpointer, check_compatible
 from gptjax.train.loop import MAX_EPOCHS_BEFORE_WARNING, data_identity, json_config
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import abstract_model, init_params
+from gptjax.train.state import abstract_model, initial_state
 from gptjax.train.step import make_eval_step, make_train_step
 
 
@@ -61,13 +61,9 @@ def member_optimizer(cfg, lr):
     return optax.chain(tx, scale_by_member_lr(lr)), unit_schedule
 
 
-def _init_member(cfg, seed, lr) -> dict:
-    """One member's train state; the same keys as `gptjax.train.state.state_spec` derives from a seed."""
-    params_key, rng_key = jax.random.split(jax.random.key(seed))
-    params = init_params(cfg.model, params_key)
-    optimizer, _ = member_optimizer(cfg, lr)
-    return dict(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                rng=jax.random.key_data(rng_key))
+def _init_members(cfg):
+    """(seeds_K, lrs_K) -> the stacked train state; member k is the state `train` starts from."""
+    return jax.vmap(lambda seed, lr: initial_state(cfg.model, member_optimizer(cfg, lr)[0], seed))
 
 
 def _member_arrays(members):
@@ -78,13 +74,13 @@ def _member_arrays(members):
 
 def init_group(cfg, members: list[dict]) -> dict:
     """The stacked train state of `members` ({"lr", "seed"}): every leaf gains a leading (K,) axis."""
-    return jax.jit(jax.vmap(lambda seed, lr: _init_member(cfg, seed, lr)))(*_member_arrays(members))
+    return jax.jit(_init_members(cfg))(*_member_arrays(members))
 
 
 def abstract_group(cfg, members: list[dict]) -> dict:
     """Shapes of `init_group`'s state on the default device: the target of a checkpoint restore."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(jax.vmap(lambda seed, lr: _init_member(cfg, seed, lr)), *_member_arrays(members))
+    shapes = jax.eval_shape(_init_members(cfg), *_member_arrays(members))
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
 
 

@@ -54,16 +54,21 @@ class StateSpec:
         return jax.jit(self.init, out_shardings=self.shardings)()
 
 
+def initial_state(model_cfg, optimizer, seed) -> dict:
+    """A fresh train state derived from `seed` (an int, or a traced one under `jax.vmap`)."""
+    params_key, rng_key = jax.random.split(jax.random.key(seed))
+    params = init_params(model_cfg, params_key)
+    return dict(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(rng_key),  # raw uint32 key: checkpointable by orbax
+    )
+
+
 def state_spec(model_cfg, optimizer, mesh, rules, seed: int) -> StateSpec:
     def init():
-        params_key, rng_key = jax.random.split(jax.random.key(seed))
-        params = init_params(model_cfg, params_key)
-        return dict(
-            params=params,
-            opt_state=optimizer.init(params),
-            step=jnp.zeros((), jnp.int32),
-            rng=jax.random.key_data(rng_key),  # raw uint32 key: checkpointable by orbax
-        )
+        return initial_state(model_cfg, optimizer, seed)
 
     abstract = jax.eval_shape(init)
     shardings = state_shardings(model_cfg, mesh, rules, abstract)
