@@ -11,7 +11,11 @@ import os
 
 import ml_collections
 
-MODES = ("pretrain", "eval", "sweep", "sample")
+MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
+ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "max_len")
+JUDGES = ("gold", "reward_model", "self")
 PARAMETRIZATIONS = ("sp", "mup")
 SWEEP_MODES = ("run", "plan", "fit")
 SWEEP_FAMILIES = ("depth", "explicit")
@@ -178,6 +182,62 @@ def default_config() -> ml_collections.ConfigDict:
             length_penalty=1.0,  # beam score = sum(logprobs) / length**length_penalty
             regex="",  # constrained decoding: completions match this regular expression, or
             json_schema="",  # are JSON documents valid under this JSON schema (a JSON string)
+            scorer="",  # best-of-N: a reward-model workdir (mode=reward) that ranks num_samples completions
+            chat=False,  # wrap each prompt in the chat template (a user turn + <|assistant|>), for SFT'd models
+        )
+    )
+    # Post-training (gptjax/align/): every mode reads `align`; ppo/grpo/rloo read `rl`, dpo reads `dpo`.
+    # The network is the one in the init_from checkpoint (config.model is used only when init_from is "").
+    cfg.align = ml_collections.ConfigDict(
+        dict(
+            init_from="",  # workdir whose latest checkpoint starts the model; "" = fresh from config.model
+            task="arithmetic",  # embedded task (gptjax/align/tasks.py) used when align.data is "": arithmetic | shakespeare
+            data="",  # JSONL: sft {"messages"}; reward/dpo {"prompt","chosen","rejected"} or {"prompt","responses","ranking"}
+            num_examples=2000,  # rows an embedded task generates
+            val_fraction=0.05,  # held out for eval (reward accuracy, DPO margins, SFT loss)
+            batch_size=16,  # sft/reward/dpo: rows per step; rl: prompts per step
+            reward_model="",  # ppo/grpo/rloo/label: a mode=reward workdir; "" = the task's programmatic reward
+            reference="",  # ppo/grpo/rloo/dpo: frozen reference workdir; "" = align.init_from
+            normalize_reward=True,  # reward: shift the score so its mean on the SFT (chosen) responses is 0
+            output="",  # label: the preference JSONL written; "" = WORKDIR/preferences.jsonl
+            judge="gold",  # label: gold (the task's programmatic reward) | reward_model | self (constitution prompt)
+            constitution="Is the reply kind and varied? Answer yes or no.",  # label, judge=self: the question asked
+            samples_per_prompt=2,  # label: completions sampled per prompt and compared
+        )
+    )
+    cfg.rl = ml_collections.ConfigDict(
+        dict(
+            group_size=4,  # completions sampled per prompt (grpo/rloo groups; ppo samples this many too)
+            max_new_tokens=8,
+            temperature=1.0,
+            top_p=1.0,
+            kl_coef=0.05,  # beta of the KL(policy || reference) penalty
+            kl_estimator="k1",  # k1 | k2 | k3 (Schulman, "Approximating KL")
+            kl_in_reward=True,  # True: -beta*KL per token in the reward; False: beta*KL as a loss term
+            adaptive_kl=False,  # ppo: Ziegler's controller moves kl_coef toward kl_target
+            kl_target=6.0,  # nats per sequence
+            kl_horizon=10000,
+            gamma=1.0,
+            lam=0.95,
+            whiten_advantages=True,
+            clip=0.2,  # policy ratio clip
+            value_clip=0.2,  # ppo value clip (0 = off)
+            vf_coef=0.1,
+            entropy_coef=0.0,
+            epochs=2,  # optimisation passes over each rollout batch
+            minibatches=2,  # per pass
+            ptx_coef=0.0,  # ppo: weight of a pretraining LM loss on the SFT data mixed in (InstructGPT's ptx)
+            value_model="separate",  # ppo: separate (own trunk, from the reward model or init) | shared (policy trunk)
+            advantage="grpo",  # grpo: grpo (mean/std) | dr_grpo (no std, loss summed / (B*L_max))
+            loss_aggregation="token_mean",  # token_mean | seq_mean | max_len (dr_grpo forces max_len)
+            missing_eos_penalty=1.0,  # subtracted from the score of a completion that never emitted <|eos|>
+        )
+    )
+    cfg.dpo = ml_collections.ConfigDict(
+        dict(
+            beta=0.1,
+            loss="sigmoid",  # sigmoid (DPO) | ipo
+            label_smoothing=0.0,  # conservative DPO: the share of preferences assumed flipped
         )
     )
     return cfg
@@ -354,6 +414,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
 
     if cfg.mode == "sweep":
         _validate_sweep(cfg.sweep)
+    if cfg.mode in ALIGN_MODES:
+        _validate_align(cfg, batch_shards)
 
     if workdir is not None:
         parent = os.path.dirname(os.path.abspath(workdir))
@@ -391,3 +453,62 @@ def _validate_sample(cfg):
             _fail("sample.prompt", s.prompt, "mode=sample needs exactly one of sample.prompt and sample.prompts_file")
         if s.prompts_file and not os.path.isfile(s.prompts_file):
             _fail("sample.prompts_file", s.prompts_file, "does not exist; give a file with one prompt per line")
+
+
+def _validate_align(cfg, batch_shards: int) -> None:
+    """Post-training keys. Whether init_from / reward_model / data exist is checked when they are opened."""
+    a, r, o = cfg.align, cfg.rl, cfg.dpo
+    if not a.data and a.task not in ("arithmetic", "shakespeare"):
+        _fail("align.task", a.task, "must be arithmetic or shakespeare (or set align.data to a JSONL file)")
+    if a.data and not os.path.isfile(a.data):
+        _fail("align.data", a.data, "does not exist; give a JSONL file (see README, Post-training) or leave it empty "
+              "to use align.task")
+    for key in ("init_from", "reward_model", "reference"):
+        if a[key] and not os.path.isdir(a[key]):
+            _fail(f"align.{key}", a[key], "is not a directory; give the workdir of an earlier run")
+    if a.num_examples < 2 or a.batch_size < 1:
+        _fail("align.num_examples/batch_size", (a.num_examples, a.batch_size), "must be >= 2 and >= 1")
+    if not 0.0 < a.val_fraction < 1.0:
+        _fail("align.val_fraction", a.val_fraction, "must be in (0, 1)")
+    if cfg.mode in ("ppo", "grpo", "rloo"):
+        rows = a.batch_size * r.group_size
+        if rows % batch_shards or (rows // r.minibatches) % batch_shards or rows % r.minibatches:
+            _fail("align.batch_size", a.batch_size, f"times rl.group_size={r.group_size} ({rows} rollouts) must "
+                  f"divide into rl.minibatches={r.minibatches} minibatches, each divisible by data*fsdp={batch_shards}")
+    elif cfg.mode != "label" and a.batch_size % batch_shards:
+        _fail("align.batch_size", a.batch_size, f"must divide by data*fsdp={batch_shards}")
+    if cfg.mode == "rloo" and r.group_size < 2:
+        _fail("rl.group_size", r.group_size, "RLOO's leave-one-out baseline needs at least 2 samples per prompt")
+    if cfg.mode == "grpo" and r.group_size < 2:
+        _fail("rl.group_size", r.group_size, "GRPO's group baseline needs at least 2 samples per prompt")
+    for key in ("group_size", "max_new_tokens", "epochs", "minibatches", "kl_horizon"):
+        if r[key] < 1:
+            _fail(f"rl.{key}", r[key], "must be >= 1")
+    for key in ("kl_coef", "vf_coef", "entropy_coef", "ptx_coef", "value_clip", "missing_eos_penalty"):
+        if not r[key] >= 0:
+            _fail(f"rl.{key}", r[key], "must be >= 0")
+    if not r.temperature > 0 or not 0 < r.top_p <= 1 or not 0 < r.clip < 1 or not r.kl_target > 0:
+        _fail("rl.temperature/top_p/clip/kl_target", (r.temperature, r.top_p, r.clip, r.kl_target),
+              "need temperature > 0, top_p in (0, 1], clip in (0, 1), kl_target > 0")
+    if not (0 <= r.gamma <= 1 and 0 <= r.lam <= 1):
+        _fail("rl.gamma/lam", (r.gamma, r.lam), "must be in [0, 1]")
+    if r.kl_estimator not in KL_ESTIMATORS:
+        _fail("rl.kl_estimator", r.kl_estimator, f"must be one of {', '.join(KL_ESTIMATORS)}")
+    if r.value_model not in ("separate", "shared"):
+        _fail("rl.value_model", r.value_model, "must be separate or shared")
+    if r.advantage not in ("grpo", "dr_grpo"):
+        _fail("rl.advantage", r.advantage, "must be grpo or dr_grpo")
+    if r.loss_aggregation not in LOSS_AGGREGATIONS:
+        _fail("rl.loss_aggregation", r.loss_aggregation, f"must be one of {', '.join(LOSS_AGGREGATIONS)}")
+    if not o.beta > 0 or o.loss not in ("sigmoid", "ipo") or not 0 <= o.label_smoothing < 0.5:
+        _fail("dpo.beta/loss/label_smoothing", (o.beta, o.loss, o.label_smoothing),
+              "need beta > 0, loss sigmoid or ipo, label_smoothing in [0, 0.5)")
+    if a.judge not in JUDGES:
+        _fail("align.judge", a.judge, f"must be one of {', '.join(JUDGES)}")
+    if cfg.mode == "label" and a.judge == "reward_model" and not a.reward_model:
+        _fail("align.reward_model", a.reward_model, "align.judge=reward_model needs the workdir of a mode=reward run")
+    if cfg.mode == "label" and a.samples_per_prompt < 2:
+        _fail("align.samples_per_prompt", a.samples_per_prompt, "must be >= 2 to form a preference pair")
+    if cfg.mode in ("ppo", "grpo", "rloo", "dpo", "label") and not a.init_from:
+        _fail("align.init_from", a.init_from, f"mode={cfg.mode} starts from a trained policy; give the workdir of a "
+              "mode=sft (or pretrain) run")

@@ -39,6 +39,18 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         return restored["state"]
 
+    def save_items(self, step: int, items: dict, meta: dict) -> None:
+        """Post-training layout: each named pytree of `items` its own item (a consumer restores only
+        the ones it needs, e.g. `params`), plus `meta`. Asynchronous, like `save`."""
+        args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+        self._manager.save(step, args=ocp.args.Composite(**args, meta=ocp.args.JsonSave(meta)))
+
+    def restore_items(self, step: int, abstract_items: dict) -> dict:
+        """The named items of `abstract_items` at `step`, placed with the shardings their leaves carry."""
+        args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        return {name: restored[name] for name in abstract_items}
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -1,0 +1,1 @@
+"""Post-training: chat template, SFT, reward models, PPO / GRPO / RLOO, DPO, best-of-N and RLAIF."""

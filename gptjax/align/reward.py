@@ -1,0 +1,212 @@
+"""`mode=reward`: a reward model trained on preferences with the Bradley–Terry loss, and its use as a scorer.
+
+The reward model is the decoder with a scalar head (`model.scalar_head`), started from align.init_from
+(an SFT or pretraining checkpoint; the head is new); its score of prompt + response is the head's
+output at the last real token, the response's <|eos|>. Data: align.data (JSONL of pairs
+{"prompt","chosen","rejected"} or K-way rankings {"prompt","responses","ranking"}) or the embedded
+task's preference pairs. A batch element is one prompt with all its responses, each scored once; a
+ranking of K contributes all K(K-1)/2 pairs, each weighted 1/C(K,2) so every prompt counts once
+(InstructGPT). Eval reports held-out pairwise accuracy. With align.normalize_reward the saved
+`reward_bias` is the mean score of the preferred responses of the training set (the SFT
+distribution), and `RewardModel.score` subtracts it, so those score 0 on average.
+"""
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from gptjax.align import data as align_data
+from gptjax.align.chat import BOS_ID, PAD_ID
+from gptjax.align.losses import pairwise_loss
+from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, init_opt_state, load_trained,
+                                pad_rows, param_norm, params_shardings, run_stage, stage_optimizer, start_tokenizer,
+                                starting_network, with_scalar_head)
+from gptjax.align.tasks import get_task
+from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.sample.generate import model_graphdef
+from gptjax.train.loop import run_in_mesh
+
+NORMALIZATION_ROWS = 512  # preferred responses scored for the reward bias
+
+
+def last_token_scores(params, graphdef, tokens_RxL, lengths_R):
+    """scores_R: the scalar head at each row's last real token (index length - 1), float32."""
+    model = nnx.merge(graphdef, params)
+    values_RxL = model.scalar(tokens_RxL).astype(jnp.float32)
+    return jnp.take_along_axis(values_RxL, (lengths_R - 1)[:, None], axis=1)[:, 0]
+
+
+@dataclasses.dataclass
+class GroupBatch:
+    """B preference groups as arrays: K response rows per group (unused rows are [BOS], weight 0)."""
+
+    tokens_RxL: np.ndarray  # R = B*K
+    lengths_R: np.ndarray
+    pairs_BxPx2: np.ndarray  # (winner, loser) indices within the group's K rows
+    weight_BxP: np.ndarray
+
+
+def group_arrays(groups, K: int, P: int, length: int) -> GroupBatch:
+    rows, pairs, weights = [], np.zeros((len(groups), P, 2), np.int32), np.zeros((len(groups), P), np.float32)
+    for b, g in enumerate(groups):
+        rows += [g.prompt + r for r in g.responses] + [[BOS_ID]] * (K - len(g.responses))
+        pairs[b, :len(g.pairs)] = g.pairs
+        weights[b, :len(g.pairs)] = g.weight
+    return GroupBatch(pad_rows(rows, length, PAD_ID), np.array([len(r) for r in rows], np.int32), pairs, weights)
+
+
+def preference_loss(params, graphdef, batch: dict):
+    """Weighted Bradley–Terry loss over every pair of every group: (loss, accuracy)."""
+    scores_BxK = last_token_scores(params, graphdef, batch["tokens_RxL"], batch["lengths_R"]).reshape(
+        batch["weight_BxP"].shape[0], -1)
+    winner_BxP = jnp.take_along_axis(scores_BxK, batch["pairs_BxPx2"][..., 0], axis=1)
+    loser_BxP = jnp.take_along_axis(scores_BxK, batch["pairs_BxPx2"][..., 1], axis=1)
+    return pairwise_loss(winner_BxP.ravel(), loser_BxP.ravel(), batch["weight_BxP"].ravel())
+
+
+def make_reward_step(graphdef, tx, schedule):
+    def reward_step(items, batch):
+        params, train = items["params"], items["train"]
+        (loss, accuracy), grads = jax.value_and_grad(preference_loss, has_aux=True)(params, graphdef, batch)
+        updates, opt_state = tx.update(grads, train["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads), param_norm=param_norm(params),
+                       lr=schedule(train["opt_state_step"]))
+        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
+
+    return reward_step
+
+
+def preference_file(cfg, workdir: str) -> str:
+    """align.data, or the embedded task's preference pairs written to WORKDIR/task_preferences.jsonl."""
+    if cfg.align.data:
+        return cfg.align.data
+    path = os.path.join(workdir, "task_preferences.jsonl")
+    if not os.path.isfile(path):
+        align_data.write_preferences(path, get_task(cfg.align.task).preference_rows(cfg.align.num_examples, cfg.seed))
+    return path
+
+
+def preference_groups(path: str, cfg, tokenizer, max_len: int):
+    """(train, val) PreferenceGroups of a preference JSONL."""
+    groups = align_data.load_preferences(path, tokenizer, max_len)
+    if len(groups) < 2:
+        raise align_data.AlignDataError(f"{path}: {len(groups)} preference rows; need at "
+                                        "least 2 (one to train on, one to evaluate)")
+    return align_data.split_train_val(groups, cfg.align.val_fraction, cfg.seed)
+
+
+def preference_texts(path: str) -> list[str]:
+    texts = []
+    for _, row in align_data.read_jsonl(path):
+        for key in ("prompt", "chosen", "rejected"):
+            if isinstance(row.get(key), str):
+                texts.append(row[key])
+        texts += [r for r in row.get("responses", []) if isinstance(r, str)]
+    return texts
+
+
+def reward(cfg, workdir: str) -> dict:
+    """Trains a reward model per cfg (mode=reward), resuming from `workdir`; returns the final metrics."""
+    return run_in_mesh(_reward, cfg, workdir)
+
+
+def _reward(cfg, workdir: str, mesh) -> dict:
+    rules = tuple(cfg.parallel.rules)
+    path = preference_file(cfg, workdir)
+    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path))
+    start = starting_network(cfg, tokenizer, mesh, rules)
+    model_cfg, init = with_scalar_head(start, jax.random.key(cfg.seed + 1), mesh, rules)
+    train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
+    K = max(len(g.responses) for g in train_set + val_set)
+    P = K * (K - 1) // 2
+    length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
+    graphdef = model_graphdef(model_cfg)
+    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
+    rows = batch_sharding(mesh, rules)
+    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
+                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
+    batch_shardings = dict(tokens_RxL=rows, lengths_R=batch_sharding(mesh, rules, 1),
+                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
+    step_fn = jax.jit(make_reward_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
+                      out_shardings=(item_shardings, None), donate_argnums=0)
+    loss_fn = jax.jit(functools.partial(preference_loss, graphdef=graphdef))
+    score_fn = jax.jit(functools.partial(last_token_scores, graphdef=graphdef))
+    B = cfg.align.batch_size
+
+    def device_batch(groups):
+        return jax.device_put(dataclasses.asdict(group_arrays(groups, K, P, length)), batch_shardings)
+
+    def fresh():
+        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init), opt_state_step=jnp.zeros((), jnp.int32)))
+
+    def step(items, s):
+        return step_fn(items, device_batch([train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]))
+
+    def evaluate(items):
+        loss = accuracy = weight = 0.0
+        for first in range(0, len(val_set), B):
+            chunk = val_set[first:first + B]
+            n = len(chunk)
+            batch = group_arrays(chunk + [chunk[-1]] * (B - n), K, P, length)
+            batch.weight_BxP[n:] = 0.0  # the repeated filler groups count for nothing
+            chunk_weight = float(batch.weight_BxP.sum())
+            l, a = loss_fn(items["params"], batch=jax.device_put(dataclasses.asdict(batch), batch_shardings))
+            loss, accuracy, weight = loss + float(l) * chunk_weight, accuracy + float(a) * chunk_weight, weight + chunk_weight
+        return {"loss": loss / weight, "accuracy": accuracy / weight}
+
+    def reward_bias(items) -> dict:
+        if not cfg.align.normalize_reward:
+            return {"reward_bias": 0.0}
+        preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set[:NORMALIZATION_ROWS]]
+        scores = []
+        for first in range(0, len(preferred), B):
+            chunk = preferred[first:first + B]
+            n = len(chunk)
+            chunk = chunk + [chunk[-1]] * (B - n)
+            s = score_fn(items["params"], tokens_RxL=jax.device_put(pad_rows(chunk, length, PAD_ID), rows),
+                         lengths_R=np.array([len(r) for r in chunk], np.int32))
+            scores += np.asarray(s)[:n].tolist()
+        return {"reward_bias": float(np.mean(scores))}
+
+    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    spec = StageSpec("reward", model_cfg, tokenizer, fresh, abstract, step, evaluate, extra_meta=reward_bias,
+                     identity=dict(init_from=cfg.align.init_from, data=cfg.align.data or f"task:{cfg.align.task}",
+                                   batch_size=B, examples=len(train_set)))
+    result = run_stage(cfg, workdir, spec)
+    return dict(result, train_groups=len(train_set), val_groups=len(val_set))
+
+
+class RewardModel:
+    """A trained reward model (a mode=reward workdir) as a scorer of token rows."""
+
+    def __init__(self, workdir: str, mesh, rules, what: str = "align.reward_model"):
+        trained = load_trained(workdir, mesh, rules, what)
+        if trained.stage != "reward":
+            raise AlignError(f"{what}={workdir!r} holds a {trained.stage!r} checkpoint, not a reward model; give the "
+                             "workdir of a mode=reward run")
+        self.trained, self.params, self.model_cfg = trained, trained.params, trained.model_cfg
+        self.bias = float(trained.meta.get("reward_bias", 0.0))
+        self.graphdef = model_graphdef(trained.model_cfg)
+        self._score = jax.jit(functools.partial(last_token_scores, graphdef=self.graphdef))
+
+    def score_device(self, tokens_RxL, lengths_R):
+        """Normalised scores_R on device (for jitted RL code paths)."""
+        return self._score(self.params, tokens_RxL=tokens_RxL, lengths_R=lengths_R) - self.bias
+
+    def __call__(self, tokens_RxL, lengths_R) -> np.ndarray:
+        """Host scores of right-padded rows (the best-of-N scorer interface)."""
+        tokens_RxL = np.asarray(tokens_RxL, np.int32)
+        length = bucket(tokens_RxL.shape[1], self.model_cfg.max_len)
+        if tokens_RxL.shape[1] > self.model_cfg.max_len:
+            raise AlignError(f"rows of {tokens_RxL.shape[1]} tokens exceed the reward model's context "
+                             f"({self.model_cfg.max_len})")
+        padded = np.full((tokens_RxL.shape[0], length), PAD_ID, np.int32)
+        padded[:, :tokens_RxL.shape[1]] = tokens_RxL
+        return np.asarray(self.score_device(padded, np.asarray(lengths_R, np.int32)), np.float64)
