@@ -332,7 +332,7 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
 
     if d.seq_len <= 0 or d.batch_size <= 0:
         _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")
-    if d.seq_len > m.max_len:
+    if d.seq_len > m.max_len and cfg.mode not in ALIGN_MODES:  # post-training reads align.*, not data.*
         _fail("data.seq_len", d.seq_len, f"must not exceed model.max_len={m.max_len}")
     if d.source.startswith("synthetic:"):
         if d.source != "synthetic:markov":
@@ -448,6 +448,10 @@ def _validate_sample(cfg):
     if s.beam_width and (s.regex or s.json_schema or s.stop_strings):
         _fail("sample.beam_width", s.beam_width, "beam search supports neither constraints nor stop strings; "
               "set sample.beam_width=0 to sample")
+    if s.scorer and s.beam_width:
+        _fail("sample.scorer", s.scorer, "best-of-N samples num_samples completions; set sample.beam_width=0")
+    if s.scorer and not os.path.isdir(s.scorer):
+        _fail("sample.scorer", s.scorer, "is not a directory; give the workdir of a mode=reward run")
     if cfg.mode == "sample":
         if bool(s.prompt) == bool(s.prompts_file):
             _fail("sample.prompt", s.prompt, "mode=sample needs exactly one of sample.prompt and sample.prompts_file")

@@ -9,6 +9,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gptjax.align.chat import ChatError
+from gptjax.align.data import AlignDataError
+from gptjax.align.dpo import dpo
+from gptjax.align.label import label
+from gptjax.align.reward import reward
+from gptjax.align.rl import rl
+from gptjax.align.sft import sft
+from gptjax.align.stage import AlignError
 from gptjax.config import ConfigError, validate
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
@@ -22,7 +30,8 @@ from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 
-MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint}
+MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint,
+         "sft": sft, "reward": reward, "ppo": rl, "grpo": rl, "rloo": rl, "dpo": dpo, "label": label}
 
 
 def _quiet_orbax_info(record) -> bool:
@@ -44,7 +53,7 @@ def main(argv):
         validate(cfg, _WORKDIR.value)
         result = MODES[cfg.mode](cfg, _WORKDIR.value)
     except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
-            TrialFailedError) as e:
+            TrialFailedError, AlignError, AlignDataError, ChatError) as e:
         logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

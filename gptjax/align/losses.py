@@ -207,8 +207,8 @@ def frac_zero_std(rewards_BxG):
 
 
 def dpo_loss(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, beta, kind: str = "sigmoid",
-             label_smoothing: float = 0.0):
-    """DPO / IPO loss from sequence log-probs: (mean loss, metrics).
+             label_smoothing: float = 0.0, weight_B=None):
+    """DPO / IPO loss from sequence log-probs: (mean loss, metrics), means weighted by weight_B (default 1).
 
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected).
     "sigmoid" (DPO): -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h), where ls is the
@@ -227,13 +227,18 @@ def dpo_loss(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, b
                   - label_smoothing * jax.nn.log_sigmoid(-beta * h_B))
     else:
         loss_B = jnp.square(h_B - 1.0 / (2.0 * beta))
+    weight_B = jnp.ones_like(h_B) if weight_B is None else jnp.asarray(weight_B, jnp.float32)
+
+    def mean(x_B):
+        return jnp.sum(x_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-12)
+
     metrics = {
-        "chosen_reward": jnp.mean(beta * chosen_B),
-        "rejected_reward": jnp.mean(beta * rejected_B),
-        "margin": jnp.mean(beta * h_B),
-        "accuracy": jnp.mean((h_B > 0).astype(jnp.float32)),
+        "chosen_reward": mean(beta * chosen_B),
+        "rejected_reward": mean(beta * rejected_B),
+        "margin": mean(beta * h_B),
+        "accuracy": mean((h_B > 0).astype(jnp.float32)),
     }
-    return jnp.mean(loss_B), metrics
+    return mean(loss_B), metrics
 
 
 def adaptive_kl_coef(coef, kl, target, n_steps, horizon):

@@ -24,7 +24,7 @@ from flax import nnx
 from gptjax.align import data as align_data
 from gptjax.align.chat import BOS_ID, PAD_ID
 from gptjax.align.losses import pairwise_loss
-from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, init_opt_state, load_trained,
+from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state, load_trained,
                                 pad_rows, param_norm, params_shardings, run_stage, stage_optimizer, start_tokenizer,
                                 starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
@@ -48,17 +48,21 @@ class GroupBatch:
 
     tokens_RxL: np.ndarray  # R = B*K
     lengths_R: np.ndarray
+    prompt_len_R: np.ndarray  # the response of row r is tokens_RxL[r, prompt_len_R[r]:lengths_R[r]]
     pairs_BxPx2: np.ndarray  # (winner, loser) indices within the group's K rows
     weight_BxP: np.ndarray
 
 
 def group_arrays(groups, K: int, P: int, length: int) -> GroupBatch:
-    rows, pairs, weights = [], np.zeros((len(groups), P, 2), np.int32), np.zeros((len(groups), P), np.float32)
+    rows, prompt_len = [], []
+    pairs, weights = np.zeros((len(groups), P, 2), np.int32), np.zeros((len(groups), P), np.float32)
     for b, g in enumerate(groups):
         rows += [g.prompt + r for r in g.responses] + [[BOS_ID]] * (K - len(g.responses))
+        prompt_len += [len(g.prompt)] * len(g.responses) + [1] * (K - len(g.responses))
         pairs[b, :len(g.pairs)] = g.pairs
         weights[b, :len(g.pairs)] = g.weight
-    return GroupBatch(pad_rows(rows, length, PAD_ID), np.array([len(r) for r in rows], np.int32), pairs, weights)
+    return GroupBatch(pad_rows(rows, length, PAD_ID), np.array([len(r) for r in rows], np.int32),
+                      np.array(prompt_len, np.int32), pairs, weights)
 
 
 def preference_loss(params, graphdef, batch: dict):
@@ -133,7 +137,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
                           train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
     batch_shardings = dict(tokens_RxL=rows, lengths_R=batch_sharding(mesh, rules, 1),
-                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
+                           prompt_len_R=batch_sharding(mesh, rules, 1), pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
     step_fn = jax.jit(make_reward_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
                       out_shardings=(item_shardings, None), donate_argnums=0)
     loss_fn = jax.jit(functools.partial(preference_loss, graphdef=graphdef))
@@ -151,10 +155,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
 
     def evaluate(items):
         loss = accuracy = weight = 0.0
-        for first in range(0, len(val_set), B):
-            chunk = val_set[first:first + B]
-            n = len(chunk)
-            batch = group_arrays(chunk + [chunk[-1]] * (B - n), K, P, length)
+        for chunk, n in full_batches(val_set, B):
+            batch = group_arrays(chunk, K, P, length)
             batch.weight_BxP[n:] = 0.0  # the repeated filler groups count for nothing
             chunk_weight = float(batch.weight_BxP.sum())
             l, a = loss_fn(items["params"], batch=jax.device_put(dataclasses.asdict(batch), batch_shardings))
@@ -166,10 +168,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
             return {"reward_bias": 0.0}
         preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set[:NORMALIZATION_ROWS]]
         scores = []
-        for first in range(0, len(preferred), B):
-            chunk = preferred[first:first + B]
-            n = len(chunk)
-            chunk = chunk + [chunk[-1]] * (B - n)
+        for chunk, n in full_batches(preferred, B):
             s = score_fn(items["params"], tokens_RxL=jax.device_put(pad_rows(chunk, length, PAD_ID), rows),
                          lengths_R=np.array([len(r) for r in chunk], np.int32))
             scores += np.asarray(s)[:n].tolist()

@@ -99,12 +99,13 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
     policy_graphdef = model_graphdef(policy_cfg)
     ref_graphdef = model_graphdef(reference.model_cfg) if reference is not None else None
-    opt = stage_optimizer(cfg, policy_cfg, mesh, rules)
+    updates_per_step = r.epochs * r.minibatches
+    opt = stage_optimizer(cfg, policy_cfg, mesh, rules, updates_per_step)
     separate_value = mode == "ppo" and not shared_value
     if separate_value:  # InstructGPT: the value model starts from the reward model when there is one
         value_cfg, value_init = with_scalar_head(rm.trained if rm else start, jax.random.key(cfg.seed + 3), mesh, rules)
         value_init = jax.tree.map(jnp.copy, value_init)  # trained in place; the reward model / policy stay intact
-        value_graphdef, value_opt = model_graphdef(value_cfg), stage_optimizer(cfg, value_cfg, mesh, rules)
+        value_graphdef, value_opt = model_graphdef(value_cfg), stage_optimizer(cfg, value_cfg, mesh, rules, updates_per_step)
     rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
     train_shardings = dict(opt_state=opt.shardings, opt_state_step=replicated(mesh), kl_coef=replicated(mesh))
     if separate_value:
@@ -122,6 +123,8 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         if separate_value:
             train.update(value_params=value_init, value_opt_state=init_opt_state(value_opt, value_init))
         return dict(params=policy_init, train=train)
+
+    strategy = Strategy(temperature=r.temperature, top_p=r.top_p)
 
     # --- the scoring pass: one forward of each network over the rollout batch ------------------------------
     @jax.jit
@@ -193,7 +196,14 @@ def _rl(cfg, workdir: str, mesh) -> dict:
             m.update(value_loss=value_loss, value_clipfrac=value_clipfrac)
         return dict(params=params, train=train), m
 
-    strategy = Strategy(temperature=r.temperature, top_p=r.top_p)
+    def frozen_norms() -> dict:
+        """Norms of the live reference and reward-model buffers: constant unless something writes to them."""
+        norms = {}
+        if reference is not None:
+            norms["reference_param_norm"] = float(param_norm(reference.params))
+        if rm is not None:
+            norms["reward_model_param_norm"] = float(param_norm(rm.params))
+        return norms
 
     def programmatic_rewards(prompt_ids, texts):
         return np.array([task.reward(train_prompts.meta[i], t) for i, t in zip(prompt_ids, texts)], np.float32)
@@ -253,6 +263,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
             response_length=float(ro.length_R.mean()), eos_fraction=float(ro.stopped_R.mean()),
             frac_reward_zero_std=float(np.mean(scores_R.reshape(-1, G).std(-1) == 0)) if G > 1 else 0.0,
             kl_coef=float(items["train"]["kl_coef"]), param_norm=float(param_norm(items["params"])),
+            **frozen_norms(),
             rollout_tokens_per_sec=float(ro.length_R.sum() / max(rollout_seconds, 1e-9)),
             score_tokens_per_sec=float(R * length / max(score_seconds, 1e-9)),
             train_tokens_per_sec=float(r.epochs * R * length / max(train_seconds, 1e-9)),
@@ -266,16 +277,22 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         return items, metrics
 
     def evaluate(items):
-        """Greedy completions of held-out prompts: the task's reward (arithmetic: accuracy), and the
-        reward model's mean score when there is one."""
+        """Held-out prompts, completed greedily ("reward": the task's reward, arithmetic: accuracy;
+        "proxy_reward": the reward model's score) and sampled as in training with a fixed key
+        ("sampled_reward", "sampled_proxy_reward"); and greedily on training prompts ("train_reward")."""
         count = min(EVAL_PROMPTS, len(val_prompts.tokens))
-        completions = generate(policy_cfg, items["params"], val_prompts.tokens[:count], max_new_tokens=N,
-                               strategy=Strategy(temperature=0.0), tokenizer=tokenizer)
-        result = {"reward": float(np.mean([task.reward(val_prompts.meta[i], c.text)
-                                           for i, c in enumerate(completions)]))}
-        if rm is not None:
-            tokens, lengths = _rows(val_prompts.tokens[:count], completions, length)
-            result["proxy_reward"] = float(np.mean(rm(tokens, lengths)))
+        prompts, result = val_prompts.tokens[:count], {}
+        for prefix, strategy_now in (("", Strategy(temperature=0.0)), ("sampled_", strategy)):
+            completions = generate(policy_cfg, items["params"], prompts, max_new_tokens=N, strategy=strategy_now,
+                                   seed=cfg.seed, tokenizer=tokenizer)
+            result[f"{prefix}reward"] = float(np.mean([task.reward(val_prompts.meta[i], c.text)
+                                                       for i, c in enumerate(completions)]))
+            if rm is not None:
+                result[f"{prefix}proxy_reward"] = float(np.mean(rm(*_rows(prompts, completions, length))))
+        trained_on = generate(policy_cfg, items["params"], train_prompts.tokens[:count], max_new_tokens=N,
+                              strategy=Strategy(temperature=0.0), tokenizer=tokenizer)
+        result["train_reward"] = float(np.mean([task.reward(train_prompts.meta[i], c.text)
+                                                for i, c in enumerate(trained_on)]))
         return result
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.chat import PAD_ID, render
-from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, init_opt_state, pad_rows, param_norm,
+from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state, pad_rows, param_norm,
                                 params_shardings, run_stage, stage_optimizer, start_tokenizer, starting_network)
 from gptjax.align.tasks import get_task
 from gptjax.parallel.mesh import batch_sharding, replicated
@@ -117,11 +117,9 @@ def _sft(cfg, workdir: str, mesh) -> dict:
 
     def evaluate(items):
         total, count = 0.0, 0.0
-        for first in range(0, len(val_set), B):
-            chunk = val_set[first:first + B]
-            chunk = chunk + [chunk[-1]] * (B - len(chunk))  # a full batch: one compiled shape, divisible by shards
+        for chunk, n in full_batches(val_set, B):
             tokens_BxL, mask_BxL = to_arrays(chunk, length)
-            keep = np.arange(B) < len(val_set) - first
+            keep = np.arange(B) < n
             loss, n = eval_fn(items["params"], tokens_BxL=jax.device_put(tokens_BxL, rows),
                               mask_BxL=jax.device_put(mask_BxL & keep[:, None], rows))
             total, count = total + float(loss) * float(n), count + float(n)

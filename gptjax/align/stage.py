@@ -165,8 +165,10 @@ class Optimizer:
     shardings: object  # of tx.init(params)
 
 
-def stage_optimizer(cfg, model_cfg, mesh, rules) -> Optimizer:
-    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, model_cfg)
+def stage_optimizer(cfg, model_cfg, mesh, rules, updates_per_step: int = 1) -> Optimizer:
+    """The stage's optimizer; its schedule spans train.steps * updates_per_step updates (RL makes
+    rl.epochs * rl.minibatches per step)."""
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step, model_cfg)
     abstract = jax.eval_shape(lambda: tx.init(init_params(model_cfg, jax.random.key(0))))
     shardings = state_shardings(model_cfg, mesh, rules, {"opt_state": abstract})["opt_state"]
     return Optimizer(tx, schedule, shardings)
@@ -201,6 +203,14 @@ def pad_rows(rows, length: int, pad_id: int, dtype=np.int32) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, :len(row)] = row
     return out
+
+
+def full_batches(items: list, batch_size: int):
+    """Yields (chunk, n): consecutive `batch_size` chunks of `items`, the last topped up by repeating its
+    final item (one compiled shape, divisible by the batch shards); only chunk[:n] are real."""
+    for first in range(0, len(items), batch_size):
+        chunk = items[first:first + batch_size]
+        yield chunk + [chunk[-1]] * (batch_size - len(chunk)), len(chunk)
 
 
 def bucket(length: int, max_len: int, multiple: int = 16) -> int:
@@ -281,6 +291,8 @@ def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
         pending.clear()
 
     try:
+        if start == 0 and spec.evaluate:  # the starting network's score: the "before" of every comparison
+            writer.write(0, "eval", spec.evaluate(items))
         for step in range(start + 1, t.steps + 1):
             clock = time.perf_counter()
             items, metrics = spec.step(items, step)

@@ -1,6 +1,6 @@
 """Embedded post-training tasks: data and rewards that need no network and no files.
 
-  arithmetic    "What is 3+4?" -> "7". A verifiable reward: 1 for the exact answer, else 0.
+  arithmetic    "What is 13+4?" -> "17" (operands 0..19). A verifiable reward: 1 for the exact answer, else 0.
   shakespeare   "Continue: <first words of a line from the plays>" -> the rest of the line. A
                 programmatic *gold* reward (gold_reward) stands in for human judgement, so a reward
                 model trained on gold-labelled preferences is a *proxy* whose over-optimisation can be
@@ -241,7 +241,7 @@ def shakespeare_preference_rows(n: int, seed: int, words: int = 4) -> list[dict]
 @dataclasses.dataclass(frozen=True)
 class ArithmeticTask:
     name: str = "arithmetic"
-    max_operand: int = 9
+    max_operand: int = 19  # 400 distinct problems: a held-out split tests addition, not recall
     ops: tuple = ("+",)
 
     def sft_rows(self, n: int, seed: int) -> list[dict]:

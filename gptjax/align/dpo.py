@@ -1,0 +1,157 @@
+"""`mode=dpo`: Direct Preference Optimisation (Rafailov et al. 2023), and IPO (Azar et al. 2023).
+
+The policy starts from align.init_from and is pulled toward the preferred response of each pair
+relative to a frozen reference (align.reference, default init_from): with h = (logp_w - ref_w) -
+(logp_l - ref_l), DPO minimises -log sigmoid(beta * h) (dpo.label_smoothing mixes in the flipped
+label), IPO (h - 1/(2 beta))^2 on per-token-averaged log-probs. The data are the reward model's:
+align.data's preference JSONL (pairs or K-way rankings, each ranking's pairs weighted 1/C(K,2)) or
+the embedded task's pairs. The reference's log-probs of every response are computed once before
+training and the reference is then dropped, so training holds one network. Metrics: loss, implicit
+rewards beta * (logp - ref) of chosen and rejected, their margin and accuracy, and the chosen and
+rejected log-probs themselves (chosen may fall while the margin grows; that is expected).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from gptjax.align.losses import dpo_loss, token_logprobs
+from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
+from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch, full_batches,
+                                init_opt_state, load_trained, param_norm, params_shardings, run_stage, stage_optimizer,
+                                start_tokenizer, starting_network)
+from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.sample.generate import model_graphdef
+from gptjax.train.loop import run_in_mesh
+
+
+def response_logprobs(params, graphdef, tokens_RxL, prompt_len_R, lengths_R):
+    """(logp_R, count_R): the summed log-prob of each row's response tokens (columns prompt_len..length-1)
+    given its prompt, and how many tokens that is."""
+    model = nnx.merge(graphdef, params)
+    logp_RxT = token_logprobs(model(tokens_RxL[:, :-1]), tokens_RxL[:, 1:])
+    target_1xT = jnp.arange(1, tokens_RxL.shape[1])[None, :]  # the column each position predicts
+    mask_RxT = (target_1xT >= prompt_len_R[:, None]) & (target_1xT < lengths_R[:, None])
+    return jnp.sum(logp_RxT * mask_RxT, axis=1), jnp.sum(mask_RxT, axis=1).astype(jnp.float32)
+
+
+def pair_logprobs(logp_R, batch):
+    """(winner_P, loser_P) of the batch's pairs, P = B * pairs per group, from per-row values logp_R."""
+    logp_BxK = logp_R.reshape(batch["weight_BxP"].shape[0], -1)
+    winner = jnp.take_along_axis(logp_BxK, batch["pairs_BxPx2"][..., 0], axis=1)
+    loser = jnp.take_along_axis(logp_BxK, batch["pairs_BxPx2"][..., 1], axis=1)
+    return winner.ravel(), loser.ravel()
+
+
+def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smoothing: float):
+    """The weighted DPO / IPO loss of a batch of preference groups: (loss, metrics)."""
+    logp_R, count_R = response_logprobs(params, graphdef, batch["tokens_RxL"], batch["prompt_len_R"], batch["lengths_R"])
+    ref_R = batch["ref_logp_R"]
+    if kind == "ipo":  # IPO's margin target 1/(2 beta) is per token: average the log-probs over the response
+        logp_R, ref_R = logp_R / jnp.maximum(count_R, 1.0), ref_R / jnp.maximum(count_R, 1.0)
+    policy_w, policy_l = pair_logprobs(logp_R, batch)
+    ref_w, ref_l = pair_logprobs(ref_R, batch)
+    weight_P = batch["weight_BxP"].ravel()
+    loss, metrics = dpo_loss(policy_w, policy_l, ref_w, ref_l, beta, kind, label_smoothing, weight_P)
+    total = jnp.maximum(jnp.sum(weight_P), 1e-12)
+    metrics.update(chosen_logp=jnp.sum(policy_w * weight_P) / total, rejected_logp=jnp.sum(policy_l * weight_P) / total)
+    return loss, metrics
+
+
+def make_dpo_step(loss_fn, tx, schedule):
+    def dpo_step(items, batch):
+        params, train = items["params"], items["train"]
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch=batch)
+        updates, opt_state = tx.update(grads, train["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), param_norm=param_norm(params),
+                       lr=schedule(train["opt_state_step"]))
+        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
+
+    return dpo_step
+
+
+def dpo(cfg, workdir: str) -> dict:
+    """Trains per cfg (mode=dpo), resuming from `workdir`; returns the final metrics."""
+    return run_in_mesh(_dpo, cfg, workdir)
+
+
+def _dpo(cfg, workdir: str, mesh) -> dict:
+    rules, o, B = tuple(cfg.parallel.rules), cfg.dpo, cfg.align.batch_size
+    path = preference_file(cfg, workdir)
+    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path))
+    start = starting_network(cfg, tokenizer, mesh, rules)
+    model_cfg = start.model_cfg
+    train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
+    K = max(len(g.responses) for g in train_set + val_set)
+    P = K * (K - 1) // 2
+    length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
+    graphdef = model_graphdef(model_cfg)
+    rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
+    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1, pairs_BxPx2=batch_sharding(mesh, rules, 3),
+                           weight_BxP=rows, ref_logp_R=rows1)
+
+    # The reference's log-probs of every response, once (pitfall: a second network held all run long).
+    reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else start
+    check_same_vocabulary(start, reference, "align.reference")
+    ref_fn = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg)))
+
+    def reference_logprobs(groups) -> list[np.ndarray]:
+        out = []
+        for chunk, n in full_batches(groups, B):
+            arrays = group_arrays(chunk, K, P, length)
+            logp_R, _ = ref_fn(reference.params, tokens_RxL=jax.device_put(arrays.tokens_RxL, rows),
+                               prompt_len_R=jax.device_put(arrays.prompt_len_R, rows1),
+                               lengths_R=jax.device_put(arrays.lengths_R, rows1))
+            out += list(np.asarray(logp_R).reshape(B, K)[:n])
+        return out
+
+    train_ref, val_ref = reference_logprobs(train_set), reference_logprobs(val_set)
+    del reference
+
+    def host_batch(indices, groups, refs) -> dict:
+        arrays = dataclasses.asdict(group_arrays([groups[i] for i in indices], K, P, length))
+        arrays["ref_logp_R"] = np.concatenate([refs[i] for i in indices]).astype(np.float32)
+        return arrays
+
+    loss_fn = functools.partial(dpo_batch_loss, graphdef=graphdef, beta=o.beta, kind=o.loss,
+                                label_smoothing=o.label_smoothing)
+    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
+    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
+                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
+    step_fn = jax.jit(make_dpo_step(loss_fn, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
+                      out_shardings=(item_shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(loss_fn)
+
+    def fresh():
+        return dict(params=start.params, train=dict(opt_state=init_opt_state(opt, start.params),
+                                                    opt_state_step=jnp.zeros((), jnp.int32)))
+
+    def step(items, s):
+        batch = host_batch(epoch_batch(len(train_set), B, cfg.seed, s), train_set, train_ref)
+        return step_fn(items, jax.device_put(batch, batch_shardings))
+
+    def evaluate(items):
+        sums, weight = {}, 0.0
+        for chunk, n in full_batches(list(range(len(val_set))), B):
+            batch = host_batch(chunk, val_set, val_ref)
+            batch["weight_BxP"][n:] = 0.0  # the repeated filler groups count for nothing
+            chunk_weight = float(batch["weight_BxP"].sum())
+            loss, metrics = eval_fn(items["params"], batch=jax.device_put(batch, batch_shardings))
+            for k, v in dict(metrics, loss=loss).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * chunk_weight
+            weight += chunk_weight
+        return {k: v / weight for k, v in sums.items()}
+
+    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    spec = StageSpec("dpo", model_cfg, tokenizer, fresh, abstract, step, evaluate,
+                     identity=dict(init_from=cfg.align.init_from, reference=cfg.align.reference,
+                                   data=cfg.align.data or f"task:{cfg.align.task}", batch_size=B,
+                                   examples=len(train_set), beta=o.beta, loss=o.loss))
+    result = run_stage(cfg, workdir, spec)
+    return dict(result, train_groups=len(train_set), val_groups=len(val_set))
