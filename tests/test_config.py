@@ -106,3 +106,37 @@ def test_cli_reports_bad_override_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "error: model.n_heads=5: must divide model.d_model=64" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+BAD_ALIGN_CONFIGS = [  # (mode, {path: value}, words the error must contain)
+    ("ppo", {}, ["align.init_from=''", "mode=ppo starts from a trained policy"]),
+    ("grpo", {"align.init_from": "/nonexistent/run"}, ["align.init_from='/nonexistent/run'", "not a directory"]),
+    ("rloo", {"rl.group_size": 1}, ["rl.group_size=1", "at least 2 samples"]),
+    ("sft", {"align.task": "poetry"}, ["align.task='poetry'", "arithmetic or shakespeare"]),
+    ("sft", {"align.data": "/nonexistent.jsonl"}, ["align.data='/nonexistent.jsonl'", "does not exist"]),
+    ("reward", {"align.batch_size": 6, "parallel.num_devices": 8, "parallel.mesh": (8, 1, 1)},
+     ["align.batch_size=6", "divide by data*fsdp=8"]),
+    ("ppo", {"rl.kl_estimator": "k4"}, ["rl.kl_estimator='k4'", "k1, k2, k3"]),
+    ("ppo", {"rl.value_model": "tied"}, ["rl.value_model='tied'", "separate or shared"]),
+    ("grpo", {"rl.minibatches": 3}, ["align.batch_size=16", "rl.minibatches=3"]),
+    ("dpo", {"dpo.loss": "hinge"}, ["dpo.beta/loss/label_smoothing", "sigmoid or ipo"]),
+    ("label", {"align.judge": "crowd"}, ["align.judge='crowd'", "gold, reward_model, self"]),
+    ("label", {"align.judge": "reward_model"}, ["align.reward_model=''", "mode=reward run"]),
+    ("sample", {"sample.scorer": "/tmp", "sample.beam_width": 2, "sample.num_samples": 2},
+     ["sample.scorer='/tmp'", "beam_width=0"]),
+]
+
+
+@pytest.mark.parametrize("mode,values,words", BAD_ALIGN_CONFIGS, ids=[f"{m}:{v}" for m, v, _ in BAD_ALIGN_CONFIGS])
+def test_bad_post_training_config_names_the_key(mode, values, words, tmp_path):
+    cfg = tiny_config()
+    cfg.mode = mode
+    cfg.sample.prompt = "x"
+    if mode in ("grpo", "rloo", "dpo", "label") and "align.init_from" not in values:
+        cfg.align.init_from = str(tmp_path)  # an existing directory: the check under test comes later
+    for path, value in values.items():
+        _set(cfg, path, value)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, device_count=8)
+    for word in words:
+        assert word in str(err.value)

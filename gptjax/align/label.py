@@ -112,8 +112,8 @@ def _label(cfg, workdir: str, mesh) -> dict:
         gold += [task.reward(metas[i], c.text) for (i, _), c in zip(chunk, completions)]
         if a.judge == "gold":
             scores += gold[-n:]
-        elif a.judge == "reward_model":
-            rows = [tokens[i] + c.tokens for (i, _), c in zip(chunk, completions)]
+        elif a.judge == "reward_model":  # the reply as the reward model / DPO will read it from the JSONL
+            rows = [tokens[i] + chat.response_tokens(c.text, tokenizer) for (i, _), c in zip(chunk, completions)]
             scores += rm(pad_rows(rows, max(map(len, rows)), chat.PAD_ID), [len(x) for x in rows]).tolist()
         else:
             scores += ask([prompts[i] for i, _ in chunk], [c.text for c in completions]).tolist()
