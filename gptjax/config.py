@@ -191,8 +191,8 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.align = ml_collections.ConfigDict(
         dict(
             init_from="",  # workdir whose latest checkpoint starts the model; "" = fresh from config.model
-            task="arithmetic",  # embedded task (gptjax/align/tasks.py) used when align.data is "": arithmetic | shakespeare
-            data="",  # JSONL: sft {"messages"}; reward/dpo {"prompt","chosen","rejected"} or {"prompt","responses","ranking"}
+            task="arithmetic",  # embedded task (align/tasks.py) used when align.data is "": arithmetic | shakespeare
+            data="",  # JSONL; sft: {"messages"}; reward/dpo: pairs or rankings (README, Post-training); "" = align.task
             num_examples=2000,  # rows an embedded task generates
             val_fraction=0.05,  # held out for eval (reward accuracy, DPO margins, SFT loss)
             batch_size=16,  # sft/reward/dpo: rows per step; rl: prompts per step

@@ -186,7 +186,8 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     # normalised: the preferred training responses (the SFT distribution's stand-in) score 0 on average
     from gptjax.align.reward import preference_groups
 
-    train_set, _ = preference_groups(os.path.join(rm_dir, "task_preferences.jsonl"), align_config("reward"), tokenizer, 32)
+    path = os.path.join(rm_dir, "task_preferences.jsonl")
+    train_set, _ = preference_groups(path, align_config("reward"), tokenizer, 32)
     preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set]
     tokens = np.full((len(preferred), 32), chat.PAD_ID, np.int32)
     for i, r in enumerate(preferred):

@@ -22,9 +22,9 @@ from flax import nnx
 
 from gptjax.align.losses import dpo_loss, token_logprobs
 from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
-from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch, full_batches,
-                                init_opt_state, load_trained, param_norm, params_shardings, run_stage, stage_optimizer,
-                                start_tokenizer, starting_network)
+from gptjax.align.stage import (StageSpec, Trained, abstract_like, bucket, check_same_vocabulary, epoch_batch,
+                                full_batches, init_opt_state, load_trained, param_norm, params_shardings, run_stage,
+                                stage_optimizer, start_tokenizer, starting_network)
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh
@@ -50,7 +50,8 @@ def pair_logprobs(logp_R, batch):
 
 def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smoothing: float):
     """The weighted DPO / IPO loss of a batch of preference groups: (loss, metrics)."""
-    logp_R, count_R = response_logprobs(params, graphdef, batch["tokens_RxL"], batch["prompt_len_R"], batch["lengths_R"])
+    logp_R, count_R = response_logprobs(params, graphdef, batch["tokens_RxL"], batch["prompt_len_R"],
+                                        batch["lengths_R"])
     ref_R = batch["ref_logp_R"]
     if kind == "ipo":  # IPO's margin target 1/(2 beta) is per token: average the log-probs over the response
         logp_R, ref_R = logp_R / jnp.maximum(count_R, 1.0), ref_R / jnp.maximum(count_R, 1.0)
@@ -61,6 +62,26 @@ def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smo
     total = jnp.maximum(jnp.sum(weight_P), 1e-12)
     metrics.update(chosen_logp=jnp.sum(policy_w * weight_P) / total, rejected_logp=jnp.sum(policy_l * weight_P) / total)
     return loss, metrics
+
+
+def reference_logprobs(cfg, policy: Trained, group_sets, mesh, rules, *, K: int, P: int, length: int):
+    """Per group set, per group, logp_K: the frozen reference's summed log-prob of each response. The
+    reference (align.reference, default the starting policy) is only held while this runs."""
+    reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else policy
+    check_same_vocabulary(policy, reference, "align.reference")
+    logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg)))
+    rows, rows1, B = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1), cfg.align.batch_size
+    out = []
+    for groups in group_sets:
+        logp_GxK = []
+        for chunk, n in full_batches(groups, B):
+            arrays = group_arrays(chunk, K, P, length)
+            logp_R, _ = logprobs(reference.params, tokens_RxL=jax.device_put(arrays.tokens_RxL, rows),
+                                 prompt_len_R=jax.device_put(arrays.prompt_len_R, rows1),
+                                 lengths_R=jax.device_put(arrays.lengths_R, rows1))
+            logp_GxK += list(np.asarray(logp_R).reshape(B, K)[:n])
+        out.append(logp_GxK)
+    return out
 
 
 def make_dpo_step(loss_fn, tx, schedule):
@@ -93,26 +114,11 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
     graphdef = model_graphdef(model_cfg)
     rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
-    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1, pairs_BxPx2=batch_sharding(mesh, rules, 3),
-                           weight_BxP=rows, ref_logp_R=rows1)
+    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1,
+                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows, ref_logp_R=rows1)
 
     # The reference's log-probs of every response, once (pitfall: a second network held all run long).
-    reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else start
-    check_same_vocabulary(start, reference, "align.reference")
-    ref_fn = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg)))
-
-    def reference_logprobs(groups) -> list[np.ndarray]:
-        out = []
-        for chunk, n in full_batches(groups, B):
-            arrays = group_arrays(chunk, K, P, length)
-            logp_R, _ = ref_fn(reference.params, tokens_RxL=jax.device_put(arrays.tokens_RxL, rows),
-                               prompt_len_R=jax.device_put(arrays.prompt_len_R, rows1),
-                               lengths_R=jax.device_put(arrays.lengths_R, rows1))
-            out += list(np.asarray(logp_R).reshape(B, K)[:n])
-        return out
-
-    train_ref, val_ref = reference_logprobs(train_set), reference_logprobs(val_set)
-    del reference
+    train_ref, val_ref = reference_logprobs(cfg, start, [train_set, val_set], mesh, rules, K=K, P=P, length=length)
 
     def host_batch(indices, groups, refs) -> dict:
         arrays = dataclasses.asdict(group_arrays([groups[i] for i in indices], K, P, length))

@@ -24,9 +24,9 @@ from flax import nnx
 from gptjax.align import data as align_data
 from gptjax.align.chat import BOS_ID, PAD_ID
 from gptjax.align.losses import pairwise_loss
-from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state, load_trained,
-                                pad_rows, param_norm, params_shardings, run_stage, stage_optimizer, start_tokenizer,
-                                starting_network, with_scalar_head)
+from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches,
+                                init_opt_state, load_trained, pad_rows, param_norm, params_shardings, run_stage,
+                                stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
@@ -136,8 +136,9 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     rows = batch_sharding(mesh, rules)
     item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
                           train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
-    batch_shardings = dict(tokens_RxL=rows, lengths_R=batch_sharding(mesh, rules, 1),
-                           prompt_len_R=batch_sharding(mesh, rules, 1), pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
+    rows1 = batch_sharding(mesh, rules, 1)
+    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1,
+                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
     step_fn = jax.jit(make_reward_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
                       out_shardings=(item_shardings, None), donate_argnums=0)
     loss_fn = jax.jit(functools.partial(preference_loss, graphdef=graphdef))
@@ -148,7 +149,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
         return jax.device_put(dataclasses.asdict(group_arrays(groups, K, P, length)), batch_shardings)
 
     def fresh():
-        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init), opt_state_step=jnp.zeros((), jnp.int32)))
+        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init),
+                                            opt_state_step=jnp.zeros((), jnp.int32)))
 
     def step(items, s):
         return step_fn(items, device_batch([train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]))
@@ -160,7 +162,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
             batch.weight_BxP[n:] = 0.0  # the repeated filler groups count for nothing
             chunk_weight = float(batch.weight_BxP.sum())
             l, a = loss_fn(items["params"], batch=jax.device_put(dataclasses.asdict(batch), batch_shardings))
-            loss, accuracy, weight = loss + float(l) * chunk_weight, accuracy + float(a) * chunk_weight, weight + chunk_weight
+            loss, accuracy = loss + float(l) * chunk_weight, accuracy + float(a) * chunk_weight
+            weight += chunk_weight
         return {"loss": loss / weight, "accuracy": accuracy / weight}
 
     def reward_bias(items) -> dict:

@@ -105,11 +105,13 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     if separate_value:  # InstructGPT: the value model starts from the reward model when there is one
         value_cfg, value_init = with_scalar_head(rm.trained if rm else start, jax.random.key(cfg.seed + 3), mesh, rules)
         value_init = jax.tree.map(jnp.copy, value_init)  # trained in place; the reward model / policy stay intact
-        value_graphdef, value_opt = model_graphdef(value_cfg), stage_optimizer(cfg, value_cfg, mesh, rules, updates_per_step)
+        value_graphdef = model_graphdef(value_cfg)
+        value_opt = stage_optimizer(cfg, value_cfg, mesh, rules, updates_per_step)
     rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
     train_shardings = dict(opt_state=opt.shardings, opt_state_step=replicated(mesh), kl_coef=replicated(mesh))
     if separate_value:
-        train_shardings.update(value_params=params_shardings(value_cfg, mesh, rules), value_opt_state=value_opt.shardings)
+        train_shardings.update(value_params=params_shardings(value_cfg, mesh, rules),
+                               value_opt_state=value_opt.shardings)
     item_shardings = dict(params=params_shardings(policy_cfg, mesh, rules), train=train_shardings)
 
     ptx = None
@@ -167,7 +169,8 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         if r.entropy_coef:
             loss = loss - r.entropy_coef * masked_mean(out["entropy"], mask)
         if shared_value:
-            value_loss, value_clipfrac = ppo_value_loss(out["values"], mb["old_values"], mb["returns"], mask, r.value_clip)
+            value_loss, value_clipfrac = ppo_value_loss(out["values"], mb["old_values"], mb["returns"], mask,
+                                                        r.value_clip)
             loss, m["value_loss"], m["value_clipfrac"] = loss + r.vf_coef * value_loss, value_loss, value_clipfrac
         if ptx is not None:
             lm_loss, _ = masked_lm_loss(params, policy_graphdef, mb["ptx_tokens"], mb["ptx_mask"])

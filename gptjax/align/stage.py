@@ -20,8 +20,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gptjax.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-from gptjax.parallel.mesh import param_shardings, replicated
+from gptjax.data.tokenizer import Tokenizer, train_tokenizer
+from gptjax.parallel.mesh import param_shardings
+from gptjax.sample.job import load_workdir_tokenizer, restore_trained_params
+from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError, Checkpointer
 from gptjax.train.loop import TrainingDivergedError, json_config, write_json_atomic
 from gptjax.train.metrics import MetricsWriter
@@ -66,13 +68,9 @@ def abstract_params(model_cfg, mesh, rules) -> dict:
 
 
 def load_tokenizer(workdir: str) -> Tokenizer:
-    path = os.path.join(workdir, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise AlignError(f"{path} does not exist; post-training needs the tokenizer the checkpoint in {workdir} was "
-                         "trained with (text sources save it there)")
     try:
-        return Tokenizer.load(path)
-    except TokenizerError as e:
+        return load_workdir_tokenizer(workdir)
+    except SampleError as e:
         raise AlignError(str(e)) from e
 
 
@@ -91,8 +89,6 @@ def load_trained(workdir: str, mesh, rules, what: str) -> Trained:
             model_cfg = model_config(meta["model"])
             params = checkpointer.restore_items(step, {"params": abstract_params(model_cfg, mesh, rules)})["params"]
         else:  # a pretraining checkpoint: params live inside the train state
-            from gptjax.sample.job import restore_trained_params  # deferred: sample imports the train loop
-
             trained, params, _, meta = restore_trained_params(workdir, mesh, rules)
             model_cfg = trained.model
     finally:
@@ -134,8 +130,9 @@ def starting_network(cfg, tokenizer: Tokenizer, mesh, rules) -> Trained:
     if cfg.align.init_from:
         trained = load_trained(cfg.align.init_from, mesh, rules, "align.init_from")
         if trained.tokenizer.hash != tokenizer.hash:
-            raise AlignError(f"align.init_from={cfg.align.init_from!r} uses tokenizer {trained.tokenizer.hash}, but this "
-                             f"workdir's tokenizer.json is {tokenizer.hash}; use a fresh --workdir for another init_from")
+            raise AlignError(f"align.init_from={cfg.align.init_from!r} uses tokenizer {trained.tokenizer.hash}, but "
+                             f"this workdir's tokenizer.json is {tokenizer.hash}; use a fresh --workdir for another "
+                             "init_from")
         return trained
     model_cfg = model_config(cfg.model.to_dict())
     if tokenizer.vocab_size > model_cfg.vocab_size:

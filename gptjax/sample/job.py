@@ -44,8 +44,8 @@ def read_prompts(sample_cfg) -> list[str]:
 def load_workdir_tokenizer(workdir: str) -> Tokenizer:
     path = os.path.join(workdir, "tokenizer.json")
     if not os.path.isfile(path):
-        raise SampleError(f"{path} does not exist; sampling text needs the tokenizer the checkpoint was trained with, "
-                          "which runs on text sources save there (synthetic-token runs have none)")
+        raise SampleError(f"{path} does not exist; reading text needs the tokenizer the checkpoint in {workdir} was "
+                          "trained with, which runs on text sources save there (synthetic-token runs have none)")
     try:
         return Tokenizer.load(path)
     except TokenizerError as e:
