@@ -1,4 +1,4 @@
-"""GRPO (or RLOO) on the embedded arithmetic task's exact-answer reward, from the configs/sft.py run; minutes on CPU.
+"""GRPO (or RLOO) on the embedded arithmetic task's exact-answer reward, from the configs/sft.py run; ~3 min on CPU.
 
 python -m gptjax.main --config=configs/grpo.py --workdir=/tmp/gptjax/grpo
 python -m gptjax.main --config=configs/grpo.py --config.mode=rloo --workdir=/tmp/gptjax/rloo
@@ -17,5 +17,5 @@ def get_config():
     cfg.rl.update(group_size=8, max_new_tokens=4, temperature=1.0, kl_coef=0.01, kl_estimator="k3", kl_in_reward=False,
                   epochs=1, minibatches=2, clip=0.2)
     cfg.optim.update(lr=1e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)
-    cfg.train.update(steps=100, eval_every=25, log_every=5, checkpoint_every=25)
+    cfg.train.update(steps=1000, eval_every=100, log_every=10, checkpoint_every=250)
     return cfg

@@ -17,8 +17,8 @@ def get_config(task: str = "arithmetic"):
     cfg.mode = "ppo"
     cfg.rl.update(kl_coef=0.05, kl_estimator="k1", kl_in_reward=True, gamma=1.0, lam=0.95, clip=0.2, value_clip=0.2,
                   vf_coef=0.1, epochs=2, minibatches=2, value_model="separate")
-    cfg.optim.update(lr=3e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)
-    cfg.train.update(steps=200, eval_every=50, log_every=5, checkpoint_every=50)
+    cfg.optim.update(lr=1e-4, schedule="constant", warmup_steps=5, weight_decay=0.0)
+    cfg.train.update(steps=1000, eval_every=100, log_every=10, checkpoint_every=250)
     if task == "arithmetic":
         cfg.align.update(task="arithmetic", init_from="/tmp/gptjax/sft", num_examples=400, val_fraction=0.1,
                          batch_size=8)
@@ -27,6 +27,8 @@ def get_config(task: str = "arithmetic"):
         cfg.align.update(task="shakespeare", init_from="/tmp/gptjax/sft_shakespeare", reward_model="/tmp/gptjax/reward",
                          num_examples=2000, batch_size=8)
         cfg.rl.update(group_size=4, max_new_tokens=24)
+        cfg.optim.lr = 3e-4
+        cfg.train.update(steps=200, eval_every=50, checkpoint_every=50)
     else:
         raise ValueError(f"configs/ppo.py:{task}: unknown task; use arithmetic or shakespeare")
     return cfg
