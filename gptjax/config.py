@@ -193,7 +193,7 @@ def default_config() -> ml_collections.ConfigDict:
             init_from="",  # workdir whose latest checkpoint starts the model; "" = fresh from config.model
             task="arithmetic",  # embedded task (align/tasks.py) used when align.data is "": arithmetic | shakespeare
             data="",  # JSONL; sft: {"messages"}; reward/dpo: pairs or rankings (README, Post-training); "" = align.task
-            num_examples=2000,  # rows an embedded task generates
+            num_examples=400,  # rows an embedded task generates (arithmetic has 400 distinct problems)
             val_fraction=0.05,  # held out for eval (reward accuracy, DPO margins, SFT loss)
             batch_size=16,  # sft/reward/dpo: rows per step; rl: prompts per step
             reward_model="",  # ppo/grpo/rloo/label: a mode=reward workdir; "" = the task's programmatic reward
@@ -212,6 +212,7 @@ def default_config() -> ml_collections.ConfigDict:
             temperature=1.0,
             top_p=1.0,
             kl_coef=0.05,  # beta of the KL(policy || reference) penalty
+            track_kl=True,  # with kl_coef 0, still hold the reference to log KL; False skips loading it (no KL metrics)
             kl_estimator="k1",  # k1 | k2 | k3 (Schulman, "Approximating KL")
             kl_in_reward=True,  # True: -beta*KL per token in the reward; False: beta*KL as a loss term
             adaptive_kl=False,  # ppo: Ziegler's controller moves kl_coef toward kl_target
@@ -474,20 +475,23 @@ def _validate_align(cfg, batch_shards: int) -> None:
         _fail("align.num_examples/batch_size", (a.num_examples, a.batch_size), "must be >= 2 and >= 1")
     if not 0.0 < a.val_fraction < 1.0:
         _fail("align.val_fraction", a.val_fraction, "must be in (0, 1)")
+    for key in ("group_size", "max_new_tokens", "epochs", "minibatches", "kl_horizon"):
+        if r[key] < 1:
+            _fail(f"rl.{key}", r[key], "must be >= 1")
     if cfg.mode in ("ppo", "grpo", "rloo"):
         rows = a.batch_size * r.group_size
         if rows % batch_shards or (rows // r.minibatches) % batch_shards or rows % r.minibatches:
             _fail("align.batch_size", a.batch_size, f"times rl.group_size={r.group_size} ({rows} rollouts) must "
                   f"divide into rl.minibatches={r.minibatches} minibatches, each divisible by data*fsdp={batch_shards}")
+    elif cfg.mode == "label" and (a.batch_size * a.samples_per_prompt) % batch_shards:
+        _fail("align.batch_size", a.batch_size, f"times align.samples_per_prompt={a.samples_per_prompt} (the rows "
+              f"judged together) must divide by data*fsdp={batch_shards}")
     elif cfg.mode != "label" and a.batch_size % batch_shards:
         _fail("align.batch_size", a.batch_size, f"must divide by data*fsdp={batch_shards}")
     if cfg.mode == "rloo" and r.group_size < 2:
         _fail("rl.group_size", r.group_size, "RLOO's leave-one-out baseline needs at least 2 samples per prompt")
     if cfg.mode == "grpo" and r.group_size < 2:
         _fail("rl.group_size", r.group_size, "GRPO's group baseline needs at least 2 samples per prompt")
-    for key in ("group_size", "max_new_tokens", "epochs", "minibatches", "kl_horizon"):
-        if r[key] < 1:
-            _fail(f"rl.{key}", r[key], "must be >= 1")
     for key in ("kl_coef", "vf_coef", "entropy_coef", "ptx_coef", "value_clip", "missing_eos_penalty"):
         if not r[key] >= 0:
             _fail(f"rl.{key}", r[key], "must be >= 0")
@@ -498,6 +502,9 @@ def _validate_align(cfg, batch_shards: int) -> None:
         _fail("rl.gamma/lam", (r.gamma, r.lam), "must be in [0, 1]")
     if r.kl_estimator not in KL_ESTIMATORS:
         _fail("rl.kl_estimator", r.kl_estimator, f"must be one of {', '.join(KL_ESTIMATORS)}")
+    if cfg.mode in ("ppo", "grpo", "rloo") and not r.kl_in_reward and r.kl_estimator == "k1" and r.kl_coef > 0:
+        _fail("rl.kl_estimator", r.kl_estimator, "k1 as a loss term (rl.kl_in_reward=False) has zero expected "
+              "gradient and regularises nothing; use k3 (or k2), or put the KL in the reward")
     if r.value_model not in ("separate", "shared"):
         _fail("rl.value_model", r.value_model, "must be separate or shared")
     if r.advantage not in ("grpo", "dr_grpo"):

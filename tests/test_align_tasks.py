@@ -59,7 +59,9 @@ def test_arithmetic_sft_and_preference_rows(tokenizer, tmp_path):
     rows = arithmetic_sft_rows(5, seed=2)
     assert rows == [{"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.answer}]}
                     for p in problems]
-    prefs = get_task("arithmetic").preference_rows(5, seed=2)
+    task = get_task("arithmetic")
+    prefs = task.preference_rows(5, seed=2)
+    problems = arithmetic_problems(5, seed=2, max_operand=task.max_operand)
     assert [(r["prompt"], r["chosen"]) for r in prefs] == [(p.prompt, p.answer) for p in problems]
     assert all(1 <= abs(int(r["rejected"]) - int(r["chosen"])) <= 3 for r in prefs)
     path = str(tmp_path / "prefs.jsonl")
@@ -159,10 +161,17 @@ def test_registry_tasks_share_one_interface():
     [(text, meta)] = arithmetic.prompts(1, seed=0)
     assert text == meta.prompt and arithmetic.reward(meta, meta.answer) == 1.0
     assert arithmetic.reward(meta, meta.answer + "0") == 0.0
-    assert arithmetic.sft_rows(3, seed=0) == arithmetic_sft_rows(3, seed=0)
+    assert arithmetic.sft_rows(3, seed=0) == arithmetic_sft_rows(3, seed=0, max_operand=arithmetic.max_operand)
     shakespeare = get_task("shakespeare")
     [(text, meta)] = shakespeare.prompts(1, seed=0)
     assert text.startswith("Continue: ") and shakespeare.reward(meta, "sweet love") == gold_reward("sweet love")
     assert len(shakespeare.sft_rows(3, seed=0)) == 3
     with pytest.raises(AlignDataError, match="align.task='chess': unknown task; choose one of arithmetic, shakespeare"):
         get_task("chess")
+
+
+def test_arithmetic_task_refuses_more_rows_than_distinct_problems():
+    task = get_task("arithmetic")
+    assert len({p for p, _ in task.prompts(task.distinct, seed=0)}) == task.distinct == 400
+    with pytest.raises(AlignDataError, match="align.num_examples=401: the arithmetic task has 400 distinct"):
+        task.prompts(401, seed=0)

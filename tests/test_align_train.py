@@ -186,7 +186,7 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     # normalised: the preferred training responses (the SFT distribution's stand-in) score 0 on average
     from gptjax.align.reward import preference_groups
 
-    path = os.path.join(rm_dir, "task_preferences.jsonl")
+    path = os.path.join(rm_dir, "task_preferences_arithmetic_120_seed0.jsonl")
     train_set, _ = preference_groups(path, align_config("reward"), tokenizer, 32)
     preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set]
     tokens = np.full((len(preferred), 32), chat.PAD_ID, np.int32)
@@ -251,6 +251,20 @@ def test_grpo_step_zero_invariants_and_frozen_networks(sft_dir, rm_dir, tmp_path
         assert metrics[step]["reference_param_norm"] == pytest.approx(sft_norm, rel=1e-6)
         assert metrics[step]["reward_model_param_norm"] == pytest.approx(rm_norm, rel=1e-6)
     assert metrics[3]["param_norm"] != pytest.approx(sft_norm, rel=1e-7)
+
+
+@pytest.mark.parametrize("track_kl", [True, False])
+def test_zero_kl_coef_still_logs_kl_unless_told_not_to_hold_the_reference(track_kl, sft_dir, tmp_path):
+    cfg = align_config("rloo", init_from=sft_dir)
+    cfg.rl.update(kl_coef=0.0, track_kl=track_kl)
+    cfg.optim.update(lr=3e-3, schedule="constant")
+    cfg.train.steps = 3
+    rl(cfg, str(tmp_path / "rloo"))
+    last = rows(str(tmp_path / "rloo"))[3]
+    if track_kl:
+        assert last["kl_k1"] > 0 and "reference_param_norm" in last  # KL to the starting policy, measured
+    else:
+        assert "kl_k1" not in last and "reference_param_norm" not in last  # no reference loaded, no fake zero KL
 
 
 @pytest.mark.parametrize("mode,value_model", [("rloo", ""), ("ppo", "separate"), ("ppo", "shared")])

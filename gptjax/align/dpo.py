@@ -23,7 +23,7 @@ from flax import nnx
 from gptjax.align.losses import dpo_loss, token_logprobs
 from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
 from gptjax.align.stage import (StageSpec, Trained, abstract_like, bucket, check_same_vocabulary, epoch_batch,
-                                full_batches, init_opt_state, load_trained, param_norm, params_shardings, run_stage,
+                                full_batches, init_opt_state, load_trained, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network)
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
@@ -156,8 +156,7 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("dpo", model_cfg, tokenizer, fresh, abstract, step, evaluate,
-                     identity=dict(init_from=cfg.align.init_from, reference=cfg.align.reference,
-                                   data=cfg.align.data or f"task:{cfg.align.task}", batch_size=B,
-                                   examples=len(train_set), beta=o.beta, loss=o.loss))
+                     identity=stage_identity(cfg, reference=cfg.align.reference, examples=len(train_set),
+                                             beta=o.beta, loss=o.loss))
     result = run_stage(cfg, workdir, spec)
     return dict(result, train_groups=len(train_set), val_groups=len(val_set))

@@ -25,7 +25,7 @@ from gptjax.align import data as align_data
 from gptjax.align.chat import BOS_ID, PAD_ID
 from gptjax.align.losses import pairwise_loss
 from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches,
-                                init_opt_state, load_trained, pad_rows, param_norm, params_shardings, run_stage,
+                                init_opt_state, load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.parallel.mesh import batch_sharding, replicated
@@ -88,10 +88,11 @@ def make_reward_step(graphdef, tx, schedule):
 
 
 def preference_file(cfg, workdir: str) -> str:
-    """align.data, or the embedded task's preference pairs written to WORKDIR/task_preferences.jsonl."""
+    """align.data, or the embedded task's preference pairs written to WORKDIR/task_preferences_*.jsonl."""
     if cfg.align.data:
         return cfg.align.data
-    path = os.path.join(workdir, "task_preferences.jsonl")
+    a = cfg.align  # named by what generated it, so a changed config never reads another's pairs
+    path = os.path.join(workdir, f"task_preferences_{a.task}_{a.num_examples}_seed{cfg.seed}.jsonl")
     if not os.path.isfile(path):
         align_data.write_preferences(path, get_task(cfg.align.task).preference_rows(cfg.align.num_examples, cfg.seed))
     return path
@@ -179,8 +180,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("reward", model_cfg, tokenizer, fresh, abstract, step, evaluate, extra_meta=reward_bias,
-                     identity=dict(init_from=cfg.align.init_from, data=cfg.align.data or f"task:{cfg.align.task}",
-                                   batch_size=B, examples=len(train_set)))
+                     identity=stage_identity(cfg, examples=len(train_set)))
     result = run_stage(cfg, workdir, spec)
     return dict(result, train_groups=len(train_set), val_groups=len(val_set))
 

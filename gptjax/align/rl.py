@@ -29,7 +29,7 @@ from gptjax.align.reward import RewardModel
 from gptjax.align.rollout import response_forward, sample_rollouts
 from gptjax.align.sft import load_conversations, masked_lm_loss, to_arrays
 from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch, init_opt_state,
-                                load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_optimizer,
+                                load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.parallel.mesh import batch_sharding, replicated
@@ -79,7 +79,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     else:
         policy_cfg, policy_init = start.model_cfg, start.params
     reference = None
-    if r.kl_coef > 0:  # pitfall: a reference nobody reads costs a model's memory
+    if r.kl_coef > 0 or r.track_kl:  # pitfall: a reference nobody reads costs a model's memory
         reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else start
         if reference is start:  # its own buffers: the policy's are donated to (and overwritten by) each update
             reference = dataclasses.replace(start, params=jax.tree.map(jnp.copy, start.params))
@@ -132,10 +132,11 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     @jax.jit
     def score(params, value_params, ref_params, batch):
         out = response_forward(params, policy_graphdef, batch["tokens_RxL"], batch["positions_RxN"],
-                               batch["response_RxN"], with_values=shared_value)
+                               batch["response_RxN"], with_values=shared_value, temperature=r.temperature)
         scored = dict(old_logp=out["logp"], entropy=out["entropy"])
         scored["ref_logp"] = (out["logp"] if ref_params is None else response_forward(
-            ref_params, ref_graphdef, batch["tokens_RxL"], batch["positions_RxN"], batch["response_RxN"])["logp"])
+            ref_params, ref_graphdef, batch["tokens_RxL"], batch["positions_RxN"], batch["response_RxN"],
+            temperature=r.temperature)["logp"])
         if shared_value:
             scored["values"] = out["values"]
         elif separate_value:
@@ -159,7 +160,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     # --- one minibatch update ------------------------------------------------------------------------------
     def policy_loss(params, mb, kl_coef):
         out = response_forward(params, policy_graphdef, mb["tokens_RxL"], mb["positions_RxN"], mb["response_RxN"],
-                               with_values=shared_value)
+                               with_values=shared_value, temperature=r.temperature)
         mask = mb["mask_RxN"]
         loss, m = ppo_policy_loss(out["logp"], mb["old_logp"], mb["advantages"], mask, r.clip, mode=aggregation)
         m = dict(m, policy_loss=loss)
@@ -259,9 +260,10 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         kls = jax.device_get(kl_estimates(old_logp, ref_logp))
         metrics = {k: float(np.mean([m[k] for m in update_metrics])) for k in update_metrics[0]}
         kl_sequence = float(np.mean((kls["k1"] * mask).sum(-1)))
+        if reference is not None:  # without one (kl_coef 0, track_kl off) there is no KL to report
+            metrics.update(kl_k1=kl_sequence, kl_k3=float(np.mean((kls["k3"] * mask).sum(-1))))
         metrics.update(
             reward_mean=float(scores_R.mean()), reward_std=float(scores_R.std()), gold_reward=float(gold_R.mean()),
-            kl_k1=kl_sequence, kl_k3=float(np.mean((kls["k3"] * mask).sum(-1))),
             entropy=float(masked_mean(np.asarray(scored["entropy"]), mask)),
             response_length=float(ro.length_R.mean()), eos_fraction=float(ro.stopped_R.mean()),
             frac_reward_zero_std=float(np.mean(scores_R.reshape(-1, G).std(-1) == 0)) if G > 1 else 0.0,
@@ -299,8 +301,8 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         return result
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
-    identity = dict(init_from=cfg.align.init_from, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
-                    task=cfg.align.task, batch_size=B, group_size=G, max_new_tokens=N)
+    identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
+                              group_size=G, max_new_tokens=N)
     spec = StageSpec(mode, policy_cfg, tokenizer, fresh, abstract, step, evaluate, identity=identity)
     return run_stage(cfg, workdir, spec)
 

@@ -67,13 +67,15 @@ def sample_rollouts(model_cfg, params, prompts: list[list[int]], key, *, max_new
     return layout(prompts, completions, length, max_new_tokens)
 
 
-def response_forward(params, graphdef, tokens_RxL, positions_RxN, response_RxN, with_values: bool = False) -> dict:
-    """One forward pass: float32 logp_RxN and entropy_RxN of the response tokens (and values_RxN, the
-    scalar head at the state before each token, when `with_values`)."""
+def response_forward(params, graphdef, tokens_RxL, positions_RxN, response_RxN, with_values: bool = False,
+                     temperature: float = 1.0) -> dict:
+    """One forward pass: float32 logp_RxN and entropy_RxN of the response tokens under softmax(logits /
+    temperature), the sampler's distribution (and values_RxN, the scalar head at the state before each
+    token, when `with_values`)."""
     model = nnx.merge(graphdef, params)
     hidden_RxTxD = model.hidden(tokens_RxL[:, :-1])
     at_RxNxD = jnp.take_along_axis(hidden_RxTxD, positions_RxN[..., None], axis=1)
-    logits_RxNxV = model.logits(at_RxNxD)
+    logits_RxNxV = model.logits(at_RxNxD) / temperature
     out = dict(logp=token_logprobs(logits_RxNxV, response_RxN), entropy=entropy(logits_RxNxV))
     if with_values:
         out["values"] = model.scalar_head(at_RxNxD * model.output_mult)[..., 0].astype(jnp.float32)

@@ -19,7 +19,7 @@ from flax import nnx
 from gptjax.align import data as align_data
 from gptjax.align.chat import PAD_ID, render
 from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state,
-                                pad_rows, param_norm, params_shardings, run_stage, stage_optimizer, start_tokenizer,
+                                pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer, start_tokenizer,
                                 starting_network)
 from gptjax.align.tasks import get_task
 from gptjax.parallel.mesh import batch_sharding, replicated
@@ -128,7 +128,6 @@ def _sft(cfg, workdir: str, mesh) -> dict:
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("sft", model_cfg, tokenizer, fresh, abstract, step, evaluate,
-                     identity=dict(init_from=cfg.align.init_from, data=cfg.align.data or f"task:{cfg.align.task}",
-                                   batch_size=B, examples=len(train_set)))
+                     identity=stage_identity(cfg, examples=len(train_set)))
     result = run_stage(cfg, workdir, spec)
     return dict(result, train_examples=len(train_set), val_examples=len(val_set))

@@ -219,6 +219,14 @@ def param_norm(params):
     return optax.tree.norm(params)
 
 
+def stage_identity(cfg, **more) -> dict:
+    """What a resumed run must share with the one that wrote the checkpoint: the start, the data and its
+    split, and the seed every batch and sample derives from (plus the stage's own `more`)."""
+    a = cfg.align
+    return dict(init_from=a.init_from, data=a.data or f"task:{a.task}", num_examples=a.num_examples,
+                val_fraction=a.val_fraction, batch_size=a.batch_size, seed=cfg.seed, **more)
+
+
 @dataclasses.dataclass
 class StageSpec:
     """How a stage plugs into `run_stage`."""
@@ -244,6 +252,9 @@ def _check_resumable(meta: dict, spec: StageSpec, tokenizer_hash: str, directory
     if diffs:
         raise CheckpointError(f"{directory} was written by a different {spec.name} run ({'; '.join(diffs[:3])}); rerun "
                               "with the config that wrote it, or use a fresh --workdir")
+    if meta.get("model") != spec.model_cfg.to_dict():
+        raise CheckpointError(f"{directory} holds a network of another shape than the one this run starts from "
+                              "(did align.init_from's run change?); use a fresh --workdir")
     if meta.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(f"{directory} was written with tokenizer {meta.get('tokenizer_hash')}, not "
                               f"{tokenizer_hash}; restore that run's tokenizer.json or use a fresh --workdir")

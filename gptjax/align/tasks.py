@@ -244,16 +244,29 @@ class ArithmeticTask:
     max_operand: int = 19  # 400 distinct problems: a held-out split tests addition, not recall
     ops: tuple = ("+",)
 
+    @property
+    def distinct(self) -> int:
+        return (self.max_operand + 1) ** 2 * len(self.ops)
+
+    def _check(self, n: int) -> None:
+        """More rows than distinct problems would repeat problems across the train / held-out split."""
+        if n > self.distinct:
+            raise AlignDataError(f"align.num_examples={n}: the arithmetic task has {self.distinct} distinct problems; "
+                                 f"use at most {self.distinct} so held-out problems are never trained on")
+
     def sft_rows(self, n: int, seed: int) -> list[dict]:
+        self._check(n)
         return arithmetic_sft_rows(n, seed, max_operand=self.max_operand, ops=self.ops)
 
     def prompts(self, n: int, seed: int) -> list[tuple[str, ArithmeticProblem]]:
+        self._check(n)
         return [(p.prompt, p) for p in arithmetic_problems(n, seed, self.max_operand, self.ops)]
 
     def reward(self, meta: ArithmeticProblem, completion_text: str) -> float:
         return arithmetic_reward(meta, completion_text)
 
     def preference_rows(self, n: int, seed: int) -> list[dict]:
+        self._check(n)
         return arithmetic_preference_rows(n, seed, max_operand=self.max_operand, ops=self.ops)
 
 
