@@ -18,7 +18,6 @@ batch size; the ratio is gptjax / peer tokens/s.
 import argparse
 import json
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from gptjax.interop.hf_gpt2 import load_gpt2
 from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
+from timing import fastest_threads, timed
 
 VOCAB, POSITIONS, D, HEADS = 50257, 1024, 768, 12
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -60,25 +60,6 @@ def compile_seconds(call) -> tuple[float, object]:
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     return sum(spent), out
-
-
-def timed(call) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = call()
-    return time.perf_counter() - start, out
-
-
-def fastest_threads(peer, default_threads: int) -> int:
-    """Sets torch to the faster of 1 thread and `default_threads` (one timed call each); returns it."""
-    import torch
-
-    times = {}
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        times[threads] = timed(peer)[0]
-    best = min(times, key=times.get)
-    torch.set_num_threads(best)
-    return best
 
 
 def main():

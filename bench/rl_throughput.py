@@ -56,6 +56,7 @@ from gptjax.interop.hf_gpt2 import save_gpt2
 from gptjax.parallel.mesh import make_mesh
 from gptjax.sample.generate import PROMPT_BUCKET, generate, model_graphdef
 from gptjax.sample.strategies import Strategy
+from timing import fastest_threads, timed
 
 PHASES = ("rollout", "score", "train")
 
@@ -123,25 +124,6 @@ def rl_phases(args, mode: str, sft_dir: str, workdir: str) -> dict:
     out["eos_fraction"] = round(median("eos_fraction"), 3)
     out.update(epochs=cfg.rl.epochs, minibatches=cfg.rl.minibatches)
     return out
-
-
-def timed(call) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = call()
-    return time.perf_counter() - start, out
-
-
-def fastest_threads(peer, default_threads: int) -> int:
-    """Sets torch to the faster of 1 thread and `default_threads` (one timed call each); returns it."""
-    import torch
-
-    times = {}
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        times[threads] = timed(peer)[0]
-    best = min(times, key=times.get)
-    torch.set_num_threads(best)
-    return best
 
 
 def rollout_vs_hf(args, sft_dir: str, tmp: str) -> dict:
