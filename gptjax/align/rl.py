@@ -23,8 +23,8 @@ import optax
 
 from gptjax.align import chat, grpo, ppo
 from gptjax.align import data as align_data
-from gptjax.align.losses import (adaptive_kl_coef, aggregate, kl_estimates, kl_penalty, masked_mean, ppo_policy_loss,
-                                 ppo_value_loss)
+from gptjax.align.losses import (adaptive_kl_coef, aggregate, frac_zero_std, kl_estimates, kl_penalty, masked_mean,
+                                 ppo_policy_loss, ppo_value_loss)
 from gptjax.align.reward import RewardModel
 from gptjax.align.rollout import response_forward, sample_rollouts
 from gptjax.align.sft import load_conversations, masked_lm_loss, to_arrays
@@ -266,7 +266,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
             reward_mean=float(scores_R.mean()), reward_std=float(scores_R.std()), gold_reward=float(gold_R.mean()),
             entropy=float(masked_mean(np.asarray(scored["entropy"]), mask)),
             response_length=float(ro.length_R.mean()), eos_fraction=float(ro.stopped_R.mean()),
-            frac_reward_zero_std=float(np.mean(scores_R.reshape(-1, G).std(-1) == 0)) if G > 1 else 0.0,
+            frac_reward_zero_std=float(frac_zero_std(scores_R.reshape(-1, G))) if G > 1 else 0.0,
             kl_coef=float(items["train"]["kl_coef"]), param_norm=float(param_norm(items["params"])),
             **frozen_norms(),
             rollout_tokens_per_sec=float(ro.length_R.sum() / max(rollout_seconds, 1e-9)),
