@@ -1,4 +1,4 @@
-"""GRPO (or RLOO) on the embedded arithmetic task's exact-answer reward, from the configs/sft.py run; ~3 min on CPU.
+"""GRPO (or RLOO) on the embedded arithmetic task's exact-answer reward, from the configs/sft.py run; ~5 min on CPU.
 
 python -m gptjax.main --config=configs/grpo.py --workdir=/tmp/gptjax/grpo
 python -m gptjax.main --config=configs/grpo.py --config.mode=rloo --workdir=/tmp/gptjax/rloo
