@@ -98,3 +98,17 @@ def test_format_value():
     assert format_value(None) == "—" and format_value(float("nan")) == "—"
     assert float(format_value(123456.789)) == pytest.approx(123500)
     assert np.isclose(float(format_value(2.5e-4)), 2.5e-4)
+
+
+def test_report_draws_an_estimate_outside_its_own_interval(tmp_path, sweep):
+    """A percentile interval need not contain the point fit (a sweep's frontier put E at its bound 0 and
+    every resample a hair above it); the report must still draw it, not crash in matplotlib's errorbar."""
+    rows, fits = sweep
+    frontier = fits["frontier"]
+    at = frontier["at_target"]["loss"]
+    shifted = {**fits, "frontier": {**frontier, "at_target": {"loss": {**at, "low": at["value"] + 1e-9}}},
+               "recommendation": {**fits["recommendation"], "N": {**fits["recommendation"]["N"],
+                                                                  "high": fits["recommendation"]["N"]["value"] / 2}}}
+    with open(write_report(str(tmp_path), rows, shifted, 1e22), encoding="utf-8") as f:
+        text = f.read()
+    assert len(linked_images(str(tmp_path), text)) == 4

@@ -187,10 +187,12 @@ def _budget_colors(budgets):
 
 
 def _error_bar(estimate):
-    """matplotlib's yerr for one estimate; a missing interval end draws no bar on that side."""
+    """matplotlib's yerr for one estimate; a missing interval end draws no bar on that side. A percentile
+    interval need not contain the point fit (e.g. E fitted at its bound 0 while every resample lands a hair
+    above it), and matplotlib refuses negative lengths, so such a side draws no bar either."""
     value = estimate["value"]
     low, high = estimate.get("low"), estimate.get("high")
-    return [[value - (value if low is None else low)], [(value if high is None else high) - value]]
+    return [[max(0.0, value - (value if low is None else low))], [max(0.0, (value if high is None else high) - value)]]
 
 
 def _draw_band(ax, band, color, label):
