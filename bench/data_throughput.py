@@ -23,7 +23,7 @@ from configs.pretrain_shakespeare import get_config
 from gptjax.data.pipeline import make_streams
 from gptjax.data.sources import shakespeare
 from gptjax.data.tokenizer import Tokenizer
-from timing import seconds_per_train_step
+from gptjax.train.loop import seconds_per_train_step
 
 
 def main():

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from configs.gpt2_124m import get_config
 from gptjax.train import flops
-from timing import seconds_per_train_step
+from gptjax.train.loop import seconds_per_train_step
 
 
 def main():

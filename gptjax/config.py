@@ -6,6 +6,7 @@ every key and `--config.a.b=v` overrides are checked by ml_collections against t
 sentence naming the key, the bad value and the rule.
 """
 
+import importlib.util
 import math
 import os
 
@@ -49,6 +50,20 @@ DEFAULT_RULES = (
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The config a job file gives, as `--config=PATH[:ARG]` would: `load_config("configs/sft.py:shakespeare")`
+    calls that file's `get_config("shakespeare")`. For notebooks and scripts; the CLI parses its own flag."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist; pass a configs/*.py path (relative to {os.getcwd()})")
+    module_spec = importlib.util.spec_from_file_location(f"gptjax_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config(); a job file defines get_config() -> ConfigDict")
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from gptjax.config import ConfigError, resolve_mesh_shape, validate
+from gptjax.config import ConfigError, load_config, resolve_mesh_shape, validate
 
 # (override path, value, words the message must contain)
 BAD_CONFIGS = [
@@ -144,3 +144,13 @@ def test_bad_post_training_config_names_the_key(mode, values, words, tmp_path):
         validate(cfg, device_count=8)
     for word in words:
         assert word in str(err.value)
+
+
+def test_load_config_passes_the_argument_and_names_a_missing_file(tmp_path):
+    assert load_config("configs/sft.py:shakespeare").align.task == "shakespeare"
+    assert load_config("configs/sft.py").align.task == "arithmetic"
+    with pytest.raises(ConfigError, match="nope.py does not exist"):
+        load_config(str(tmp_path / "nope.py"))
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="has no get_config"):
+        load_config(str(tmp_path / "empty.py"))
