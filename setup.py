@@ -34,7 +34,9 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "tensorboard>=2.16"],
+        # nbclient + ipykernel: tests/test_colabs.py executes colabs/*.ipynb in a fresh kernel
+        "test": ["pytest>=8", "hypothesis>=6.100", "tensorboard>=2.16", "nbclient>=0.10", "nbformat>=5.9",
+                 "ipykernel>=6.29"],
         "interop": INTEROP,
         "bench": INTEROP,
     },
