@@ -1,6 +1,7 @@
 """Scaling-law fits (gptjax/scaling/fit.py) on synthetic sweeps whose true laws are known."""
 
 import csv
+import itertools
 import json
 import math
 
@@ -257,3 +258,47 @@ def test_load_results_reads_jsonl_and_names_a_bad_line(tmp_path):
     path.write_text(json.dumps(rows[0]) + "\n{truncated\n")
     with pytest.raises(F.FitError, match="results.jsonl:2"):
         F.load_results(str(path))
+
+
+def test_csv_with_one_row_per_budget_has_intervals_that_cover_the_truth(tmp_path):
+    # No budget column: every row is its own budget, so a bootstrap within budgets has nothing to draw.
+    rng = np.random.default_rng(0)
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["params", "tokens", "loss"])
+        for c, ratio in zip(np.geomspace(1e18, 1e21, 40), itertools.cycle(np.geomspace(1 / 8, 8, 5))):
+            n = F.compute_optimal(CHINCHILLA, c)[0] * ratio
+            d = c / (6 * n)
+            writer.writerow([n, d, F.predict_loss(CHINCHILLA, n, d) * math.exp(0.002 * rng.standard_normal())])
+    rows = F.load_csv(str(path))
+    assert len({r["budget"] for r in rows}) == len(rows)
+
+    fit = F.fit_approach3(rows, n_bootstrap=100, seed=0, n_starts=30)
+    for name in ("E", "alpha", "beta"):
+        p = fit["params"][name]
+        assert p["low"] < p["high"], (name, p)
+        assert p["low"] <= CHINCHILLA[name] <= p["high"], (name, p)
+    gamma = F.fit_frontier(rows, n_bootstrap=100, seed=0)["params"]["gamma"]
+    assert gamma["low"] < gamma["value"] < gamma["high"], gamma
+
+
+def test_seeds_are_averaged_before_the_best_learning_rate_is_chosen():
+    base = dict(budget=1e18, C=1e18, N=1e7, D=1e18 / 6e7, status="ok")
+    losses = {(1e-3, 0): 3.0, (1e-3, 1): 3.2, (3e-3, 0): 2.9, (3e-3, 1): 3.5}  # lr 3e-3: lucky seed, worse mean
+    rows = [dict(base, trial=f"lr{lr}-s{seed}", lr=lr, seed=seed, eval_loss=loss)
+            for (lr, seed), loss in losses.items()]
+    (best,) = F.best_per_model(rows)
+    assert best["lr"] == 1e-3
+    assert best["eval_loss"] == pytest.approx(3.1)
+
+
+def test_frontier_interval_reflects_the_noise_and_covers_the_truth():
+    # Sampling spread of gamma-hat here (100 noisy draws): sd 0.0087, central 95% width 0.034.
+    rows = frontier_rows(list(np.geomspace(1e14, 1e19, 6)), noise=0.003, seed=1)
+    fit = F.fit_frontier(rows, n_bootstrap=200, seed=0)
+    gamma = fit["params"]["gamma"]
+    assert gamma["low"] <= 0.15 <= gamma["high"], gamma
+    assert gamma["low"] < gamma["value"] < gamma["high"], gamma  # two-sided
+    assert gamma["high"] - gamma["low"] < 0.07, gamma  # within ~2x the true spread
+    assert fit["n_bootstrap"] >= 190

@@ -16,10 +16,12 @@ so C = 6 N D holds exactly; "budget" (the planned FLOPs) groups IsoFLOP profiles
 is used wherever a continuous compute value is needed. `fit_all` runs everything and returns one
 JSON-serialisable dict whose layout its docstring gives.
 
-Uncertainty: every fit is repeated on bootstrap resamples (seeded; models resampled with replacement
-within each budget, so every resample keeps the IsoFLOP design) and reported as a point estimate with a
-95% percentile interval, {"value", "low", "high"}. Only rows with status "ok" and a finite eval_loss are
-fitted; the loss fits use each model's best row over its learning-rate / batch-size / seed sweep.
+Uncertainty: every fit is repeated on bootstrap resamples (seeded) and reported as a point estimate with
+a 95% percentile interval, {"value", "low", "high"}. Approaches 2 and 3 resample models with replacement
+within each budget, so every resample keeps the IsoFLOP design (budgets with a single model, as in a CSV
+without a budget column, are resampled together); the frontier resamples its fit's residuals. Only rows
+with status "ok" and a finite eval_loss are fitted; the loss fits use each model's best learning rate /
+batch size, its loss averaged over seeds.
 
 References: Hoffmann et al. 2022, "Training compute-optimal large language models" (Approaches 2 and 3,
 Appendix D.2); Besiroglu et al. 2024, "Chinchilla scaling: a replication attempt" (the same fit run to
@@ -109,7 +111,8 @@ def load_csv(path: str) -> list[dict]:
                 if record.get("batch_size"):
                     row["batch_size"] = float(record["batch_size"])
             except (TypeError, ValueError):  # TypeError: a short row leaves None in a column
-                raise FitError(f"{path}:{lineno}: a value is missing or not a number ({dict(record)}); fix that row") from None
+                raise FitError(f"{path}:{lineno}: a value is missing or not a number ({dict(record)}); "
+                               "fix that row") from None
             rows.append(row)
     return rows
 
@@ -136,11 +139,27 @@ def usable_rows(rows: list[dict]) -> list[dict]:
     return kept
 
 
-def best_per_model(rows: list[dict]) -> list[dict]:
-    """The lowest-loss usable row of each model, keyed by (budget, N): the minimum over the learning-rate,
-    batch-size and seed sweep at that scale. Sorted by budget, then N."""
-    best = {}
+def _seed_means(rows: list[dict]) -> list[dict]:
+    """The usable rows with the seeds of each setting (budget, N, lr, batch_size) averaged into one row.
+
+    The best setting must be chosen on mean losses: the minimum over seeds picks the luckiest seed, which
+    biases every fitted loss low, and most at settings that were run with more seeds. A merged row is the
+    first seed's row with the mean eval_loss and "n_seeds"; a lone row is returned as it is. Rows that
+    record no seed but share a setting (a CSV's repeated runs) count as seeds of it too.
+    """
+    groups = {}
     for row in usable_rows(rows):
+        groups.setdefault((row["budget"], row["N"], row.get("lr"), row.get("batch_size")), []).append(row)
+    return [group[0] if len(group) == 1 else
+            {**group[0], "eval_loss": float(np.mean([r["eval_loss"] for r in group])), "n_seeds": len(group)}
+            for group in groups.values()]
+
+
+def best_per_model(rows: list[dict]) -> list[dict]:
+    """The lowest-loss setting of each model, keyed by (budget, N): the minimum over the learning-rate and
+    batch-size sweep at that scale of the seed-averaged losses (`_seed_means`). Sorted by budget, then N."""
+    best = {}
+    for row in _seed_means(rows):
         key = (row["budget"], row["N"])
         if key not in best or row["eval_loss"] < best[key]["eval_loss"]:
             best[key] = row
@@ -186,21 +205,35 @@ def _band(grid, center, samples):
             "low": [_plain(v) for v in low], "high": [_plain(v) for v in high]}
 
 
+def _strata(groups):
+    """(members, is_profile) per stratum: each budget with >= 2 models, then the one-model budgets pooled.
+
+    A stratum of one model resamples to itself, so with one row per budget (a CSV without a budget
+    column) every resample would be the data and every interval zero-width; pooled, those rows are an
+    ordinary case bootstrap and the intervals reflect their scatter.
+    """
+    labels, counts = np.unique(groups, return_counts=True)
+    strata = [(np.flatnonzero(groups == g), True) for g in labels[counts > 1]]
+    single = np.isin(groups, labels[counts == 1])
+    if single.any():
+        strata.append((np.flatnonzero(single), False))
+    return strata
+
+
 def _stratified_resamples(groups, n_bootstrap, seed, sizes=None):
     """Index arrays (n_bootstrap, len(groups)) resampling models with replacement within every budget.
 
     Stratifying by budget keeps every IsoFLOP profile, with its number of models, in every resample (an
-    unstratified resample can drop a whole budget). With `sizes`, a budget's draw that keeps fewer than 3
-    distinct sizes (when it had 3) is redrawn, for Approach 2: a parabola needs 3 sizes, and with 4-5
-    models per budget a third of plain draws would leave it nothing to fit, so its bootstrap is
-    conditional on every profile staying fittable.
+    unstratified resample can drop a whole budget); one-model budgets are resampled together (`_strata`).
+    With `sizes`, a profile's draw that keeps fewer than 3 distinct sizes (when it had 3) is redrawn, for
+    Approach 2: a parabola needs 3 sizes, and with 4-5 models per budget a third of plain draws would
+    leave it nothing to fit, so its bootstrap is conditional on every profile staying fittable.
     """
     rng = np.random.default_rng(seed)
     indices = np.empty((n_bootstrap, len(groups)), int)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
+    for members, is_profile in _strata(groups):
         draw = rng.choice(members, size=(n_bootstrap, members.size))
-        need = 0 if sizes is None else min(3, np.unique(sizes[members]).size)
+        need = 0 if sizes is None or not is_profile else min(3, np.unique(sizes[members]).size)
         while need:
             distinct = 1 + (np.diff(np.sort(sizes[draw], axis=1), axis=1) != 0).sum(axis=1)
             short = distinct < need
@@ -344,6 +377,26 @@ def _fit_frontier_points(c, loss, start=None):
     return e, math.exp(ref + s / gamma), gamma
 
 
+def _residual_resamples(fitted, observed, n_bootstrap, seed, n_params=3):
+    """Loss arrays (n_bootstrap, len(fitted)): the fitted curve times resampled log residuals.
+
+    The frontier's points are each budget's minimum, so resampling models within budgets and taking the
+    minimum again can only raise a point, which gives one-sided intervals several times too wide. The
+    frontier's noise is the scatter of those minima about the curve, which the residuals measure. They are
+    centred and scaled by sqrt(n / (n - p)), since a least-squares fit of p parameters leaves residuals
+    smaller than the noise (Davison & Hinkley 1997, ch. 6). With n = p the fit is exact and there
+    is no scatter to resample: no resamples.
+    """
+    n = len(fitted)
+    if n <= n_params:
+        return np.empty((0, n))
+    log_fit = np.log(fitted)
+    residuals = np.log(observed) - log_fit
+    residuals = (residuals - residuals.mean()) * math.sqrt(n / (n - n_params))
+    picks = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    return np.exp(log_fit + residuals[picks])
+
+
 @_one_blas_thread
 def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstrap: int = 200,
                  seed: int = 0) -> dict:
@@ -352,26 +405,23 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
     Returns {"points": [{budget, C, loss, trial}], "params": {E, C0, gamma: estimate}, "at_target":
     {"loss": estimate} (with target_flops), "curve": band from the smallest budget to the target,
     "n_bootstrap": resamples that fitted, "dropped": budgets not on the Pareto frontier}; an estimate is
-    {"value", "low", "high"} with a 95% bootstrap interval. Raises FitError with fewer than 3 frontier points.
+    {"value", "low", "high"} with a 95% interval from a residual bootstrap (`_residual_resamples`; none
+    with exactly 3 points, which the curve fits exactly). Raises FitError with fewer than 3 frontier points.
     """
     m = _model_arrays(rows)
     idx, dropped = _frontier_points(m["budget"], m["loss"])
     if idx.size < 3:
         raise FitError(f"need >= 3 budgets on the loss frontier to fit E, C0 and gamma, got {idx.size}")
-    e, c0, gamma = _fit_frontier_points(m["C"][idx], m["loss"][idx])
+    front_c, front_loss = m["C"][idx], m["loss"][idx]
+    e, c0, gamma = _fit_frontier_points(front_c, front_loss)
     grid = _curve_grid(m["C"], target_flops)
-
-    samples = []
-    for resample in _stratified_resamples(m["budget"], n_bootstrap, seed):
-        ridx, _ = _frontier_points(m["budget"][resample], m["loss"][resample])
-        if ridx.size < 3:
-            continue
-        # Warm start from the point estimate: the resampled frontier is a perturbation of the observed one.
-        samples.append(_fit_frontier_points(m["C"][resample][ridx], m["loss"][resample][ridx], (e, c0, gamma)))
-    samples = np.array(samples).reshape(-1, 3)
 
     def curve(p, c):
         return p[0] + (p[1] / c) ** p[2]
+
+    # Warm start from the point estimate: a resampled frontier is a perturbation of the observed one.
+    resamples = _residual_resamples(curve((e, c0, gamma), front_c), front_loss, n_bootstrap, seed)
+    samples = np.array([_fit_frontier_points(front_c, loss, (e, c0, gamma)) for loss in resamples]).reshape(-1, 3)
 
     out = {
         "points": [{"budget": float(m["budget"][i]), "C": float(m["C"][i]), "loss": float(m["loss"][i]),
@@ -692,7 +742,7 @@ def _best_setting(rows, key):
 def _per_budget_optima(rows, key):
     """Per budget, the best `key` at the best model whose `key` was swept (>= 2 values)."""
     by_model = {}
-    for r in usable_rows(rows):
+    for r in _seed_means(rows):  # a setting's loss is its mean over seeds, as in best_per_model
         if r.get(key) is not None:
             by_model.setdefault((r["budget"], r["N"]), []).append(r)
     swept = {k: v for k, v in by_model.items() if len({r[key] for r in v}) >= 2}
