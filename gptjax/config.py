@@ -98,6 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
             rope_base=10000.0,
             parametrization="sp",  # "sp" (standard) or "mup" (maximal update parametrization, model/mup.py)
             mup_base_width=64,  # muP: the d_model whose init and learning rates the others transfer from
+            # muP: the base model's head dim, for its attention scale; 0 = mup_base_width / n_heads (n_heads
+            # fixed across widths). Sweeps, whose family fixes sweep.head_dim and grows n_heads, set it.
+            mup_base_head_dim=0,
         )
     )
     cfg.data = ml_collections.ConfigDict(
@@ -345,6 +348,9 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if m.parametrization == "mup" and m.mup_base_width <= 0:
         _fail("model.mup_base_width", m.mup_base_width,
               "must be a positive integer: the d_model of the base model that muP transfers from")
+    if m.mup_base_head_dim < 0:
+        _fail("model.mup_base_head_dim", m.mup_base_head_dim,
+              "must be the base model's head dim (> 0), or 0 for mup_base_width / n_heads")
 
     if d.seq_len <= 0 or d.batch_size <= 0:
         _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")

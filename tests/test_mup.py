@@ -14,6 +14,7 @@ from gptjax.config import ConfigError, validate
 from gptjax.model import mup
 from gptjax.model.attention import einsum_attention
 from gptjax.parallel.mesh import make_mesh
+from gptjax.scaling import plan
 from gptjax.train.optim import make_optimizer
 from gptjax.train.state import abstract_model, create_train_state, init_params
 from gptjax.train.step import make_train_step
@@ -139,6 +140,21 @@ def test_mup_rules_at_four_times_the_base_width():
     assert model.blocks[0].attn.scale == mup.attention_scale(cfg)
 
 
+def test_sweep_family_under_mup_keeps_the_base_attention_scale_at_every_width():
+    # A sweep family fixes the head dim and grows n_heads with width. μP's sqrt(H_base)/H is then SP's
+    # 1/sqrt(H) at every width; deriving H_base as mup_base_width / n_heads instead would shrink the
+    # logits like 1/sqrt(m) (to 1/sqrt(8 * 8) at m = 8) for no reason.
+    cfg = tiny_config(parametrization="mup", mup_base_width=16)
+    cfg.sweep.update(family="depth", depths=(1, 2, 4, 8), width_per_layer=16, head_dim=8)
+    widths, scales = [], []
+    for shape in plan.family_shapes(cfg.sweep):
+        model_cfg = plan.model_config(cfg.model, shape)
+        widths.append(mup.width_mult(model_cfg))
+        scales.append(abstract_model(model_cfg).blocks[0].attn.scale)
+    assert widths == [1.0, 2.0, 4.0, 8.0]
+    assert scales == pytest.approx([8**-0.5] * 4)
+
+
 def test_attention_scale_reaches_both_attention_paths():
     q, k, v = (jax.random.normal(key, (2, 6, 4, 8)) for key in jax.random.split(jax.random.key(0), 3))
     expected = jax.nn.dot_product_attention(q, k, v, scale=1 / 8, is_causal=True)
@@ -221,6 +237,7 @@ def test_mup_optimizer_state_is_sharded_like_the_params():
     ("parametrization", "ntk", ["model.parametrization='ntk'", "sp, mup"]),
     ("mup_base_width", 0, ["model.mup_base_width=0", "positive"]),
     ("mup_base_width", -64, ["model.mup_base_width=-64"]),
+    ("mup_base_head_dim", -8, ["model.mup_base_head_dim=-8", "head dim"]),
 ])
 def test_bad_mup_config_is_a_config_error(key, value, words):
     cfg = mup_config(64)

@@ -12,7 +12,7 @@ multiplier m = d_model / mup_base_width, relative to "sp" (GPT-2's standard para
     vector: biases, norm scales          zeros / ones           1                    lr
     readout: tied embedding, lm_head,    init_std               1 / m on the head's  lr
              scalar_head                                        input
-    attention logits q.k                 -                      1/sqrt(H) -> 1/sqrt(H m)
+    attention logits q.k                 -                      1/sqrt(H) -> sqrt(H_base)/H
 
 This is the output-multiplier form of μP in Tensor Programs V, the one that allows input and output
 embeddings to be shared, as implemented by the authors' `mup` package (MuReadout / MuSharedReadout
@@ -31,10 +31,16 @@ that the logits and attention logits do not shrink (like 1/sqrt(m)) at initialis
 is transient, the readout here is usually the (non-zero) token embedding, and keeping the SP init
 keeps μP identical to SP at the base width, so both keep their random init.
 
+Attention. μP's rule for the logits is 1/H rather than 1/sqrt(H), normalised to SP's at the base
+model's head dim H_base: sqrt(H_base)/H. A model can grow its heads (n_heads fixed: H grows like m) or
+its head count (H fixed, as in the sweep families); the scale depends on H against H_base only, not on
+m, so `model.mup_base_head_dim` names H_base (0: mup_base_width / n_heads, the n_heads-fixed case).
+With H == H_base the scale is SP's 1/sqrt(H) at every width.
+
 Assumptions, documented rather than checked: every hidden width grows with d_model by the same m
-(d_ff / d_model and n_heads fixed, so the head dim H grows with m; the base model's head dim is H / m).
-At d_model == mup_base_width every rule above is the identity, so μP equals SP there exactly: a
-learning rate tuned on the SP base model is the μP learning rate at every width.
+(d_ff / d_model fixed). At d_model == mup_base_width (and H == H_base) every rule above is the
+identity, so μP equals SP there exactly: a learning rate tuned on the SP base model is the μP learning
+rate at every width.
 """
 
 import math
@@ -57,12 +63,20 @@ def hidden_init_std(model_cfg) -> float:
     return model_cfg.init_std / math.sqrt(width_mult(model_cfg))
 
 
+def base_head_dim(model_cfg) -> float:
+    """H_base, the head dim of the μP base model: `mup_base_head_dim`, or mup_base_width / n_heads when
+    that is 0 (the base model has this model's number of heads; also for configs saved before the key)."""
+    return model_cfg.get("mup_base_head_dim", 0) or model_cfg.mup_base_width / model_cfg.n_heads
+
+
 def attention_scale(model_cfg) -> float:
     """Multiplier of the attention logits q.k. SP: 1/sqrt(H). μP: 1/H, the μP rule, written as
-    sqrt(H_base)/H with the base head dim H_base = H/m so that it equals 1/sqrt(H) at the base width
-    (Tensor Programs V; the `mup` README's 8/d is the same idea for H_base = 64)."""
+    sqrt(H_base)/H so that it equals 1/sqrt(H) at the base head dim (Tensor Programs V; the `mup`
+    README's 8/d is the same idea for H_base = 64)."""
     head_dim = model_cfg.d_model // model_cfg.n_heads
-    return head_dim**-0.5 * width_mult(model_cfg) ** -0.5
+    if not is_mup(model_cfg):
+        return head_dim**-0.5
+    return math.sqrt(base_head_dim(model_cfg)) / head_dim
 
 
 def output_multiplier(model_cfg) -> float:

@@ -63,10 +63,12 @@ def family_shapes(sweep) -> list[ModelShape]:
 
 
 def model_config(base, shape: ModelShape) -> ml_collections.ConfigDict:
-    """`config.model` with the shape's sizes (multi-head attention: n_kv_heads = n_heads)."""
+    """`config.model` with the shape's sizes (multi-head attention: n_kv_heads = n_heads). Every shape
+    has the head dim sweep.head_dim (n_heads grows with width), so under μP that is the base model's
+    head dim too: mup_base_width / n_heads would shrink the attention logits as the width grows."""
     model = base.copy_and_resolve_references()
     model.update(n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
-                 n_kv_heads=shape.n_heads, d_ff=shape.d_ff)
+                 n_kv_heads=shape.n_heads, d_ff=shape.d_ff, mup_base_head_dim=shape.d_model // shape.n_heads)
     return model
 
 
