@@ -109,6 +109,10 @@ def default_config() -> ml_collections.ConfigDict:
             tokenizer="",  # path to a tokenizer.json; "" = train BPE on the train split (model.vocab_size ids)
             cache_dir="",  # token cache; "" = $XDG_CACHE_HOME/gptjax/tokens (~/.cache/gptjax/tokens)
             val_fraction=0.05,  # documents held out for validation
+            # Seeds the train/validation split (text: which documents are held out; synthetic:markov: the
+            # chain and its validation batches), apart from `seed` (init and shuffle order), so the seeds of a
+            # sweep (sweep.seeds) are trained on one corpus and evaluated on one validation set.
+            split_seed=0,
             keep_markup=True,  # shakespeare: keep the Markdown headings / speaker marks
             text_split="file",  # text:<glob>: one document per "file" or per blank-line "paragraph"
             tfds_text_key="text",
@@ -354,6 +358,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
 
     if d.seq_len <= 0 or d.batch_size <= 0:
         _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")
+    if d.split_seed < 0:  # numpy's generators take non-negative seeds only
+        _fail("data.split_seed", d.split_seed, "must be a non-negative integer")
     if d.seq_len > m.max_len and cfg.mode not in ALIGN_MODES:  # post-training reads align.*, not data.*
         _fail("data.seq_len", d.seq_len, f"must not exceed model.max_len={m.max_len}")
     if d.source.startswith("synthetic:"):

@@ -89,6 +89,30 @@ def test_split_is_by_document_and_deterministic():
     assert not np.array_equal(val, cache_lib.split_documents(40, 0.1, seed=4, name="x")[1])
 
 
+def _streams(tmp_path, source, seed, split_seed, name):
+    cfg = tiny_config(vocab_size=300, max_len=16) if source != "synthetic:markov" else tiny_config()
+    cfg.seed = seed
+    cfg.data.update(source=source, val_fraction=0.3, seq_len=16, cache_dir=str(tmp_path / "cache"),
+                    split_seed=split_seed)
+    workdir = tmp_path / name
+    workdir.mkdir()
+    return make_streams(cfg, str(workdir))
+
+
+@pytest.mark.parametrize("kind", ["text", "synthetic"])
+def test_the_split_follows_split_seed_and_not_the_training_seed(tmp_path, kind):
+    # The seeds of one sweep model must be evaluated on one validation set (and, for text, share the
+    # tokenizer trained on one train split); only their init and shuffle order may differ.
+    source = f"text:{write_corpus(tmp_path / 'corpus', n_files=10)}" if kind == "text" else "synthetic:markov"
+    base = _streams(tmp_path, source, seed=0, split_seed=0, name="base")
+    other_seed = _streams(tmp_path, source, seed=1, split_seed=0, name="other_seed")
+    other_split = _streams(tmp_path, source, seed=0, split_seed=1, name="other_split")
+    np.testing.assert_array_equal(np.stack(base.val_batches), np.stack(other_seed.val_batches))
+    assert (base.tokenizer_hash, base.entropy_rate) == (other_seed.tokenizer_hash, other_seed.entropy_rate)
+    assert not np.array_equal(next(base.train), next(other_seed.train))  # the training order follows `seed`
+    assert not np.array_equal(np.stack(base.val_batches), np.stack(other_split.val_batches))
+
+
 @pytest.fixture(scope="module")
 def corpus_and_tokenizer(tmp_path_factory):
     pattern = write_corpus(tmp_path_factory.mktemp("corpus"))

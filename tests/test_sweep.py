@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from conftest import tiny_config
 
 from gptjax.scaling import plan as plan_lib
 from gptjax.scaling import sweep as sweep_lib
+from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, plan_sweep
 from gptjax.scaling.vectorized import train_group
 from gptjax.train import flops
@@ -178,6 +180,7 @@ def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path, monkeypa
     trials, _ = plan_sweep(cfg)
     assert out["trial"] == trials[2].id and len(out["results"]) == 2
     assert sorted(os.listdir(os.path.join(workdir, "trials"))) == [trials[2].id]
+    assert not os.path.exists(os.path.join(workdir, "trials", trials[2].id, sweep_lib.LOCK_FILE))  # released
     with pytest.raises(SweepPlanError, match=r"sweep.trial_index=99: the plan has 9 trials"):
         sweep_lib.run_sweep(sweep_config(trial_index=99), workdir)
 
@@ -187,6 +190,81 @@ def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path, monkeypa
     monkeypatch.setattr("gptjax.scaling.vectorized.train_group", crash)
     with pytest.raises(sweep_lib.TrialFailedError, match="node lost"):  # the array job must fail, not exit 0
         sweep_lib.run_sweep(sweep_config(trial_index=3), workdir)
+
+
+def _fake_train_group(calls):
+    """A stand-in for train_group that records the trial it trains and checks the trial is locked meanwhile."""
+    def train_group(tcfg, members, directory):
+        assert os.path.isfile(os.path.join(directory, sweep_lib.LOCK_FILE)), "trained without holding the lock"
+        calls.append(os.path.basename(directory))
+        return [dict(lr=m["lr"], seed=m["seed"], status="ok", reason="", eval_loss=1.0) for m in members]
+    return train_group
+
+
+def _write_lock(workdir, trial, **holder):
+    path = os.path.join(sweep_lib.trial_dir(workdir, trial), sweep_lib.LOCK_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(dict(holder, since="2030-01-01T00:00:00Z"), f)
+    return path
+
+
+def _lock_files(workdir):
+    return [os.path.join(d, n) for d, _, names in os.walk(workdir) for n in names if n.startswith(sweep_lib.LOCK_FILE)]
+
+
+def test_a_trial_locked_by_a_live_process_is_refused_or_skipped(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", _fake_train_group(calls))
+    monkeypatch.setattr(sweep_lib, "fit_and_report", lambda cfg, workdir, rows=None: {"models": len(rows)})
+    workdir = str(tmp_path / "sweep")
+    trials, _ = plan_sweep(sweep_config())
+    locked = trials[2]
+    lock = _write_lock(workdir, locked, pid=4242, host="other-node", pid_namespace=None)
+    # An array job for exactly that trial fails, naming the holder and the file to delete.
+    message = (f"trial 2 ({locked.id}) is being trained by pid 4242 on host other-node since "
+               f"2030-01-01T00:00:00Z; if that process is dead, delete {lock}")
+    with pytest.raises(sweep_lib.TrialLockedError, match=re.escape(message)):
+        sweep_lib.run_sweep(sweep_config(trial_index=2), workdir)
+    assert calls == []
+    # A whole sweep trains every other trial and leaves this one (and its lock) to its owner.
+    summary = sweep_lib.run_sweep(sweep_config(), workdir)
+    assert summary["skipped"] == [locked.id] and sorted(calls) == sorted(t.id for t in trials if t is not locked)
+    assert not os.path.exists(os.path.join(sweep_lib.trial_dir(workdir, locked), sweep_lib.RESULT_FILE))
+    assert _lock_files(workdir) == [lock]  # every finished trial released its lock
+    # A live process of this host holds it: refused too, and a sweep worker exits with the skip code.
+    _write_lock(workdir, locked, pid=os.getppid(), **trial_lock.process_domain())
+    with pytest.raises(sweep_lib.TrialLockedError, match=f"pid {os.getppid()} on host"):
+        sweep_lib.run_trial(sweep_config(), locked, workdir)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_lib._worker(sweep_config(), locked, workdir)
+    assert exit_info.value.code == sweep_lib.TRIAL_LOCKED_EXIT and calls.count(locked.id) == 0
+
+
+def test_a_stale_lock_of_this_host_is_taken_over_and_locks_are_released_on_errors(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", _fake_train_group(calls))
+    workdir = str(tmp_path / "sweep")
+    trials, _ = plan_sweep(sweep_config())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    _write_lock(workdir, trials[2], pid=dead.pid, **trial_lock.process_domain())
+    out = sweep_lib.run_sweep(sweep_config(trial_index=2), workdir)
+    assert out["trial"] == trials[2].id and calls == [trials[2].id] and _lock_files(workdir) == []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # not caught as a failed trial: only `finally` can release the lock
+
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_lib.run_sweep(sweep_config(trial_index=3), workdir)
+    assert _lock_files(workdir) == []
+
+
+def test_a_trial_json_from_before_split_seed_matches_only_its_own_split():
+    saved = {"seed": 1, "data": {"source": "synthetic:markov"}}
+    assert sweep_lib._with_split_seed(saved)["data"]["split_seed"] == 1  # it was split by the trial seed
+    assert sweep_lib._with_split_seed({"seed": 1, "data": {"split_seed": 0}})["data"]["split_seed"] == 0
 
 
 def test_fit_mode_without_results_is_a_clear_error(tmp_path):

@@ -36,7 +36,8 @@ class TokenCache:
 
 
 def split_documents(n_docs: int, val_fraction: float, seed: int, name: str):
-    """Deterministic train/validation split by document: (train indices, val indices), sorted."""
+    """Deterministic train/validation split by document: (train indices, val indices), sorted. `seed` is
+    `data.split_seed`, never the training seed: every seed of a sweep must hold out the same documents."""
     if n_docs < 2:
         raise DataSourceError(f"{name} has {n_docs} document(s); a train/validation split needs at least 2 "
                               "(add files, or use data.text_split='paragraph')")

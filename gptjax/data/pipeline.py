@@ -1,11 +1,15 @@
 """Builds the train stream and the fixed validation batches a job reads, from `config.data`.
 
-Text sources: documents -> train/validation split by document -> BPE tokenizer (trained on the train
-split, or loaded) -> token cache -> `grain` pipeline of fixed windows of T+1 tokens (documents packed,
-each starting with <|bos|>), shuffled by seed with a fresh order every epoch, batched, and sharded by
-`jax.process_index()`: each process reads a disjoint slice of the windows. The iterator's state is a
-small dict stored in every checkpoint, so a resumed run continues the exact order.
-Synthetic sources generate token batches directly (synthetic.py).
+Text sources: documents -> train/validation split by document (from `data.split_seed`) -> BPE tokenizer
+(trained on the train split, or loaded) -> token cache -> `grain` pipeline of fixed windows of T+1 tokens
+(documents packed, each starting with <|bos|>), shuffled by `seed` with a fresh order every epoch, batched,
+and sharded by `jax.process_index()`: each process reads a disjoint slice of the windows. The iterator's
+state is a small dict stored in every checkpoint, so a resumed run continues the exact order.
+Synthetic sources generate token batches directly (synthetic.py): the chain and its validation batches
+from `data.split_seed`, the training batches from `seed`.
+
+`data.split_seed` is apart from `seed` so that runs differing only in `seed` (the seeds of a sweep) read
+one corpus and are evaluated on one validation set; their losses can be averaged.
 """
 
 import dataclasses
@@ -114,15 +118,16 @@ def make_streams(cfg, workdir: str) -> DataStreams:
     local_batch = d.batch_size // jax.process_count()
     if d.source.startswith("synthetic:"):
         alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
-        chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, cfg.seed)
+        chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, d.split_seed)
         train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
-        val = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "val", **shard)
+        val = SyntheticBatches(chain, d.batch_size, d.seq_len, d.split_seed, "val", **shard)
         val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]
         return DataStreams(train=train, val_batches=val_batches, entropy_rate=chain.entropy_rate())
 
     docs = open_source(d)
     cache_dir = d.cache_dir or default_cache_dir()
-    train_idx, val_idx = split_documents(len(docs), d.val_fraction, cfg.seed, docs.name)
+    # The tokenizer and token caches are keyed by the split's document indices, so by split_seed, not seed.
+    train_idx, val_idx = split_documents(len(docs), d.val_fraction, d.split_seed, docs.name)
     tokenizer = load_or_train_tokenizer(cfg, workdir, docs, train_idx, cache_dir)
     train_cache = cached_tokens(docs, train_idx, tokenizer, cache_dir, "train")
     val_cache = cached_tokens(docs, val_idx, tokenizer, cache_dir, "val")

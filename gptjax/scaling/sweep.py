@@ -3,7 +3,8 @@
 Workdir layout:
   plan.json              the trials (shapes, budgets, steps, FLOPs in all accountings) and warnings
   tokenizer.json         shared by every trial
-  trials/<id>/           one trial: checkpoints/, metrics.jsonl, tensorboard/, result.json when done
+  trials/<id>/           one trial: checkpoints/, metrics.jsonl, tensorboard/, result.json when done,
+                         trial.lock while a process trains it
   results.jsonl          one row per trained model (see `result_rows`)
   fits.json, report.md, plots/   from gptjax/scaling/fit.py and report.py
 
@@ -11,6 +12,13 @@ Rerunning the same command skips trials with a result (diverged ones included: d
 deterministic) and resumes an interrupted trial from its checkpoint; trials that crashed are retried.
 `sweep.trial_index=K` runs trial K only (cluster array jobs share one workdir), `sweep.mode=fit` refits
 from the results, `sweep.mode=plan` writes plan.json and stops.
+
+Processes sharing a workdir (array jobs, subprocess workers, a second sweep command) never train the same
+trial at once: training holds trials/<id>/trial.lock (trial_lock.py), created with O_CREAT|O_EXCL and naming its pid, host
+and start time. A sweep that finds a trial locked skips it (it is left out of this run's fit);
+`sweep.trial_index=K` on a locked trial fails with TrialLockedError. A lock whose process is dead on this
+same host (and pid namespace) is stale and taken over; from another host liveness cannot be told, so the
+error names the lock file to delete if its process is gone.
 """
 
 import json
@@ -22,17 +30,27 @@ import time
 import traceback
 import uuid
 
+import jax
+import numpy as np
 from absl import logging
 
+from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
 from gptjax.train.loop import TrainingDivergedError, json_config, train, write_json_atomic
 
 RESULT_FILE = "result.json"
 TRIAL_FILE = "trial.json"  # written when a trial starts: what it trains, to refuse a changed config
+LOCK_FILE = "trial.lock"  # exists while a process trains the trial: {"pid", "host", "pid_namespace", "since"}
+TRIAL_LOCKED_EXIT = 75  # a sweep worker's exit code when another process holds its trial's lock (EX_TEMPFAIL)
 
 
 class TrialFailedError(RuntimeError):
     """`sweep.trial_index=K` ran a trial that crashed: the cluster job should fail (and be retried)."""
+
+
+class TrialLockedError(TrialFailedError):
+    """Another live process is training this trial: its trial.lock is there. A TrialFailedError, so
+    `sweep.trial_index=K` on it fails the array job with this message (main.py prints it, exits 1)."""
 
 
 def run_sweep(cfg, workdir: str) -> dict:
@@ -59,15 +77,29 @@ def run_sweep(cfg, workdir: str) -> dict:
     progress = SweepProgress(len(trials), len(trials) - len(todo), cfg.train.progress_bar)
     try:
         if cfg.sweep.n_workers > 0:
-            _run_in_subprocesses(cfg, todo, workdir, progress)
+            skipped = _run_in_subprocesses(cfg, todo, workdir, progress)
         else:
-            for trial in todo:
-                progress.trial_done(trial, run_trial(cfg, trial, workdir))
+            skipped = _run_in_process(cfg, todo, workdir, progress)
     finally:
         progress.close()
+    if skipped:
+        logging.warning("sweep: %d trial(s) are being trained by other processes and are left out of this fit "
+                        "(%s); run --config.sweep.mode=fit once they finish", len(skipped), ", ".join(skipped))
     rows = load_rows(workdir)
     print_summary(rows)
-    return fit_and_report(cfg, workdir, rows)
+    return dict(fit_and_report(cfg, workdir, rows), skipped=skipped)
+
+
+def _run_in_process(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> list[str]:
+    """Trains `trials` one after another here; returns the ids of those skipped as locked by another process."""
+    skipped = []
+    for trial in trials:
+        try:
+            progress.trial_done(trial, run_trial(cfg, trial, workdir))
+        except TrialLockedError as e:
+            logging.warning("sweep: skipped: %s", e)
+            skipped.append(trial.id)
+    return skipped
 
 
 def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
@@ -114,13 +146,22 @@ def _check_identity(cfg, workdir: str, trial: Trial) -> None:
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+        saved = _with_split_seed(json.load(f))
     current = json.loads(json.dumps(trial_identity(cfg, trial)))
     if saved != current:
         diffs = [f"{section}" for section in current if saved.get(section) != current[section]]
         raise SweepPlanError(
             f"{trial_dir(workdir, trial)} was trained with another config (differs in: {', '.join(diffs)}); "
             "rerun with the config that started this sweep, or use a fresh --workdir")
+
+
+def _with_split_seed(saved: dict) -> dict:
+    """A trial.json from before data.split_seed existed: its split came from the trial's seed, so it
+    matches a config whose split_seed is that seed (the default 0 for the seed-0 trials), else not."""
+    data = saved.get("data")
+    if isinstance(data, dict) and "split_seed" not in data:
+        data["split_seed"] = saved.get("seed")
+    return saved
 
 
 def _finished(cfg, workdir: str, trial: Trial) -> bool:
@@ -138,15 +179,30 @@ def _failed_rows(trial: Trial, reason: str, **extra) -> list[dict]:
             for lr in trial.learning_rates]
 
 
+def _load_result(directory: str) -> list[dict]:
+    with open(os.path.join(directory, RESULT_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
-    """Trains one trial (all its learning rates) unless it already has a result; never raises for a
-    diverging or crashing trial: its rows carry status "diverged" / "failed" and the reason."""
+    """Trains one trial (all its learning rates) unless it already has a result, holding its lock;
+    raises TrialLockedError when another live process holds it. Never raises for a diverging or
+    crashing trial: its rows carry status "diverged" / "failed" and the reason."""
     directory = trial_dir(workdir, trial)
-    path = os.path.join(directory, RESULT_FILE)
     if _finished(cfg, workdir, trial):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _load_result(directory)
     os.makedirs(directory, exist_ok=True)
+    lock = _lock_trial(trial, directory)
+    try:
+        if _finished(cfg, workdir, trial):  # another process finished it between the check and the lock
+            return _load_result(directory)
+        return _train_trial(cfg, trial, workdir, directory)
+    finally:
+        trial_lock.release(lock)
+
+
+def _train_trial(cfg, trial: Trial, workdir: str, directory: str) -> list[dict]:
+    """Trains the trial and writes its result.json (failed rows when training crashes)."""
     write_json_atomic(os.path.join(directory, TRIAL_FILE), trial_identity(cfg, trial))
     tcfg = trial_config(cfg, trial, _tokenizer_path(cfg, workdir))
     start = time.perf_counter()
@@ -161,8 +217,36 @@ def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
     except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
         logging.error("trial %s failed:\n%s", trial.id, traceback.format_exc())
         results = _failed_rows(trial, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - start)
-    write_json_atomic(path, results)
+    write_json_atomic(os.path.join(directory, RESULT_FILE), results)
     return results
+
+
+# ---------------------------------------------------------------- the per-trial lock
+
+
+def _locked_message(trial: Trial, path: str, holder: dict | None) -> str:
+    if holder is None:  # a multi-host job: process 0 read the lock
+        who = "another process (see process 0's log)"
+    elif "pid" in holder:
+        who = f"pid {holder['pid']} on host {holder.get('host')} since {holder.get('since')}"
+    else:
+        who = "another process (its lock file is being written, or is corrupt)"
+    return f"trial {trial.index} ({trial.id}) is being trained by {who}; if that process is dead, delete {path}"
+
+
+def _lock_trial(trial: Trial, directory: str) -> str:
+    """Takes the trial's lock for this job and returns its path, or raises TrialLockedError. Process 0
+    takes it; every process of a multi-host job learns the outcome, so all train or all skip."""
+    path = os.path.join(directory, LOCK_FILE)
+    holder = trial_lock.acquire(path) if jax.process_index() == 0 else None
+    locked = holder is not None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(locked)))
+    if locked:
+        raise TrialLockedError(_locked_message(trial, path, holder))
+    return path
 
 
 def _train_one(tcfg, directory: str) -> dict:
@@ -185,15 +269,20 @@ def _train_one(tcfg, directory: str) -> dict:
 def _worker(cfg, trial: Trial, workdir: str) -> None:
     """Entry point of a sweep subprocess: one trial, its result written to the trial's directory."""
     logging.set_verbosity(logging.WARNING)
-    run_trial(cfg, trial, workdir)
+    try:
+        run_trial(cfg, trial, workdir)
+    except TrialLockedError as e:  # not a failure: tells the parent to skip the trial
+        logging.warning("sweep: skipped: %s", e)
+        sys.exit(TRIAL_LOCKED_EXIT)
 
 
-def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> None:
+def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> list[str]:
     """Runs each trial in its own spawned process (its own JAX runtime), sweep.n_workers at a time.
-    A process that dies without a result (e.g. killed for memory) gets its trial recorded as failed;
-    the others go on. Meant for CPU hosts: on one GPU, each process would claim most of its memory."""
+    A process that dies without a result (e.g. killed for memory) gets its trial recorded as failed and
+    its lock removed; the others go on. Returns the ids of trials skipped as locked by another process.
+    Meant for CPU hosts: on one GPU, each process would claim most of its memory."""
     context = multiprocessing.get_context("spawn")
-    queue, running = list(trials), {}
+    queue, running, skipped = list(trials), {}, []
     while queue or running:
         while queue and len(running) < cfg.sweep.n_workers:
             trial = queue.pop(0)
@@ -204,11 +293,16 @@ def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "Swee
         for process in [p for p in running if not p.is_alive()]:
             trial = running.pop(process)
             path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
+            trial_lock.release(os.path.join(trial_dir(workdir, trial), LOCK_FILE), pid=process.pid)  # if it was killed
+            if not os.path.isfile(path) and process.exitcode == TRIAL_LOCKED_EXIT:
+                skipped.append(trial.id)
+                continue
             if not os.path.isfile(path):
                 os.makedirs(trial_dir(workdir, trial), exist_ok=True)
                 write_json_atomic(path, _failed_rows(trial, f"worker process died (exit code {process.exitcode})"))
             with open(path, encoding="utf-8") as f:
                 progress.trial_done(trial, json.load(f))
+    return skipped
 
 
 class SweepProgress:
