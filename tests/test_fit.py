@@ -302,3 +302,11 @@ def test_frontier_interval_reflects_the_noise_and_covers_the_truth():
     assert gamma["low"] < gamma["value"] < gamma["high"], gamma  # two-sided
     assert gamma["high"] - gamma["low"] < 0.07, gamma  # within ~2x the true spread
     assert fit["n_bootstrap"] >= 190
+
+
+def test_a_three_budget_frontier_has_no_interval_and_the_notes_say_why():
+    rows = frontier_rows([1e14, 1e16, 1e18], noise=0.003, seed=1)  # 3 points fit 3 parameters exactly
+    fits = F.fit_all(rows, target_flops=1e20, n_bootstrap=20, n_starts=10)
+    gamma = fits["frontier"]["params"]["gamma"]
+    assert gamma["low"] is None and gamma["high"] is None and math.isfinite(gamma["value"])
+    assert any(note.startswith("frontier: its 3 points fix E, C0 and gamma exactly") for note in fits["notes"])

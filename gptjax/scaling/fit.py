@@ -856,7 +856,12 @@ def fit_all(rows: list[dict], target_flops: float, n_bootstrap: int = 200, seed:
         if edge:
             notes.append(f"hyperparameters[{key}]: the best {key} is at the edge of the swept values at budget(s) "
                          f"{', '.join(edge)}; widen the sweep there.")
-    for name, section in (("frontier", frontier), ("approach2", approach2), ("approach3", approach3)):
+    if frontier and len(frontier["points"]) == 3:
+        notes.append("frontier: its 3 points fix E, C0 and gamma exactly, leaving no residuals to bootstrap, so it "
+                     "has no interval; a 4th budget gives one.")
+    elif frontier and frontier["n_bootstrap"] < 0.9 * n_bootstrap:
+        notes.append(f"frontier: only {frontier['n_bootstrap']} of {n_bootstrap} bootstrap resamples could be fitted.")
+    for name, section in (("approach2", approach2), ("approach3", approach3)):
         if section and section["n_bootstrap"] < 0.9 * n_bootstrap:
             notes.append(f"{name}: only {section['n_bootstrap']} of {n_bootstrap} bootstrap resamples could be fitted.")
 
