@@ -150,6 +150,10 @@ def default_config() -> ml_collections.ConfigDict:
             max_to_keep=3,
             cpu_peak_flops=0.0,  # 0 = measure once with a matmul calibration
             progress_bar=True,  # tqdm when stderr is a terminal
+            # Resuming a checkpoint written for another train.steps moves the LR schedule's horizon
+            # (warmup/cosine/WSD are laid out over train.steps), so it is refused unless this is True;
+            # then it resumes with a warning. Other optim changes are always refused on resume.
+            allow_steps_change=False,
         )
     )
     cfg.parallel = ml_collections.ConfigDict(
@@ -282,6 +286,12 @@ def mesh_batch_shards(mesh, num_devices: int) -> int:
     """data * fsdp: how many ways the batch dimension is split."""
     shape = resolve_mesh_shape(mesh, num_devices)
     return shape[0] * shape[1]
+
+
+def _rule_axes(rules, logical: str) -> tuple[str, ...]:
+    """The mesh axes that `rules` maps the logical axis `logical` to (() when replicated)."""
+    axes = dict(rules).get(logical)
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
 
 
 def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
@@ -439,6 +449,14 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     for needed in ("batch", "embed", "mlp", "heads", "kv_heads", "vocab"):
         if needed not in rule_names:
             _fail("parallel.rules", rule_names, f"needs a rule for logical axis {needed!r}")
+    # Attention splits heads across the axes their rule names; a head cannot be split between devices.
+    for key, logical in (("n_heads", "heads"), ("n_kv_heads", "kv_heads")):
+        axes = _rule_axes(p.rules, logical)
+        shards = math.prod(mesh[MESH_AXES.index(axis)] for axis in axes)
+        if m[key] % shards:
+            _fail(f"model.{key}", m[key], f"must divide by {shards}, the size of the mesh axes {axes} that "
+                  f"parallel.rules shards {logical!r} over (parallel.mesh={tuple(p.mesh)}); pick a mesh whose "
+                  f"{'*'.join(axes)} size divides model.{key}, or change the rule")
 
     if cfg.mode == "sweep":
         _validate_sweep(cfg.sweep)

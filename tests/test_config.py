@@ -97,6 +97,19 @@ def test_valid_config_resolves_mesh():
     assert resolve_mesh_shape((1, 1, -1), 8) == (1, 1, 8)
 
 
+def test_heads_must_divide_by_the_mesh_axes_that_shard_them():
+    cfg = tiny_config(n_heads=4, n_kv_heads=2)
+    cfg.parallel.update(num_devices=-1, mesh=(2, 1, 4))  # tensor = 4: 4 query heads fit, 2 KV heads do not
+    with pytest.raises(ConfigError, match=r"model.n_kv_heads=2: must divide by 4, the size of the mesh axes \('tensor',\)"):
+        validate(cfg, device_count=8)
+    cfg.parallel.mesh = (4, 1, 2)
+    assert validate(cfg, device_count=8) == (4, 1, 2)
+    cfg.parallel.rules = tuple((name, ("fsdp", "tensor") if name == "heads" else axes) for name, axes in cfg.parallel.rules)
+    cfg.parallel.mesh = (1, 4, 2)  # heads over fsdp x tensor = 8 > n_heads
+    with pytest.raises(ConfigError, match="model.n_heads=4: must divide by 8"):
+        validate(cfg, device_count=8)
+
+
 def test_cli_reports_bad_override_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_synthetic.py",

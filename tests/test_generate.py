@@ -5,15 +5,20 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from gptjax.sample.generate import EOS_ID, generate, model_graphdef, stop_string_cut
+from gptjax.config import DEFAULT_RULES
+from gptjax.parallel.mesh import make_mesh
+from gptjax.sample.generate import EOS_ID, generate, model_graphdef, prefill, stop_string_cut
 from gptjax.sample.strategies import SampleError, Strategy, filter_logits, sample_tokens
-from gptjax.train.state import init_params
+from gptjax.train.state import init_params, params_shardings
 
 GREEDY = Strategy(temperature=0)
 PROMPTS = [[3, 5, 7], [9, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 11], [13]]  # 3, 17, 1 tokens
@@ -249,3 +254,24 @@ def test_bad_requests_are_clear_errors():
     for bad in (dict(temperature=-1), dict(top_k=-2), dict(top_p=0.0), dict(min_p=1.5)):
         with pytest.raises(SampleError, match=next(iter(bad))):
             Strategy(**bad)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_kv_cache_is_sharded_by_rows_and_kv_heads_under_a_mesh(scan_layers):
+    m, params = model(n_kv_heads=2, scan_layers=scan_layers)
+    prompts = [[3, 5, 7, 9], [9, 2, 4, 6], [13, 1, 2, 3], [8, 8, 6, 4]]
+    expected = generate(m, params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=())
+    mesh = make_mesh(ml_collections.ConfigDict(dict(num_devices=8, mesh=(4, 1, 2))))
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(DEFAULT_RULES):
+        sharded_params = jax.device_put(params, params_shardings(m, mesh, DEFAULT_RULES))
+        cache, _ = prefill(model_graphdef(m), sharded_params, jnp.asarray(prompts, jnp.int32), jnp.zeros(4, jnp.int32),
+                           length=12)
+        out = generate(m, sharded_params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=())
+    keys = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "k_BxSxKxH" in jax.tree_util.keystr(path)]
+    assert len(keys) == (1 if scan_layers else 2)
+    lead = (None,) if scan_layers else ()
+    for k in keys:  # 4 rows over data = 4, 2 KV heads over tensor = 2: one row and one head per device
+        expected_sharding = NamedSharding(mesh, P(*lead, ("data", "fsdp"), None, "tensor", None))
+        assert k.sharding.is_equivalent_to(expected_sharding, k.ndim), k.sharding.spec
+        assert k.addressable_shards[0].data.shape[-4:] == (1, 12, 1, 8)
+    assert [c.tokens for c in out] == [c.tokens for c in expected]

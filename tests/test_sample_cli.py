@@ -198,3 +198,18 @@ def test_sampling_on_a_sharded_mesh_matches_one_device(workdir, tmp_path):
     cfg.parallel.update(num_devices=4, mesh=(2, 1, 2))  # 3 rows over 2 batch shards; heads and vocab split in 2
     sample_checkpoint(cfg, workdir)
     assert [r["tokens"] for r in rows_of(tmp_path / "mesh.jsonl")] == [r["tokens"] for r in rows_of(tmp_path / "one.jsonl")]
+
+
+def test_sampling_restores_the_params_only_without_rebuilding_the_optimizer(workdir, tmp_path):
+    # The checkpoint's meta now says the run used another optimizer structure (clipping toggled): the
+    # saved Adam state no longer matches the optimizer the config describes. Sampling reads the params
+    # alone, so it neither rebuilds that optimizer nor reads its state.
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    (step,) = [name for name in os.listdir(run / "checkpoints") if name.isdigit()]
+    meta_path = run / "checkpoints" / step / "meta" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["optim"]["clip_norm"] = 0.0 if meta["config"]["optim"]["clip_norm"] else 1.0
+    meta_path.write_text(json.dumps(meta))
+    cfg = sample_config(prompt="the king", max_new_tokens=6, temperature=0.0, output=str(tmp_path / "s.jsonl"))
+    assert sample_checkpoint(cfg, str(run))["completions"] == sample_checkpoint(cfg, workdir)["completions"]

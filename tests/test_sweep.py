@@ -101,6 +101,26 @@ def test_vectorized_members_equal_separate_runs_and_divergence_stays_isolated(tm
     assert again[1]["status"] == "diverged"
 
 
+def test_vectorized_resume_refuses_another_train_steps_unless_allowed(tmp_path):
+    from gptjax.train.checkpoint import CheckpointError
+    from gptjax.train.metrics import read_metrics
+
+    cfg = tiny_config()
+    cfg.train.update(steps=4, eval_every=4, checkpoint_every=2, log_every=2)
+    members = [{"lr": 3e-3, "seed": 0}, {"lr": 1e-2, "seed": 0}]
+    workdir = str(tmp_path / "group")
+    train_group(cfg, members, workdir)
+    longer = cfg.copy_and_resolve_references()
+    longer.train.steps = 6
+    longer.optim.lr = 1.0  # unused by a group (members carry their rates), so no part of its identity
+    with pytest.raises(CheckpointError, match=r"train\.steps=4, not 6: .*train\.allow_steps_change=True"):
+        train_group(longer, members, workdir)
+    longer.train.allow_steps_change = True
+    before = len(read_metrics(workdir))
+    train_group(longer, members, workdir)
+    assert [r["step"] for r in read_metrics(workdir)[before:] if r["split"] == "train/m0"] == [5, 6]
+
+
 # ---------------------------------------------------------------- the runner
 
 

@@ -301,8 +301,9 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         return result
 
     abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    # epochs x minibatches updates per step set the LR schedule's length (stage_optimizer), like train.steps
     identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
-                              group_size=G, max_new_tokens=N)
+                              group_size=G, max_new_tokens=N, updates_per_step=updates_per_step)
     spec = StageSpec(mode, policy_cfg, tokenizer, fresh, abstract, step, evaluate, identity=identity)
     return run_stage(cfg, workdir, spec)
 

@@ -4,7 +4,7 @@ sharded placement, and the resumable loop with checkpoints, metrics and the NaN 
 A stage's checkpoint (WORKDIR/checkpoints/<step>/) holds orbax items: `params` (the network the
 stage produces, the same pure-dict layout as pretraining's params), `train` (optimizer state and
 whatever else the stage needs to resume) and `meta` (JSON: stage, step, config, the network's model
-config, tokenizer hash, identity). Any later stage or `mode=sample` restores only `params`.
+config, tokenizer hash, identity, optimizer identity). Any later stage or `mode=sample` restores only `params`.
 Each step's data and randomness are functions of (seed, step), so rerunning resumes exactly.
 """
 
@@ -18,17 +18,15 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
-from gptjax.parallel.mesh import param_shardings
 from gptjax.sample.job import load_workdir_tokenizer, restore_trained_params
 from gptjax.sample.strategies import SampleError
-from gptjax.train.checkpoint import CheckpointError, Checkpointer
+from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import TrainingDivergedError, json_config, write_json_atomic
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import abstract_model, init_params, state_shardings
+from gptjax.train.state import abstract_params, init_params, params_shardings, state_shardings
 
 
 class AlignError(ValueError):
@@ -52,19 +50,6 @@ class Trained:
 
 def model_config(model_dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(model_dict))
-
-
-def params_shardings(model_cfg, mesh, rules) -> dict:
-    """NamedShardings of a `model_cfg` network's params, by their logical axes."""
-    _, abstract = nnx.split(abstract_model(model_cfg), nnx.Param)
-    return param_shardings(abstract, mesh, rules)
-
-
-def abstract_params(model_cfg, mesh, rules) -> dict:
-    """ShapeDtypeStructs of the params carrying their target shardings (restore targets)."""
-    shapes = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-                        params_shardings(model_cfg, mesh, rules))
 
 
 def load_tokenizer(workdir: str) -> Tokenizer:
@@ -247,8 +232,8 @@ def _check_resumable(meta: dict, spec: StageSpec, tokenizer_hash: str, directory
     if meta.get("stage") != spec.name:
         raise CheckpointError(f"{directory} holds a {meta.get('stage', 'pretrain')!r} checkpoint, not {spec.name!r}; "
                               "use a fresh --workdir for each stage")
-    diffs = [f"{k}: checkpoint {meta.get('identity', {}).get(k)!r} vs now {v!r}"
-             for k, v in spec.identity.items() if meta.get("identity", {}).get(k) != v]
+    saved = meta.get("identity", {})  # a key it lacks was added since the checkpoint was written: unknown
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs now {v!r}" for k, v in spec.identity.items() if k in saved and saved[k] != v]
     if diffs:
         raise CheckpointError(f"{directory} was written by a different {spec.name} run ({'; '.join(diffs[:3])}); rerun "
                               "with the config that wrote it, or use a fresh --workdir")
@@ -268,12 +253,14 @@ def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
     t = cfg.train
     write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
+    optimizer = optimizer_identity(cfg.optim, t.steps)  # what the `train` item's optimizer state belongs to
     latest = checkpointer.latest_step()
     if latest is None:
         items, start = spec.fresh(), 0
     else:
         meta = checkpointer.restore_meta(latest)
         _check_resumable(meta, spec, spec.tokenizer.hash, checkpointer.directory)
+        check_optimizer(meta, optimizer, checkpointer.directory, t.allow_steps_change)
         items, start = checkpointer.restore_items(latest, spec.abstract), latest
     writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0)
     final, pending = {}, []
@@ -281,7 +268,7 @@ def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
     def meta_for(step):
         extra = spec.extra_meta(items) if spec.extra_meta else {}
         return dict(stage=spec.name, step=step, config=json_config(cfg), model=spec.model_cfg.to_dict(),
-                    tokenizer_hash=spec.tokenizer.hash, identity=spec.identity, **extra)
+                    tokenizer_hash=spec.tokenizer.hash, identity=spec.identity, optimizer_identity=optimizer, **extra)
 
     def flush():
         for s, row in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):

@@ -17,6 +17,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.model.attention import Attention, masked_attention
+from gptjax.parallel.mesh import constrain
+
+# Under a mesh a cache is sharded like the activations that fill it: rows over the batch axes, KV heads
+# over the tensor axis (a replicated cache would hold every row's keys on every device).
+CACHE_NAMES = ("batch", None, "kv_heads", "head_dim")
 
 
 class KVCache(nnx.Module):
@@ -37,8 +42,8 @@ class KVCache(nnx.Module):
         k_BxSxKxH = jax.lax.dynamic_update_slice(k_cache, k_BxTxKxH.astype(k_cache.dtype), (0, index, 0, 0))
         v_BxSxKxH = jax.lax.dynamic_update_slice(self.v_BxSxKxH[...], v_BxTxKxH.astype(k_cache.dtype),
                                                  (0, index, 0, 0))
-        self.k_BxSxKxH.set_value(k_BxSxKxH)
-        self.v_BxSxKxH.set_value(v_BxSxKxH)
+        self.k_BxSxKxH.set_value(constrain(k_BxSxKxH, CACHE_NAMES))
+        self.v_BxSxKxH.set_value(constrain(v_BxSxKxH, CACHE_NAMES))
         self.index.set_value(index + T)
         slot_1x1xS = jnp.arange(k_BxSxKxH.shape[1])[None, None, :]
         query_slot_1xTx1 = (index + jnp.arange(T))[None, :, None]
@@ -59,7 +64,9 @@ def attach_kv_caches(model, start_B, length: int) -> None:
     B = start_B.shape[0]
     for attention in _attention_layers(model):
         shape = lead + (B, length, attention.n_kv_heads, attention.head_dim)
-        cache = KVCache(jnp.zeros(shape, model.compute_dtype), jnp.zeros(shape, model.compute_dtype),
+        names = ("layers",) * len(lead) + CACHE_NAMES
+        cache = KVCache(constrain(jnp.zeros(shape, model.compute_dtype), names),
+                        constrain(jnp.zeros(shape, model.compute_dtype), names),
                         jnp.zeros(lead, jnp.int32), jnp.broadcast_to(start_B.astype(jnp.int32), lead + (B,)))
         attention.kv_cache = nnx.data(cache)  # the attribute was None (static) when the model was built
 

@@ -22,8 +22,7 @@ from gptjax.sample.search import beam_search, best_of_n
 from gptjax.sample.strategies import SampleError, Strategy
 from gptjax.train.checkpoint import CheckpointError, Checkpointer
 from gptjax.train.loop import run_in_mesh
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import state_spec
+from gptjax.train.state import abstract_params
 
 
 def sample_checkpoint(cfg, workdir: str) -> dict:
@@ -62,12 +61,10 @@ def restore_trained_params(workdir: str, mesh, rules) -> tuple[ml_collections.Co
     try:
         meta = checkpointer.restore_meta(step)
         trained = ml_collections.ConfigDict(meta["config"])
-        # The saved state includes the optimizer's; its structure comes from the trained config.
-        optimizer, _ = make_optimizer(trained.optim, trained.train.steps, trained.model)
-        state = checkpointer.restore_state(step, state_spec(trained.model, optimizer, mesh, rules, trained.seed).abstract)
+        params = checkpointer.restore_params(step, abstract_params(trained.model, mesh, rules))
     finally:
         checkpointer.close()
-    return trained, state["params"], step, meta
+    return trained, params, step, meta
 
 
 def constraint_automaton(sample_cfg, tokenizer):

@@ -24,7 +24,7 @@ from flax import nnx
 
 from gptjax.config import validate
 from gptjax.data.pipeline import make_streams
-from gptjax.train.checkpoint import Checkpointer, check_compatible
+from gptjax.train.checkpoint import Checkpointer, check_compatible, optimizer_identity
 from gptjax.train.loop import MAX_EPOCHS_BEFORE_WARNING, data_identity, json_config
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
@@ -51,13 +51,18 @@ def scale_by_member_lr(initial_lr) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def unit_optim(cfg):
+    """`cfg.optim` with a unit peak learning rate: the members' own rates scale it (optim.lr is unused)."""
+    unit = cfg.optim.copy_and_resolve_references()
+    unit.lr = 1.0
+    return unit
+
+
 def member_optimizer(cfg, lr):
     """AdamW as configured but with a unit peak learning rate, then scaled by `lr` from the state.
     AdamW's update (Adam direction + decoupled decay) is linear in the learning rate, so this equals
     `make_optimizer` with `optim.lr = lr`. Returns (optimizer, unit schedule)."""
-    unit = cfg.optim.copy_and_resolve_references()
-    unit.lr = 1.0
-    tx, unit_schedule = make_optimizer(unit, cfg.train.steps, cfg.model)
+    tx, unit_schedule = make_optimizer(unit_optim(cfg), cfg.train.steps, cfg.model)
     return optax.chain(tx, scale_by_member_lr(lr)), unit_schedule
 
 
@@ -118,13 +123,15 @@ def train_group(cfg, members: list[dict], workdir: str) -> list[dict]:
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
     identity = dict(data_identity(cfg, data), members=[[float(m["lr"]), int(m["seed"])] for m in members])
+    optimizer = optimizer_identity(unit_optim(cfg), t.steps)  # the members' rates are in `identity`
     diverged: dict[int, str] = {}  # member index -> reason
     latest = checkpointer.latest_step()
     if latest is None:
         state = init_group(cfg, members)
     else:
         meta = checkpointer.restore_meta(latest)
-        check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory)
+        check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
+                         optimizer=optimizer, allow_steps_change=t.allow_steps_change)
         state = checkpointer.restore_state(latest, abstract_group(cfg, members))
         data.train.set_state(meta["data_state"])
         diverged = {int(k): v for k, v in meta["diverged"].items()}
@@ -190,7 +197,7 @@ def train_group(cfg, members: list[dict], workdir: str) -> list[dict]:
                 logging.warning("step %d: past %d epochs over the training text", step, MAX_EPOCHS_BEFORE_WARNING)
             if checkpoint_now:
                 meta = dict(step=step, config=json_config(cfg), data_state=data.train.get_state(),
-                            data_identity=identity, tokenizer_hash=data.tokenizer_hash,
+                            data_identity=identity, tokenizer_hash=data.tokenizer_hash, optimizer_identity=optimizer,
                             diverged={str(k): v for k, v in diverged.items()})
                 checkpointer.save(step, state, meta)
         if not eval_result:  # a rerun of a finished group (nothing to train) or an all-diverged break

@@ -2,14 +2,20 @@
 
 The only module that imports orbax. A checkpoint step holds two items:
   state  the train-state pytree (params, opt_state, step, rng)   StandardSave
-  meta   JSON: step, config, data-iterator state, tokenizer hash  JsonSave
+  meta   JSON: step, config, data-iterator state, tokenizer hash,   JsonSave
+         optimizer identity (what the optimizer state and LR schedule belong to)
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 mid-save never leaves a step that later reads as finished.
 """
 
+import contextlib
+import json
 import os
 
 import orbax.checkpoint as ocp
+from absl import logging
+
+from gptjax.config import default_config
 
 
 class CheckpointError(RuntimeError):
@@ -36,8 +42,17 @@ class Checkpointer:
 
     def restore_state(self, step: int, abstract_state):
         """The state at `step`, placed with the shardings carried by `abstract_state`'s leaves."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        with self._tree_mismatch_is_an_error(step):
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         return restored["state"]
+
+    def restore_params(self, step: int, abstract_params):
+        """Only the params of the train state at `step` (sampling, evaluation, a post-training start): the
+        optimizer state, twice the params' size under Adam, is neither read nor needs a matching optimizer."""
+        target = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
 
     def save_items(self, step: int, items: dict, meta: dict) -> None:
         """Post-training layout: each named pytree of `items` its own item (a consumer restores only
@@ -48,8 +63,26 @@ class Checkpointer:
     def restore_items(self, step: int, abstract_items: dict) -> dict:
         """The named items of `abstract_items` at `step`, placed with the shardings their leaves carry."""
         args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
-        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        with self._tree_mismatch_is_an_error(step):
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         return {name: restored[name] for name in abstract_items}
+
+    @contextlib.contextmanager
+    def _tree_mismatch_is_an_error(self, step: int):
+        """Turns orbax's tree-structure mismatch (a saved optimizer state of another shape than the one
+        this config builds) into a CheckpointError; checkpoints written before the optimizer identity
+        was recorded reach it, because the meta check cannot see their optimizer."""
+        try:
+            yield
+        except ValueError as e:
+            if not _is_tree_mismatch(e):
+                raise
+            raise CheckpointError(
+                f"{self.directory} step {step} holds a train state whose structure differs from the one this "
+                "config builds, most likely because the optimizer changed since it was written (e.g. optim.clip_norm "
+                "turned on or off); rerun with the config that wrote it, or use a fresh --workdir. "
+                f"(orbax: {_orbax_summary(e)})"
+            ) from e
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -63,9 +96,17 @@ class Checkpointer:
 RUNTIME_ONLY_MODEL_KEYS = ("remat", "dropout", "compute_dtype", "init_std")
 
 
-def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer_hash, directory: str) -> None:
-    """Raises CheckpointError if a checkpoint was written for another model, data stream or tokenizer."""
-    saved_model = meta.get("config", {}).get("model", {})
+def _with_keys_added_since(saved_model: dict) -> dict:
+    """A checkpoint's model config with the keys added to `config.model` since it was written set to
+    their defaults, which reproduce what the model did before (e.g. mup_base_head_dim = 0)."""
+    return {**default_config().model.to_dict(), **saved_model} if saved_model else saved_model
+
+
+def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer_hash, directory: str, *,
+                     optimizer: dict, allow_steps_change: bool) -> None:
+    """Raises CheckpointError if a checkpoint was written for another model, data stream, tokenizer or
+    optimizer (`optimizer_identity`; see `check_optimizer` for train.steps and `allow_steps_change`)."""
+    saved_model = _with_keys_added_since(meta.get("config", {}).get("model", {}))
     diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {v!r}"
              for k, v in model_cfg.items() if k not in RUNTIME_ONLY_MODEL_KEYS and saved_model.get(k) != v]
     if diffs:
@@ -73,7 +114,9 @@ def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer
             f"{directory} holds a checkpoint of a different model ({'; '.join(diffs[:3])}); "
             "rerun with the config that wrote it, or use a fresh --workdir."
         )
-    saved_data = meta.get("data_identity", {})
+    saved_data = dict(meta.get("data_identity", {}))
+    if saved_data and "split_seed" not in saved_data:  # written before data.split_seed: the seed made the split
+        saved_data["split_seed"] = saved_data.get("seed")
     diffs = [f"{k}: checkpoint {saved_data.get(k)!r} vs now {v!r}" for k, v in data_identity.items()
              if saved_data.get(k) != v]
     if diffs:
@@ -86,3 +129,59 @@ def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer
             f"{directory} was written with tokenizer {meta.get('tokenizer_hash')!r}, not {tokenizer_hash!r}; "
             "use the tokenizer.json saved with that run, or a fresh --workdir."
         )
+    check_optimizer(meta, optimizer, directory, allow_steps_change)
+
+
+# Optimizer keys that change how a step computes its gradient, not the optimizer state or schedule.
+RUNTIME_ONLY_OPTIM_KEYS = ("grad_accum",)
+
+
+def optimizer_identity(optim_cfg, train_steps: int) -> dict:
+    """What a checkpoint's optimizer state and learning-rate schedule belong to, keyed as in the config:
+    every `optim` key that shapes them (clipping on/off changes the state's structure; lr, schedule,
+    warmup... the schedule) and `train.steps`, the schedule's horizon. `optim_cfg` is the section the
+    optimizer was built from (a ConfigDict or dict)."""
+    optim = json.loads(json.dumps(dict(optim_cfg)))  # tuples -> lists, as they come back from the meta
+    identity = {f"optim.{k}": v for k, v in optim.items() if k not in RUNTIME_ONLY_OPTIM_KEYS}
+    return {**identity, "train.steps": train_steps}
+
+
+def check_optimizer(meta: dict, identity: dict, directory: str, allow_steps_change: bool) -> None:
+    """Raises CheckpointError if the checkpoint's optimizer identity differs from `identity`
+    (`optimizer_identity`); a train.steps-only change passes, with a warning, if `allow_steps_change`.
+    Checkpoints written before identities were recorded, and keys added to the config since, are
+    unknown, so unchecked."""
+    saved = meta.get("optimizer_identity")
+    if saved is None:
+        return
+    diffs = {k: (saved[k], v) for k, v in identity.items() if k in saved and saved[k] != v}
+    steps = diffs.pop("train.steps", None)
+    if diffs:
+        described = "; ".join(f"{k}: checkpoint {old!r} vs config {new!r}" for k, (old, new) in diffs.items())
+        raise CheckpointError(
+            f"{directory} was written with another optimizer or learning-rate schedule ({described}); its "
+            "optimizer state belongs to that one. Rerun with the config that wrote it, or use a fresh --workdir."
+        )
+    if steps is None:
+        return
+    old, new = steps
+    if not allow_steps_change:
+        raise CheckpointError(
+            f"{directory} was written for train.steps={old}, not {new}: the learning-rate schedule is laid out "
+            f"over train.steps, so resuming would move its horizon mid-run. Rerun with train.steps={old}, set "
+            "train.allow_steps_change=True to continue on the new horizon, or use a fresh --workdir."
+        )
+    logging.warning("resuming %s with train.steps=%s (it was written for %s; train.allow_steps_change=True): the "
+                    "learning-rate schedule's horizon moved, so the rate may jump here", directory, new, old)
+
+
+def _is_tree_mismatch(e: ValueError) -> bool:
+    # orbax says "...metadata tree structures do not match: <path> ..." or "Structure mismatch: ..."
+    return "structure" in str(e).lower()
+
+
+def _orbax_summary(e: Exception) -> str:
+    """orbax's message on one line, without its advice (partial_restore) or its listing of every saved key."""
+    text = str(e).split("If this mismatch")[0].split("Metadata keys")[0]
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:300] + " ..."

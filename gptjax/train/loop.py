@@ -25,7 +25,7 @@ from gptjax.config import validate
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
 from gptjax.train import flops
-from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
+from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible, optimizer_identity
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
 from gptjax.train.state import create_train_state, state_spec
@@ -71,7 +71,7 @@ def write_json_atomic(path: str, obj) -> None:
 def data_identity(cfg, data: DataStreams) -> dict:
     """What a checkpoint's data position is relative to: resuming needs the same stream."""
     d = cfg.data
-    keys = ("source", "seq_len", "batch_size", "val_fraction", "keep_markup", "text_split",
+    keys = ("source", "seq_len", "batch_size", "val_fraction", "split_seed", "keep_markup", "text_split",
             "markov_order", "markov_concentration", "markov_alphabet")
     return {**{k: d[k] for k in keys}, "seed": cfg.seed, "corpus_fingerprint": data.fingerprint}
 
@@ -91,7 +91,8 @@ def setup(cfg, workdir: str, mesh) -> Job:
     else:
         meta = checkpointer.restore_meta(latest)
         check_compatible(meta, json_config(cfg)["model"], data_identity(cfg, data), data.tokenizer_hash,
-                         checkpointer.directory)
+                         checkpointer.directory, optimizer=optimizer_identity(cfg.optim, cfg.train.steps),
+                         allow_steps_change=cfg.train.allow_steps_change)
         state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
     return Job(cfg, workdir, mesh, data, spec.graphdef, state, spec.shardings, checkpointer, optimizer, schedule)
@@ -235,7 +236,8 @@ def _train(cfg, workdir: str, mesh) -> dict:
                                 step, MAX_EPOCHS_BEFORE_WARNING)
             if checkpoint_now:
                 meta = dict(step=step, config=json_config(cfg), data_state=job.data.train.get_state(),
-                            data_identity=data_identity(cfg, job.data), tokenizer_hash=job.data.tokenizer_hash)
+                            data_identity=data_identity(cfg, job.data), tokenizer_hash=job.data.tokenizer_hash,
+                            optimizer_identity=optimizer_identity(cfg.optim, t.steps))
                 job.checkpointer.save(step, job.state, meta)
         if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
             _record_eval(final, writer, t.steps, evaluate(job, eval_step), log=False)

@@ -24,10 +24,22 @@ def init_params(model_cfg, key) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def params_shardings(model_cfg, mesh, rules) -> dict:
+    """NamedShardings of a `model_cfg` network's params, by their logical axes."""
+    _, abstract = nnx.split(abstract_model(model_cfg), nnx.Param)
+    return param_shardings(abstract, mesh, rules)
+
+
+def abstract_params(model_cfg, mesh, rules) -> dict:
+    """ShapeDtypeStructs of the params carrying their target shardings (restore targets)."""
+    shapes = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                        params_shardings(model_cfg, mesh, rules))
+
+
 def state_shardings(model_cfg, mesh, rules, abstract_state):
     """Shardings of the train state: params by their logical axes, Adam moments like their params."""
-    _, abstract_params = nnx.split(abstract_model(model_cfg), nnx.Param)
-    params = param_shardings(abstract_params, mesh, rules)
+    params = params_shardings(model_cfg, mesh, rules)
     # Adam's moments are subtrees shaped exactly like the params; everything else (counts) is tiny.
     params_def = jax.tree.structure(params)
 
