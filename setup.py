@@ -6,7 +6,7 @@ INSTALL_REQUIRES = [
     "jax>=0.10",
     "flax>=0.12.8",
     "optax>=0.2.5",
-    "orbax-checkpoint>=0.11",
+    "orbax-checkpoint>=0.12.8",  # PyTreeRestore(partial_restore=True): params-only restores
     "tensorflow-datasets>=4.9",
     "absl-py>=2.1",
     "ml-collections>=1.0",

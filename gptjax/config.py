@@ -450,13 +450,17 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         if needed not in rule_names:
             _fail("parallel.rules", rule_names, f"needs a rule for logical axis {needed!r}")
     # Attention splits heads across the axes their rule names; a head cannot be split between devices.
-    for key, logical in (("n_heads", "heads"), ("n_kv_heads", "kv_heads")):
+    # Fewer KV heads than shards is grouped-query attention's usual case: each KV head is then computed on
+    # shards / n_kv_heads devices. Only here is cfg.model the network that runs (sampling and post-training
+    # read theirs from a checkpoint; a sweep validates each trial's model as a pretraining run).
+    for key, logical in (("n_heads", "heads"), ("n_kv_heads", "kv_heads")) if cfg.mode in ("pretrain", "eval") else ():
         axes = _rule_axes(p.rules, logical)
         shards = math.prod(mesh[MESH_AXES.index(axis)] for axis in axes)
-        if m[key] % shards:
+        if m[key] % shards and not (logical == "kv_heads" and shards % m[key] == 0):
             _fail(f"model.{key}", m[key], f"must divide by {shards}, the size of the mesh axes {axes} that "
-                  f"parallel.rules shards {logical!r} over (parallel.mesh={tuple(p.mesh)}); pick a mesh whose "
-                  f"{'*'.join(axes)} size divides model.{key}, or change the rule")
+                  f"parallel.rules shards {logical!r} over (parallel.mesh={tuple(p.mesh)})"
+                  + (f", or divide {shards}" if logical == "kv_heads" else "")
+                  + f"; pick a mesh whose {'*'.join(axes)} size fits model.{key}, or change the rule")
 
     if cfg.mode == "sweep":
         _validate_sweep(cfg.sweep)

@@ -98,12 +98,18 @@ def test_valid_config_resolves_mesh():
 
 
 def test_heads_must_divide_by_the_mesh_axes_that_shard_them():
-    cfg = tiny_config(n_heads=4, n_kv_heads=2)
-    cfg.parallel.update(num_devices=-1, mesh=(2, 1, 4))  # tensor = 4: 4 query heads fit, 2 KV heads do not
-    with pytest.raises(ConfigError, match=r"model.n_kv_heads=2: must divide by 4, the size of the mesh axes \('tensor',\)"):
+    cfg = tiny_config(d_model=48, n_heads=6, n_kv_heads=3)
+    cfg.parallel.update(num_devices=-1, mesh=(4, 1, 2))  # tensor = 2: 6 query heads fit, 3 KV heads do not
+    with pytest.raises(ConfigError, match=r"model.n_kv_heads=3: must divide by 2, the size of the mesh axes \('tensor',\)"):
         validate(cfg, device_count=8)
-    cfg.parallel.mesh = (4, 1, 2)
+    cfg.model.update(d_model=32, n_heads=4, n_kv_heads=1)  # one KV head for both tensor shards: GQA's usual case
     assert validate(cfg, device_count=8) == (4, 1, 2)
+    cfg.parallel.mesh = (1, 1, 8)  # 8 tensor shards for 4 query heads
+    with pytest.raises(ConfigError, match="model.n_heads=4: must divide by 8"):
+        validate(cfg, device_count=8)
+    cfg.mode, cfg.sample.prompt = "sample", "the king"  # the network that runs comes from the checkpoint, not cfg.model
+    validate(cfg, device_count=8)
+    cfg.mode, cfg.parallel.mesh = "pretrain", (4, 1, 2)
     cfg.parallel.rules = tuple((name, ("fsdp", "tensor") if name == "heads" else axes) for name, axes in cfg.parallel.rules)
     cfg.parallel.mesh = (1, 4, 2)  # heads over fsdp x tensor = 8 > n_heads
     with pytest.raises(ConfigError, match="model.n_heads=4: must divide by 8"):

@@ -291,6 +291,11 @@ def test_seeds_are_averaged_before_the_best_learning_rate_is_chosen():
     (best,) = F.best_per_model(rows)
     assert best["lr"] == 1e-3
     assert best["eval_loss"] == pytest.approx(3.1)
+    # At a higher lr one seed diverged and the other was lucky: that setting is unstable, not the best.
+    rows += [dict(base, trial="lr1e-2-s0", lr=1e-2, seed=0, eval_loss=2.5),
+             dict(base, trial="lr1e-2-s1", lr=1e-2, seed=1, eval_loss=math.nan, status="diverged")]
+    (best,) = F.best_per_model(rows)
+    assert best["lr"] == 1e-3
 
 
 def test_frontier_interval_reflects_the_noise_and_covers_the_truth():

@@ -145,11 +145,18 @@ def _seed_means(rows: list[dict]) -> list[dict]:
     The best setting must be chosen on mean losses: the minimum over seeds picks the luckiest seed, which
     biases every fitted loss low, and most at settings that were run with more seeds. A merged row is the
     first seed's row with the mean eval_loss and "n_seeds"; a lone row is returned as it is. Rows that
-    record no seed but share a setting (a CSV's repeated runs) count as seeds of it too.
+    record no seed but share a setting (a CSV's repeated runs) count as seeds of it too. A setting with
+    a diverged seed is left out.
     """
+    def setting(row):
+        return row.get("budget"), row.get("N"), row.get("lr"), row.get("batch_size")
+
+    # A setting where some seed diverged is unstable: its surviving seeds alone would be the lucky ones.
+    unstable = {setting(row) for row in rows if row.get("status") == "diverged"}
     groups = {}
     for row in usable_rows(rows):
-        groups.setdefault((row["budget"], row["N"], row.get("lr"), row.get("batch_size")), []).append(row)
+        if setting(row) not in unstable:
+            groups.setdefault(setting(row), []).append(row)
     return [group[0] if len(group) == 1 else
             {**group[0], "eval_loss": float(np.mean([r["eval_loss"] for r in group])), "n_seeds": len(group)}
             for group in groups.values()]

@@ -68,7 +68,9 @@ def model_config(base, shape: ModelShape) -> ml_collections.ConfigDict:
     head dim too: mup_base_width / n_heads would shrink the attention logits as the width grows."""
     model = base.copy_and_resolve_references()
     model.update(n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
-                 n_kv_heads=shape.n_heads, d_ff=shape.d_ff, mup_base_head_dim=shape.d_model // shape.n_heads)
+                 n_kv_heads=shape.n_heads, d_ff=shape.d_ff)
+    if model.parametrization == "mup":  # SP ignores it: leave the default, as older sweeps recorded
+        model.mup_base_head_dim = shape.d_model // shape.n_heads
     return model
 
 

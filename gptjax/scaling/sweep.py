@@ -14,7 +14,7 @@ deterministic) and resumes an interrupted trial from its checkpoint; trials that
 from the results, `sweep.mode=plan` writes plan.json and stops.
 
 Processes sharing a workdir (array jobs, subprocess workers, a second sweep command) never train the same
-trial at once: training holds trials/<id>/trial.lock (trial_lock.py), created with O_CREAT|O_EXCL and naming its pid, host
+trial at once: training holds trials/<id>/trial.lock (trial_lock.py), created atomically and naming its pid, host
 and start time. A sweep that finds a trial locked skips it (it is left out of this run's fit);
 `sweep.trial_index=K` on a locked trial fails with TrialLockedError. A lock whose process is dead on this
 same host (and pid namespace) is stale and taken over; from another host liveness cannot be told, so the
@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from gptjax.config import default_config
 from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
 from gptjax.train.loop import TrainingDivergedError, json_config, train, write_json_atomic
@@ -146,18 +147,24 @@ def _check_identity(cfg, workdir: str, trial: Trial) -> None:
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        saved = _with_split_seed(json.load(f))
+        saved = _with_keys_added_since(json.load(f))
     current = json.loads(json.dumps(trial_identity(cfg, trial)))
     if saved != current:
         diffs = [f"{section}" for section in current if saved.get(section) != current[section]]
         raise SweepPlanError(
             f"{trial_dir(workdir, trial)} was trained with another config (differs in: {', '.join(diffs)}); "
-            "rerun with the config that started this sweep, or use a fresh --workdir")
+            "rerun with the config that started this sweep, refit its results with --config.sweep.mode=fit, or use "
+            "a fresh --workdir")
 
 
-def _with_split_seed(saved: dict) -> dict:
-    """A trial.json from before data.split_seed existed: its split came from the trial's seed, so it
-    matches a config whose split_seed is that seed (the default 0 for the seed-0 trials), else not."""
+def _with_keys_added_since(saved: dict) -> dict:
+    """A trial.json from before newer config keys existed. Model keys added since read as their defaults,
+    which reproduce the old model (an older μP sweep differs in mup_base_head_dim: its attention scale
+    really was another). data.split_seed: its split came from the trial's seed, so it matches a config
+    whose split_seed is that seed (the default 0 for the seed-0 trials), else not; for the other seeds
+    of such a sweep refit its results (sweep.mode=fit) or start a fresh workdir."""
+    if isinstance(saved.get("model"), dict):
+        saved["model"] = {**default_config().model.to_dict(), **saved["model"]}
     data = saved.get("data")
     if isinstance(data, dict) and "split_seed" not in data:
         data["split_seed"] = saved.get("seed")

@@ -1,11 +1,12 @@
 """A lock file that at most one process holds: the sweep's per-trial lock (trials/<id>/trial.lock).
 
-`acquire` creates it with O_CREAT|O_EXCL, recording {"pid", "host", "pid_namespace", "since"}; `release`
-removes it when the given process holds it. A lock whose process is dead on this same host and pid
+`acquire` creates it atomically (a hard link, which fails where the file exists), recording {"pid",
+"host", "pid_namespace", "since"}; `release` removes it when the given process holds it. A lock whose process is dead on this same host and pid
 namespace is stale and taken over; from another host liveness cannot be told, so such a lock stays
 until a person deletes it.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -69,9 +70,12 @@ def _remove_if_unchanged(path: str, raw: bytes) -> None:
     except FileNotFoundError:  # another process took it over first
         return
     with open(aside, "rb") as f:
-        if f.read() != raw:
-            os.rename(aside, path)
-            return
+        unchanged = f.read() == raw
+    if not unchanged:
+        # Put the fresh lock back with link, which fails where a third process has locked `path` in the
+        # meantime (a rename would silently replace that lock, leaving two holders).
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
     os.remove(aside)
 
 
@@ -79,10 +83,22 @@ def acquire(path: str) -> dict | None:
     """Creates the lock file at `path` atomically. None when this process now holds it, else the
     holder that keeps it ({} when its file is unreadable)."""
     record = dict(pid=os.getpid(), **process_domain(), since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # The record is written to a private file first and linked into place (link, like O_EXCL, fails if
+    # `path` exists), so a lock file is never seen empty or half written.
+    draft = f"{path}.draft-{uuid.uuid4().hex}"
+    with open(draft, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    try:
+        return _link_lock(draft, path)
+    finally:
+        os.remove(draft)
+
+
+def _link_lock(draft: str, path: str) -> dict | None:
     holder = {}
     for _ in range(3):  # a retry follows a lock released meanwhile or a stale one removed; more means contention
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(draft, path)
         except FileExistsError:
             try:
                 raw, holder = _read_lock(path)
@@ -93,8 +109,6 @@ def acquire(path: str) -> dict | None:
             logging.warning("sweep: taking over the stale lock %s (pid %s is dead)", path, holder["pid"])
             _remove_if_unchanged(path, raw)
             continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
         return None
     return holder or {}
 
