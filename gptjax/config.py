@@ -25,6 +25,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 DTYPES = ("float32", "bfloat16")
+ATTENTION_KERNELS = ("auto", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
 SCHEDULES = ("warmup_cosine", "wsd", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -91,6 +92,8 @@ def default_config() -> ml_collections.ConfigDict:
             dropout=0.0,
             param_dtype="float32",
             compute_dtype="float32",
+            # causal attention kernel: "auto" = einsum on CPU, cuDNN on GPU where it applies, else XLA
+            attention="auto",
             remat=False,
             scan_layers=False,
             scalar_head=False,
@@ -351,6 +354,7 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     _check_choice(cfg, "model.activation", ACTIVATIONS)
     _check_choice(cfg, "model.param_dtype", DTYPES)
     _check_choice(cfg, "model.compute_dtype", DTYPES)
+    _check_choice(cfg, "model.attention", ATTENTION_KERNELS)
     if m.positional == "rope" and (m.d_model // m.n_heads) % 2:
         _fail("model.positional", m.positional, f"RoPE needs an even head dim, got {m.d_model // m.n_heads}")
     if not 0.0 <= m.dropout < 1.0:

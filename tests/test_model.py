@@ -10,7 +10,7 @@ from conftest import tiny_config
 from gptjax.model.layers import make_norm
 from gptjax.model.transformer import Block, Transformer
 from gptjax.train.flops import param_counts
-from gptjax.train.state import init_params
+from gptjax.train.state import abstract_model, init_params
 
 
 def build(**overrides):
@@ -234,3 +234,47 @@ def test_cpu_einsum_attention_equals_jax_dot_product_attention(n_kv_heads):
     expected_grads = jax.grad(lambda *a: (jax.nn.dot_product_attention(*a, is_causal=True) ** 2).sum(),
                               argnums=(0, 1, 2))(q, k, v)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grads, expected_grads)
+
+
+@pytest.mark.parametrize("requested,backend,dtype,head_dim,kernel", [
+    ("auto", "cpu", jnp.bfloat16, 64, "einsum"),
+    ("auto", "gpu", jnp.bfloat16, 64, "cudnn"),
+    ("auto", "gpu", jnp.float32, 64, "xla"),  # cuDNN's flash kernel is half precision only
+    ("auto", "gpu", jnp.bfloat16, 72 + 4, "xla"),  # head dim not a multiple of 8
+    ("auto", "gpu", jnp.bfloat16, 256, "xla"),  # above its head-dim limit
+    ("auto", "tpu", jnp.bfloat16, 64, "xla"),
+    ("xla", "cpu", jnp.float32, 64, "xla"),  # an explicit choice wins
+])
+def test_attention_kernel_is_chosen_by_explicit_checks(requested, backend, dtype, head_dim, kernel):
+    from gptjax.model.attention import choose_attention_kernel
+
+    assert choose_attention_kernel(requested, backend, dtype, head_dim) == kernel
+
+
+def test_requesting_cudnn_where_it_cannot_run_is_a_clear_error():
+    from gptjax.model.attention import choose_attention_kernel
+
+    with pytest.raises(ValueError, match="model.attention='cudnn' needs a GPU.*got backend cpu"):
+        choose_attention_kernel("cudnn", "cpu", jnp.bfloat16, 64)
+
+
+def test_model_attention_xla_matches_the_cpu_einsum_kernel():
+    tokens_BxT = jax.random.randint(jax.random.key(0), (2, 12), 0, 40)
+    logits = {}
+    for kernel in ("auto", "xla"):
+        cfg = tiny_config(attention=kernel, n_kv_heads=2).model
+        logits[kernel] = nnx.merge(nnx.graphdef(abstract_model(cfg)), init_params(cfg, jax.random.key(1)))(tokens_BxT)
+    np.testing.assert_allclose(logits["auto"], logits["xla"], atol=1e-5)
+
+
+def test_einsum_attention_scores_accumulate_in_float32():
+    from gptjax.model.attention import einsum_attention
+
+    # Scores 128 and 128.125: bf16 (step 1 at 128) rounds both to 128 and splits the attention evenly;
+    # accumulated in float32, key 1 gets sigmoid(0.125) = 0.531 of it.
+    q = jnp.full((1, 2, 1, 8), 16, jnp.bfloat16)
+    k = jnp.ones((1, 2, 1, 8), jnp.bfloat16).at[0, 1, 0, 0].set(1 + 2**-7)
+    v = jnp.asarray([[0.0] * 8, [1.0] * 8], jnp.bfloat16)[None, :, None]
+    out = einsum_attention(q, k, v, scale=1.0)[0, 1, 0, 0]
+    exact = jax.nn.sigmoid(jnp.float32(0.125))
+    assert abs(float(out) - float(exact)) < 0.02, (float(out), float(exact))

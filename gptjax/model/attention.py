@@ -1,7 +1,10 @@
 """Causal multi-head / grouped-query self-attention with optional QK-norm and RoPE."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from gptjax.model.layers import Dense, apply_rope, make_norm
@@ -21,29 +24,53 @@ def einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None):
     k_BxNxSxH = jnp.repeat(k_BxSxKxH.transpose(0, 2, 1, 3), N // K, axis=1)
     v_BxNxSxH = jnp.repeat(v_BxSxKxH.transpose(0, 2, 1, 3), N // K, axis=1)
     causal_bias_TxS = jnp.where(jnp.tril(jnp.ones((T, S), bool), S - T), 0.0, -jnp.inf)
-    scores_BxNxTxS = jnp.einsum("bnth,bnsh->bnts", q_BxNxTxH, k_BxNxSxH).astype(jnp.float32) + causal_bias_TxS
+    # Scores accumulate in float32 even under bf16 compute: the softmax of rounded logits loses the small
+    # differences between keys that long contexts depend on.
+    scores_BxNxTxS = jnp.einsum("bnth,bnsh->bnts", q_BxNxTxH, k_BxNxSxH,
+                                preferred_element_type=jnp.float32) + causal_bias_TxS
     probs_BxNxTxS = jax.nn.softmax(scores_BxNxTxS, axis=-1).astype(v_BxNxSxH.dtype)
     return jnp.einsum("bnts,bnsh->bnth", probs_BxNxTxS, v_BxNxSxH).transpose(0, 2, 1, 3)
 
 
-def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None):
-    """Causal attention with logits scaled by `scale` (None: 1/sqrt(H)), the fastest exact form per
-    backend; all handle K < N (GQA).
+# cuDNN's fused flash attention: half-precision inputs, head dims that are multiples of 8 up to 128
+# (the limits jax.nn.dot_product_attention checks for implementation="cudnn").
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128
 
-    CPU: `einsum_attention`. GPU with bf16/fp16: the cuDNN flash kernel, which
-    `jax.nn.dot_product_attention` only uses when asked (its default is XLA); it rejects some shapes
-    at trace time, and those fall back to XLA. Otherwise: `jax.nn.dot_product_attention` (XLA).
-    """
-    backend = jax.default_backend()
+
+def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int) -> str:
+    """The causal-attention kernel for `model.attention` = `requested` on this backend, decided by explicit
+    checks rather than by trying a kernel at trace time: "einsum" on CPU, "cudnn" on GPU where its dtype
+    and head-dim limits hold, else "xla". Raises ValueError when a requested "cudnn" cannot run."""
+    cudnn_ok = (backend == "gpu" and jnp.dtype(dtype) in CUDNN_DTYPES and head_dim % 8 == 0
+                and head_dim <= CUDNN_MAX_HEAD_DIM)
+    if requested == "cudnn" and not cudnn_ok:
+        raise ValueError(f"model.attention='cudnn' needs a GPU, bf16/fp16 compute and a head dim that is a multiple "
+                         f"of 8 up to {CUDNN_MAX_HEAD_DIM}; got backend {backend}, {jnp.dtype(dtype).name}, head dim "
+                         f"{head_dim}. Use model.attention='auto'.")
+    if requested != "auto":
+        return requested
     if backend == "cpu":
+        return "einsum"
+    return "cudnn" if cudnn_ok else "xla"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_kernel_once(kernel: str, backend: str, dtype_name: str, head_dim: int) -> None:
+    logging.info("attention kernel: %s (backend %s, %s, head dim %d)", kernel, backend, dtype_name, head_dim)
+
+
+def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None, kernel: str = "auto"):
+    """Causal attention with logits scaled by `scale` (None: 1/sqrt(H)) through `kernel` (see
+    `choose_attention_kernel`); all handle K < N (GQA). "cudnn" is the fused flash kernel, which
+    `jax.nn.dot_product_attention` uses only when asked (its default is XLA)."""
+    backend, head_dim = jax.default_backend(), q_BxTxNxH.shape[-1]
+    kernel = choose_attention_kernel(kernel, backend, q_BxTxNxH.dtype, head_dim)
+    _log_kernel_once(kernel, backend, jnp.dtype(q_BxTxNxH.dtype).name, head_dim)
+    if kernel == "einsum":
         return einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale)
-    if backend == "gpu" and q_BxTxNxH.dtype in (jnp.bfloat16, jnp.float16):
-        try:
-            return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, is_causal=True,
-                                                implementation="cudnn")
-        except (ValueError, NotImplementedError, RuntimeError):  # unsupported shape/dtype/GPU for cuDNN
-            pass
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, is_causal=True)
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, is_causal=True,
+                                        implementation="cudnn" if kernel == "cudnn" else None)
 
 
 def masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale=None):
@@ -72,6 +99,7 @@ class Attention(nnx.Module):
             self.key_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))
         else:
             self.query_norm = self.key_norm = None
+        self.kernel = cfg.get("attention", "auto")  # configs saved before model.attention existed: "auto"
         self.kv_cache = None  # a model/kv_cache.py KVCache while decoding; None in training
 
     def __call__(self, x_BxTxD, positions_BxT):
@@ -88,5 +116,5 @@ class Attention(nnx.Module):
         if self.kv_cache is not None:  # decoding: these T tokens also attend to the cached ones
             out_BxTxNxH = self.kv_cache.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
             return self.out(out_BxTxNxH.reshape(B, T, N * H))
-        out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
+        out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.kernel)
         return self.out(out_BxTxNxH.reshape(B, T, N * H))

@@ -93,7 +93,7 @@ class Checkpointer:
 
 
 # Model keys that change how the parameters are used, not which parameters exist or mean.
-RUNTIME_ONLY_MODEL_KEYS = ("remat", "dropout", "compute_dtype", "init_std")
+RUNTIME_ONLY_MODEL_KEYS = ("remat", "dropout", "compute_dtype", "init_std", "attention")
 
 
 def _with_keys_added_since(saved_model: dict) -> dict:
