@@ -236,19 +236,20 @@ def test_cpu_einsum_attention_equals_jax_dot_product_attention(n_kv_heads):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grads, expected_grads)
 
 
-@pytest.mark.parametrize("requested,backend,dtype,head_dim,kernel", [
-    ("auto", "cpu", jnp.bfloat16, 64, "einsum"),
-    ("auto", "gpu", jnp.bfloat16, 64, "cudnn"),
-    ("auto", "gpu", jnp.float32, 64, "xla"),  # cuDNN's flash kernel is half precision only
-    ("auto", "gpu", jnp.bfloat16, 72 + 4, "xla"),  # head dim not a multiple of 8
-    ("auto", "gpu", jnp.bfloat16, 256, "xla"),  # above its head-dim limit
-    ("auto", "tpu", jnp.bfloat16, 64, "xla"),
-    ("xla", "cpu", jnp.float32, 64, "xla"),  # an explicit choice wins
+@pytest.mark.parametrize("requested,backend,dtype,head_dim,capability,kernel", [
+    ("auto", "cpu", jnp.bfloat16, 64, 0.0, "einsum"),
+    ("auto", "gpu", jnp.bfloat16, 64, 9.0, "cudnn"),
+    ("auto", "gpu", jnp.bfloat16, 64, 7.5, "xla"),  # a T4: older than Ampere
+    ("auto", "gpu", jnp.float32, 64, 9.0, "xla"),  # cuDNN's flash kernel is half precision only
+    ("auto", "gpu", jnp.bfloat16, 76, 9.0, "xla"),  # head dim not a multiple of 8
+    ("auto", "gpu", jnp.bfloat16, 256, 9.0, "xla"),  # above its head-dim limit
+    ("auto", "tpu", jnp.bfloat16, 64, 0.0, "xla"),
+    ("xla", "cpu", jnp.float32, 64, 0.0, "xla"),  # an explicit choice wins
 ])
-def test_attention_kernel_is_chosen_by_explicit_checks(requested, backend, dtype, head_dim, kernel):
+def test_attention_kernel_is_chosen_by_explicit_checks(requested, backend, dtype, head_dim, capability, kernel):
     from gptjax.model.attention import choose_attention_kernel
 
-    assert choose_attention_kernel(requested, backend, dtype, head_dim) == kernel
+    assert choose_attention_kernel(requested, backend, dtype, head_dim, capability) == kernel
 
 
 def test_requesting_cudnn_where_it_cannot_run_is_a_clear_error():

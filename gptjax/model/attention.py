@@ -36,17 +36,20 @@ def einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None):
 # (the limits jax.nn.dot_product_attention checks for implementation="cudnn").
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 CUDNN_MAX_HEAD_DIM = 128
+CUDNN_MIN_CAPABILITY = 8.0  # Ampere: a Colab T4 (7.5) takes XLA's kernel
 
 
-def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int) -> str:
+def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int, gpu_capability: float = 0.0) -> str:
     """The causal-attention kernel for `model.attention` = `requested` on this backend, decided by explicit
-    checks rather than by trying a kernel at trace time: "einsum" on CPU, "cudnn" on GPU where its dtype
-    and head-dim limits hold, else "xla". Raises ValueError when a requested "cudnn" cannot run."""
-    cudnn_ok = (backend == "gpu" and jnp.dtype(dtype) in CUDNN_DTYPES and head_dim % 8 == 0
-                and head_dim <= CUDNN_MAX_HEAD_DIM)
+    checks rather than by trying a kernel at trace time: "einsum" on CPU, "cudnn" on an Ampere or newer GPU
+    (compute capability >= 8.0) where its dtype and head-dim limits hold, else "xla". Raises ValueError when
+    a requested "cudnn" cannot run."""
+    cudnn_ok = (backend == "gpu" and gpu_capability >= CUDNN_MIN_CAPABILITY and jnp.dtype(dtype) in CUDNN_DTYPES
+                and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM)
     if requested == "cudnn" and not cudnn_ok:
-        raise ValueError(f"model.attention='cudnn' needs a GPU, bf16/fp16 compute and a head dim that is a multiple "
-                         f"of 8 up to {CUDNN_MAX_HEAD_DIM}; got backend {backend}, {jnp.dtype(dtype).name}, head dim "
+        raise ValueError(f"model.attention='cudnn' needs a GPU of compute capability >= {CUDNN_MIN_CAPABILITY}, "
+                         f"bf16/fp16 compute and a head dim that is a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}; got "
+                         f"backend {backend} (capability {gpu_capability}), {jnp.dtype(dtype).name}, head dim "
                          f"{head_dim}. Use model.attention='auto'.")
     if requested != "auto":
         return requested
@@ -65,7 +68,8 @@ def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None, kernel: str = 
     `choose_attention_kernel`); all handle K < N (GQA). "cudnn" is the fused flash kernel, which
     `jax.nn.dot_product_attention` uses only when asked (its default is XLA)."""
     backend, head_dim = jax.default_backend(), q_BxTxNxH.shape[-1]
-    kernel = choose_attention_kernel(kernel, backend, q_BxTxNxH.dtype, head_dim)
+    capability = float(getattr(jax.devices()[0], "compute_capability", 0) or 0) if backend == "gpu" else 0.0
+    kernel = choose_attention_kernel(kernel, backend, q_BxTxNxH.dtype, head_dim, capability)
     _log_kernel_once(kernel, backend, jnp.dtype(q_BxTxNxH.dtype).name, head_dim)
     if kernel == "einsum":
         return einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale)
