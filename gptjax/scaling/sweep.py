@@ -34,9 +34,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from gptjax.config import default_config
 from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
+from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
 from gptjax.train.loop import TrainingDivergedError, json_config, train, write_json_atomic
 
 RESULT_FILE = "result.json"
@@ -164,10 +164,9 @@ def _with_keys_added_since(saved: dict) -> dict:
     whose split_seed is that seed (the default 0 for the seed-0 trials), else not; for the other seeds
     of such a sweep refit its results (sweep.mode=fit) or start a fresh workdir."""
     if isinstance(saved.get("model"), dict):
-        saved["model"] = {**default_config().model.to_dict(), **saved["model"]}
-    data = saved.get("data")
-    if isinstance(data, dict) and "split_seed" not in data:
-        data["split_seed"] = saved.get("seed")
+        saved["model"] = model_with_defaults(saved["model"])
+    if isinstance(saved.get("data"), dict):
+        saved["data"] = data_with_split_seed(saved["data"], saved.get("seed"))
     return saved
 
 

@@ -96,17 +96,23 @@ class Checkpointer:
 RUNTIME_ONLY_MODEL_KEYS = ("remat", "dropout", "compute_dtype", "init_std", "attention")
 
 
-def _with_keys_added_since(saved_model: dict) -> dict:
-    """A checkpoint's model config with the keys added to `config.model` since it was written set to
-    their defaults, which reproduce what the model did before (e.g. mup_base_head_dim = 0)."""
+def model_with_defaults(saved_model: dict) -> dict:
+    """A saved model config (checkpoint meta, a sweep's trial.json) with the keys added to `config.model`
+    since it was written set to their defaults, which reproduce what the model did before (e.g.
+    mup_base_head_dim = 0)."""
     return {**default_config().model.to_dict(), **saved_model} if saved_model else saved_model
+
+
+def data_with_split_seed(saved_data: dict, seed) -> dict:
+    """A saved data identity or config from before data.split_seed existed: its split came from `seed`."""
+    return saved_data if "split_seed" in saved_data else {**saved_data, "split_seed": seed}
 
 
 def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer_hash, directory: str, *,
                      optimizer: dict, allow_steps_change: bool) -> None:
     """Raises CheckpointError if a checkpoint was written for another model, data stream, tokenizer or
     optimizer (`optimizer_identity`; see `check_optimizer` for train.steps and `allow_steps_change`)."""
-    saved_model = _with_keys_added_since(meta.get("config", {}).get("model", {}))
+    saved_model = model_with_defaults(meta.get("config", {}).get("model", {}))
     diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {v!r}"
              for k, v in model_cfg.items() if k not in RUNTIME_ONLY_MODEL_KEYS and saved_model.get(k) != v]
     if diffs:
@@ -114,9 +120,8 @@ def check_compatible(meta: dict, model_cfg: dict, data_identity: dict, tokenizer
             f"{directory} holds a checkpoint of a different model ({'; '.join(diffs[:3])}); "
             "rerun with the config that wrote it, or use a fresh --workdir."
         )
-    saved_data = dict(meta.get("data_identity", {}))
-    if saved_data and "split_seed" not in saved_data:  # written before data.split_seed: the seed made the split
-        saved_data["split_seed"] = saved_data.get("seed")
+    saved_data = meta.get("data_identity", {})
+    saved_data = data_with_split_seed(saved_data, saved_data.get("seed"))
     diffs = [f"{k}: checkpoint {saved_data.get(k)!r} vs now {v!r}" for k, v in data_identity.items()
              if saved_data.get(k) != v]
     if diffs:
