@@ -19,6 +19,8 @@ import tempfile
 import nbformat
 from nbclient import NotebookClient
 
+from gptjax.atomic import atomic_path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 NOTEBOOKS = sorted(glob.glob(os.path.join(HERE, "[0-9][0-9]_*.ipynb")))
@@ -104,9 +106,8 @@ def main(argv=None) -> int:
     for path in args.notebooks:
         print(f"executing {os.path.relpath(path, REPO)}", flush=True)
         nb = scrub(execute(path))
-        tmp = f"{path}.tmp"
-        nbformat.write(nb, tmp)
-        os.replace(tmp, path)  # a failed run leaves the committed notebook as it was
+        with atomic_path(path) as tmp:  # a failed run leaves the committed notebook as it was
+            nbformat.write(nb, tmp)
     return 0
 
 

@@ -16,11 +16,11 @@ import dataclasses
 import json
 import math
 import os
-import uuid
 
 import numpy as np
 
 from gptjax.align import chat
+from gptjax.atomic import write_jsonl_atomic
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 RANKING_KEYS = ("prompt", "responses", "ranking")
@@ -207,18 +207,7 @@ def write_preferences(path: str, rows: list[dict]) -> None:
         if not isinstance(row, dict):
             raise AlignDataError(f"{path}: row {i} is a {type(row).__name__}, not a dict; pass preference rows "
                                  "as dicts (see gptjax/align/data.py)")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Same directory, so os.replace is a rename on one filesystem; uuid, so concurrent writers never collide.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # only after a failed write
-            os.remove(tmp)
+    write_jsonl_atomic(path, rows, all_processes=True)
 
 
 # -------------------------------------------------------------------------------------------- splitting

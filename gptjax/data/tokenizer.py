@@ -7,12 +7,12 @@ contain "<|eos|>" encodes as ordinary bytes unless the caller passes `allow_spec
 
 import hashlib
 import os
-import uuid
 from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from gptjax.atomic import atomic_path
 from gptjax.config import NUM_SPECIAL_TOKENS
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
@@ -84,9 +84,8 @@ class Tokenizer:
 
     def save(self, path: str) -> None:
         """Writes tokenizer.json atomically (a crash never leaves a half-written file)."""
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # unique: processes may save side by side
-        self._tok.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self._tok.save(tmp)
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":

@@ -6,7 +6,6 @@ was trained with. Each prompt is encoded after <|bos|>, as every training docume
 One JSON row per completion goes to `sample.output` (default WORKDIR/samples.jsonl), written atomically.
 """
 
-import json
 import os
 
 import jax
@@ -16,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from gptjax.align.losses import best_of_n_kl
+from gptjax.atomic import write_jsonl_atomic
 from gptjax.data.tokenizer import Tokenizer, TokenizerError
 from gptjax.sample.generate import generate
 from gptjax.sample.search import beam_search, best_of_n
@@ -80,16 +80,6 @@ def constraint_automaton(sample_cfg, tokenizer):
         return constrained.json_schema_automaton(sample_cfg.json_schema, tokenizer)
     except constrained.ConstraintError as e:
         raise SampleError(f"{key}={value!r}: {e}") from e
-
-
-def _write_jsonl_atomic(path: str, rows: list[dict]) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def load_sampled_model(workdir: str, mesh, rules):
@@ -175,7 +165,7 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
                              finish_reason=c.finish_reason, **({"score": c.score} if c.score is not None else {})))
         logging.info("sampled %d/%d rows", min(first + s.batch_size, len(jobs)), len(jobs))
     output = s.output or os.path.join(workdir, "samples.jsonl")
-    _write_jsonl_atomic(output, rows)
+    write_jsonl_atomic(output, rows)
     result = dict(step=step, prompts=len(prompts), samples=len(rows), output=os.path.abspath(output))
     if s.prompt:  # one prompt from the command line: show its completions too
         result["completions"] = [r["completion"] for r in rows]
@@ -199,7 +189,7 @@ def _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encode
                              tokens=c.tokens, logprob=c.logprob, finish_reason=c.finish_reason))
         logging.info("best-of-%d: %d/%d prompts", s.num_samples, i + 1, len(prompts))
     output = s.output or os.path.join(workdir, "samples.jsonl")
-    _write_jsonl_atomic(output, rows)
+    write_jsonl_atomic(output, rows)
     best = [r for r in rows if r["rank"] == 0]
     return dict(step=step, prompts=len(prompts), samples=len(rows), output=os.path.abspath(output),
                 best_of=s.num_samples, kl_bound=best_of_n_kl(s.num_samples), mean_best_score=float(

@@ -28,16 +28,16 @@ import os
 import sys
 import time
 import traceback
-import uuid
 
 import jax
 import numpy as np
 from absl import logging
 
+from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
-from gptjax.train.loop import TrainingDivergedError, json_config, train, write_json_atomic
+from gptjax.train.loop import TrainingDivergedError, json_config, train
 
 RESULT_FILE = "result.json"
 TRIAL_FILE = "trial.json"  # written when a trial starts: what it trains, to refuse a changed config
@@ -370,10 +370,7 @@ def collect_results(workdir: str, trials: list[Trial]) -> list[dict]:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 rows.extend(result_rows(trial, json.load(f)))
-    tmp = os.path.join(workdir, f"results.jsonl.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp, os.path.join(workdir, "results.jsonl"))
+    write_jsonl_atomic(os.path.join(workdir, "results.jsonl"), rows)
     return rows
 
 

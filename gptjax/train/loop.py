@@ -13,7 +13,6 @@ import json
 import math
 import os
 import time
-import uuid
 import zlib
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from gptjax.atomic import write_json_atomic
 from gptjax.config import validate
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
@@ -56,16 +56,6 @@ class Job:
 
 def json_config(cfg) -> dict:
     return json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as they come back from JSON
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Process 0 writes `obj` as JSON via a temporary file and a rename."""
-    if jax.process_index() != 0:
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # unique even across containers whose pids repeat
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def data_identity(cfg, data: DataStreams) -> dict:
