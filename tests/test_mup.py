@@ -1,4 +1,4 @@
-"""μP (gptjax/model/mup.py): the coordinate check, equality with SP at the base width, the per-group
+"""μP (gptjax/model/mup.py): the coordinate check, equality with SP at the base width, the per-kind
 Adam learning rates, weight decay, sharding of the optimizer state, and config errors."""
 
 import math
@@ -11,7 +11,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from gptjax.config import ConfigError, validate
-from gptjax.model import mup
+from gptjax.model import mup, param_kind
 from gptjax.model.attention import einsum_attention
 from gptjax.parallel.mesh import make_mesh
 from gptjax.scaling import plan
@@ -170,7 +170,7 @@ def random_signs_like(params, seed):
                                         for key, x in zip(keys, leaves)])
 
 
-def test_adam_learning_rate_of_each_parameter_group():
+def test_adam_learning_rate_of_each_parameter_kind():
     """Adam's first step moves every entry by lr * multiplier: lr/m on hidden kernels, lr on
     embeddings, readout, biases and norms. Scanned layers: every block parameter has a layers axis."""
     cfg = mup_config(4 * BASE, tie_embeddings=False, scan_layers=True)
@@ -192,16 +192,12 @@ def test_adam_learning_rate_of_each_parameter_group():
     np.testing.assert_allclose(np.abs(sp_updates["blocks"]["attn"]["query"]["kernel"]), 1e-2, rtol=1e-3)
 
 
-def test_parameter_groups_of_the_unrolled_stack():
-    params = jax.eval_shape(lambda: init_params(mup_config(BASE, tie_embeddings=False).model, jax.random.key(0)))
-    groups = jax.tree_util.tree_map_with_path(lambda path, _: mup.param_group(path), params)
-    hidden = {jax.tree_util.keystr(path) for path, group in jax.tree_util.tree_leaves_with_path(groups)
-              if group == mup.HIDDEN}
-    assert hidden == {f"['blocks'][{i}]['{sub}']['{name}']['kernel']" for i in range(2)
-                      for sub, name in [("attn", "query"), ("attn", "key"), ("attn", "value"), ("attn", "out"),
-                                        ("mlp", "up"), ("mlp", "down")]}
-    assert mup.adam_lr_multiplier(mup_config(4 * BASE).model, mup.HIDDEN) == 0.25
-    assert mup.adam_lr_multiplier(mup_config(4 * BASE).model, mup.VECTOR) == 1.0
+def test_only_hidden_kernels_get_the_width_scaled_learning_rate():
+    """The kinds themselves are tested on the real trees in test_param_kind.py."""
+    model_cfg = mup_config(4 * BASE).model
+    assert mup.adam_lr_multiplier(model_cfg, param_kind.HIDDEN) == 0.25
+    for kind in (param_kind.EMBEDDING, param_kind.READOUT, param_kind.VECTOR):
+        assert mup.adam_lr_multiplier(model_cfg, kind) == 1.0
 
 
 def test_weight_decay_is_lr_times_wd_on_kernels_at_every_width():

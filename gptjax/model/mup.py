@@ -45,7 +45,7 @@ rate at every width.
 
 import math
 
-HIDDEN, VECTOR = "hidden", "vector"  # Adam learning-rate groups (see `param_group`)
+from gptjax.model.param_kind import HIDDEN
 
 
 def is_mup(model_cfg) -> bool:
@@ -86,16 +86,7 @@ def output_multiplier(model_cfg) -> float:
     return 1.0 / width_mult(model_cfg)
 
 
-def param_group(path) -> str:
-    """HIDDEN for kernels inside the blocks (both dims grow with width: "matrix-like" in μP), VECTOR for
-    everything else: embeddings, readout kernels (vocab / 1 output dims), biases, norm scales.
-
-    `path` is a key path of the params pytree (`jax.tree_util.tree_map_with_path`); decided by name,
-    not rank, because scanned layers put a leading layers axis on every block parameter."""
-    names = [str(getattr(key, "key", key)) for key in path]
-    return HIDDEN if names[0] == "blocks" and names[-1] == "kernel" else VECTOR
-
-
-def adam_lr_multiplier(model_cfg, group: str) -> float:
-    """Factor on the Adam learning rate of a `param_group`: 1/m for HIDDEN under μP, else 1."""
-    return 1.0 / width_mult(model_cfg) if group == HIDDEN else 1.0
+def adam_lr_multiplier(model_cfg, kind: str) -> float:
+    """Factor on the Adam learning rate of a parameter of `kind` (model/param_kind.py): 1/m for HIDDEN
+    kernels under μP (both dims grow with width: "matrix-like"), 1 for every other kind."""
+    return 1.0 / width_mult(model_cfg) if kind == HIDDEN else 1.0

@@ -5,6 +5,7 @@ import jax
 import optax
 
 from gptjax.model import mup
+from gptjax.model.param_kind import EMBEDDING, HIDDEN, KINDS, READOUT, param_kinds
 
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
@@ -25,35 +26,25 @@ def make_schedule(o, total_steps: int) -> optax.Schedule:
 
 
 def weight_decay_mask(params, decay_embeddings: bool):
-    """True where weight decay applies: dense kernels, and embeddings only if configured.
-
-    Decided by the parameter's name, not its rank, because scanned layers add a leading axis
-    that makes biases and norm scales 2-D.
-    """
-
-    def decays(path, _):
-        name = path[-1].key
-        return name == "kernel" or (name == "embedding" and decay_embeddings)
-
-    return jax.tree_util.tree_map_with_path(decays, params)
+    """True where weight decay applies (model/param_kind.py): hidden kernels always; embeddings and
+    readouts (one table when tied) only with `decay_embeddings`; biases and norm scales never."""
+    decayed = {HIDDEN} | ({EMBEDDING, READOUT} if decay_embeddings else set())
+    return jax.tree.map(lambda kind: kind in decayed, param_kinds(params))
 
 
 def mup_adamw(o, schedule: optax.Schedule, model_cfg, decay_mask) -> optax.GradientTransformation:
     """optax.adamw's chain (Adam direction -> decoupled weight decay -> learning rate) with μP's
-    per-group factor (`mup.adam_lr_multiplier`: 1/m on hidden kernels) applied to the Adam direction.
+    per-kind factor (`mup.adam_lr_multiplier`: 1/m on hidden kernels) applied to the Adam direction.
 
     The decay is added after that factor, so every decayed weight still shrinks by lr * weight_decay
     per step at every width, as under SP; the `mup` package's MuAdamW keeps lr * weight_decay
     width-independent the same way (it multiplies weight_decay by m where it divides lr by m).
     """
-    groups = (mup.HIDDEN, mup.VECTOR)
-    per_group = optax.multi_transform(
-        {group: optax.scale(mup.adam_lr_multiplier(model_cfg, group)) for group in groups},
-        lambda params: jax.tree_util.tree_map_with_path(lambda path, _: mup.param_group(path), params),
-    )
+    per_kind = optax.multi_transform(
+        {kind: optax.scale(mup.adam_lr_multiplier(model_cfg, kind)) for kind in KINDS}, param_kinds)
     return optax.chain(
         optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
-        per_group,
+        per_kind,
         optax.add_decayed_weights(o.weight_decay, decay_mask),
         optax.scale_by_learning_rate(schedule),
     )
