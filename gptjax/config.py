@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from gptjax.data.sources import DataSourceError, parse_source
+
 MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
 ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -110,6 +112,9 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             source="synthetic:markov",  # or shakespeare, text:<glob>, tfds:<name>[/<config>]:<split>
             tokenizer="",  # path to a tokenizer.json; "" = train BPE on the train split (model.vocab_size ids)
+            # The tokenizer is trained on a sample of this many bytes of train text, spread over the corpus
+            # (all of it when smaller): BPE training memory grows with its input, and C4 is 800 GB.
+            tokenizer_sample_bytes=100_000_000,
             cache_dir="",  # token cache; "" = $XDG_CACHE_HOME/gptjax/tokens (~/.cache/gptjax/tokens)
             val_fraction=0.05,  # documents held out for validation
             # Seeds the train/validation split (text: which documents are held out; synthetic:markov: the
@@ -339,8 +344,28 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
              process_count: int | None = None):
     """Raises ConfigError on the first rule `cfg` breaks. Returns the resolved mesh shape."""
     _check_choice(cfg, "mode", MODES)
-    m, d, o, t, p = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.parallel
+    _validate_model(cfg.model)
+    _validate_data(cfg)
+    _validate_train(cfg.train)
+    _validate_optim(cfg)
+    _validate_sample(cfg)
+    mesh = _validate_parallel(cfg, device_count, process_count)
+    if cfg.mode in ("pretrain", "eval"):
+        # Only here is cfg.model the network that runs (sampling and post-training read theirs from a
+        # checkpoint; a sweep validates each trial's model as a pretraining run).
+        _validate_heads_fit_mesh(cfg.model, cfg.parallel, mesh)
+    if cfg.mode == "sweep":
+        _validate_sweep(cfg.sweep)
+    if cfg.mode in ALIGN_MODES:
+        _validate_align(cfg, mesh[0] * mesh[1])
+    if workdir is not None:
+        parent = os.path.dirname(os.path.abspath(workdir))
+        if not os.path.isdir(parent):
+            _fail("--workdir", workdir, f"its parent directory {parent} does not exist; create it first")
+    return mesh
 
+
+def _validate_model(m) -> None:
     for key in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
         if m[key] <= 0:
             _fail(f"model.{key}", m[key], "must be a positive integer")
@@ -348,13 +373,11 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         _fail("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
     if m.n_heads % m.n_kv_heads:
         _fail("model.n_kv_heads", m.n_kv_heads, f"must divide model.n_heads={m.n_heads}")
-    _check_choice(cfg, "model.positional", POSITIONAL)
-    _check_choice(cfg, "model.norm", NORMS)
-    _check_choice(cfg, "model.norm_position", NORM_POSITIONS)
-    _check_choice(cfg, "model.activation", ACTIVATIONS)
-    _check_choice(cfg, "model.param_dtype", DTYPES)
-    _check_choice(cfg, "model.compute_dtype", DTYPES)
-    _check_choice(cfg, "model.attention", ATTENTION_KERNELS)
+    for key, choices in (("positional", POSITIONAL), ("norm", NORMS), ("norm_position", NORM_POSITIONS),
+                         ("activation", ACTIVATIONS), ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
+                         ("attention", ATTENTION_KERNELS), ("parametrization", PARAMETRIZATIONS)):
+        if m[key] not in choices:
+            _fail(f"model.{key}", m[key], f"must be one of {', '.join(choices)}")
     if m.positional == "rope" and (m.d_model // m.n_heads) % 2:
         _fail("model.positional", m.positional, f"RoPE needs an even head dim, got {m.d_model // m.n_heads}")
     if not 0.0 <= m.dropout < 1.0:
@@ -362,7 +385,6 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if m.vocab_size <= NUM_SPECIAL_TOKENS:
         _fail("model.vocab_size", m.vocab_size,
               f"must exceed the {NUM_SPECIAL_TOKENS} reserved special tokens")
-    _check_choice(cfg, "model.parametrization", PARAMETRIZATIONS)
     if m.parametrization == "mup" and m.mup_base_width <= 0:
         _fail("model.mup_base_width", m.mup_base_width,
               "must be a positive integer: the d_model of the base model that muP transfers from")
@@ -370,15 +392,30 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         _fail("model.mup_base_head_dim", m.mup_base_head_dim,
               "must be the base model's head dim (> 0), or 0 for mup_base_width / n_heads")
 
+
+def _validate_data(cfg) -> None:
+    m, d = cfg.model, cfg.data
     if d.seq_len <= 0 or d.batch_size <= 0:
         _fail("data.seq_len/batch_size", (d.seq_len, d.batch_size), "must be positive")
-    if d.split_seed < 0:  # numpy's generators take non-negative seeds only
+    if d.split_seed < 0:  # the split hashes non-negative seeds only
         _fail("data.split_seed", d.split_seed, "must be a non-negative integer")
     if d.seq_len > m.max_len and cfg.mode not in ALIGN_MODES:  # post-training reads align.*, not data.*
         _fail("data.seq_len", d.seq_len, f"must not exceed model.max_len={m.max_len}")
-    if d.source.startswith("synthetic:"):
-        if d.source != "synthetic:markov":
-            _fail("data.source", d.source, "synthetic sources available: synthetic:markov")
+    try:
+        source = parse_source(d.source)
+    except DataSourceError as e:
+        raise ConfigError(str(e)) from None
+    if source.is_text:
+        if m.vocab_size < 256 + NUM_SPECIAL_TOKENS:
+            _fail("model.vocab_size", m.vocab_size,
+                  f"a byte-level BPE vocabulary needs at least {256 + NUM_SPECIAL_TOKENS} ids (256 bytes + specials)")
+        if not 0.0 < d.val_fraction < 1.0:
+            _fail("data.val_fraction", d.val_fraction, "must be in (0, 1)")
+        if d.text_split not in ("file", "paragraph"):
+            _fail("data.text_split", d.text_split, "must be one of file, paragraph")
+        if d.tokenizer_sample_bytes <= 0:
+            _fail("data.tokenizer_sample_bytes", d.tokenizer_sample_bytes, "must be a positive number of bytes")
+    else:
         if d.markov_order < 1:
             _fail("data.markov_order", d.markov_order, "must be >= 1")
         if not d.markov_concentration > 0:
@@ -392,41 +429,36 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
             _fail("data.markov_alphabet", alphabet,
                   f"alphabet**(order+1) = {alphabet ** (d.markov_order + 1):.3g} transition entries exceed "
                   f"{MAX_MARKOV_TABLE:.3g}; set a smaller data.markov_alphabet or markov_order")
-    elif d.source == "shakespeare" or d.source.startswith(("text:", "tfds:")):
-        if m.vocab_size < 256 + NUM_SPECIAL_TOKENS:
-            _fail("model.vocab_size", m.vocab_size,
-                  f"a byte-level BPE vocabulary needs at least {256 + NUM_SPECIAL_TOKENS} ids (256 bytes + specials)")
-        if not 0.0 < d.val_fraction < 1.0:
-            _fail("data.val_fraction", d.val_fraction, "must be in (0, 1)")
-        if d.text_split not in ("file", "paragraph"):
-            _fail("data.text_split", d.text_split, "must be one of file, paragraph")
-    else:
-        _fail("data.source", d.source, "must be shakespeare, text:<glob>, tfds:<name>[/<config>]:<split> or synthetic:markov")
     if d.eval_batches <= 0:
         _fail("data.eval_batches", d.eval_batches, "must be >= 1")
 
-    if t.steps <= 0:
-        _fail("train.steps", t.steps, "must be positive")
+
+def _validate_optim(cfg) -> None:
+    o, steps, batch_size = cfg.optim, cfg.train.steps, cfg.data.batch_size
     if not o.lr > 0:
         _fail("optim.lr", o.lr, "must be > 0")
     _check_choice(cfg, "optim.schedule", SCHEDULES)
-    if o.warmup_steps < 0 or o.warmup_steps > t.steps:
-        _fail("optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps={t.steps}]")
+    if o.warmup_steps < 0 or o.warmup_steps > steps:
+        _fail("optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps={steps}]")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         _fail("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     if not 0.0 < o.wsd_decay_fraction <= 1.0:
         _fail("optim.wsd_decay_fraction", o.wsd_decay_fraction, "must be in (0, 1]")
     if o.weight_decay < 0 or o.clip_norm < 0:
         _fail("optim.weight_decay/clip_norm", (o.weight_decay, o.clip_norm), "must be >= 0")
-    if o.grad_accum < 1 or d.batch_size % o.grad_accum:
-        _fail("optim.grad_accum", o.grad_accum, f"must be >= 1 and divide data.batch_size={d.batch_size}")
+    if o.grad_accum < 1 or batch_size % o.grad_accum:
+        _fail("optim.grad_accum", o.grad_accum, f"must be >= 1 and divide data.batch_size={batch_size}")
 
-    for key in ("eval_every", "log_every", "checkpoint_every", "max_to_keep"):
+
+def _validate_train(t) -> None:
+    for key in ("steps", "eval_every", "log_every", "checkpoint_every", "max_to_keep"):
         if t[key] <= 0:
             _fail(f"train.{key}", t[key], "must be positive")
 
-    _validate_sample(cfg)
 
+def _validate_parallel(cfg, device_count: int | None, process_count: int | None) -> tuple[int, ...]:
+    """Device and process counts, the mesh and the rules; returns the resolved mesh shape."""
+    d, p, grad_accum = cfg.data, cfg.parallel, cfg.optim.grad_accum
     if device_count is None or process_count is None:
         import jax  # deferred: validation of everything else needs no backend
 
@@ -442,9 +474,9 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         _fail("parallel.num_devices", p.num_devices, f"must be -1 or in [1, {device_count}] (visible devices)")
     mesh = resolve_mesh_shape(p.mesh, num_devices)
     batch_shards = mesh[0] * mesh[1]
-    if (d.batch_size // o.grad_accum) % batch_shards:
+    if (d.batch_size // grad_accum) % batch_shards:
         _fail("data.batch_size", d.batch_size,
-              f"each microbatch ({d.batch_size // o.grad_accum}) must divide by data*fsdp={batch_shards}")
+              f"each microbatch ({d.batch_size // grad_accum}) must divide by data*fsdp={batch_shards}")
     rule_names = [name for name, _ in p.rules]
     for name, axes in p.rules:
         for axis in (axes,) if isinstance(axes, str) else (axes or ()):
@@ -453,11 +485,14 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     for needed in ("batch", "embed", "mlp", "heads", "kv_heads", "vocab"):
         if needed not in rule_names:
             _fail("parallel.rules", rule_names, f"needs a rule for logical axis {needed!r}")
-    # Attention splits heads across the axes their rule names; a head cannot be split between devices.
-    # Fewer KV heads than shards is grouped-query attention's usual case: each KV head is then computed on
-    # shards / n_kv_heads devices. Only here is cfg.model the network that runs (sampling and post-training
-    # read theirs from a checkpoint; a sweep validates each trial's model as a pretraining run).
-    for key, logical in (("n_heads", "heads"), ("n_kv_heads", "kv_heads")) if cfg.mode in ("pretrain", "eval") else ():
+    return mesh
+
+
+def _validate_heads_fit_mesh(m, p, mesh) -> None:
+    """Attention splits heads across the axes their rule names; a head cannot be split between devices.
+    Fewer KV heads than shards is grouped-query attention's usual case: each KV head is then computed on
+    shards / n_kv_heads devices."""
+    for key, logical in (("n_heads", "heads"), ("n_kv_heads", "kv_heads")):
         axes = _rule_axes(p.rules, logical)
         shards = math.prod(mesh[MESH_AXES.index(axis)] for axis in axes)
         if m[key] % shards and not (logical == "kv_heads" and shards % m[key] == 0):
@@ -465,17 +500,6 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
                   f"parallel.rules shards {logical!r} over (parallel.mesh={tuple(p.mesh)})"
                   + (f", or divide {shards}" if logical == "kv_heads" else "")
                   + f"; pick a mesh whose {'*'.join(axes)} size fits model.{key}, or change the rule")
-
-    if cfg.mode == "sweep":
-        _validate_sweep(cfg.sweep)
-    if cfg.mode in ALIGN_MODES:
-        _validate_align(cfg, batch_shards)
-
-    if workdir is not None:
-        parent = os.path.dirname(os.path.abspath(workdir))
-        if not os.path.isdir(parent):
-            _fail("--workdir", workdir, f"its parent directory {parent} does not exist; create it first")
-    return mesh
 
 
 def _validate_sample(cfg):

@@ -69,7 +69,7 @@ def check_post_training(nb, text):
     assert pretrain_loss < 6.0
     [(accuracy,)] = numbers(rf"held-out pairwise accuracy {NUMBER}", text)
     assert accuracy > 0.7  # warm words vs not: easy for a reward model (measured 0.855)
-    curves = dict(re.findall(rf" *(reward_mean|gold_reward|kl_k1): ([^\n]+) \(first -> last 10 steps\)", text))
+    curves = dict(re.findall(r" *(reward_mean|gold_reward|kl_k1): ([^\n]+) \(first -> last 10 steps\)", text))
     first, last = (float(v) for v in curves["reward_mean"].split(" -> "))
     assert last > first + 0.5  # PPO raises the reward model's score of its samples (measured -1.15 -> +2.53)
     kl_first, kl_last = (float(v) for v in curves["kl_k1"].split(" -> "))

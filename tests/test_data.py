@@ -10,7 +10,7 @@ from conftest import tiny_config
 from gptjax.data import cache as cache_lib
 from gptjax.data.pipeline import WindowBatches, make_streams, validation_batches
 from gptjax.data.sources import DataSourceError, open_source, shakespeare, strip_markdown, text_files, tfds_documents
-from gptjax.data.tokenizer import train_tokenizer
+from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 
 
 class GptjaxTestCorpus(tfds.core.GeneratorBasedBuilder):
@@ -81,12 +81,39 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path):
         tfds_documents("no_such_dataset:train", "text", data_dir)
 
 
-def test_split_is_by_document_and_deterministic():
-    train, val = cache_lib.split_documents(40, 0.1, seed=3, name="x")
-    again_train, again_val = cache_lib.split_documents(40, 0.1, seed=3, name="x")
-    assert len(val) == 4 and not set(train) & set(val) and len(train) + len(val) == 40
-    np.testing.assert_array_equal(val, again_val)
-    assert not np.array_equal(val, cache_lib.split_documents(40, 0.1, seed=4, name="x")[1])
+def split_lists(split, chunk):
+    """(train, val) corpus indices of `split`, enumerated `chunk` ranks at a time as the cache does."""
+    return [np.concatenate([split.indices(which, s, s + chunk) for s in range(0, split.size(which), chunk)])
+            for which in ("train", "val")]
+
+
+def test_split_is_by_document_exact_and_deterministic():
+    split = cache_lib.split_documents(40, 0.1, seed=3, name="x")
+    train, val = split_lists(split, chunk=7)
+    assert len(val) == 4 and not set(train) & set(val) and sorted([*train, *val]) == list(range(40))
+    np.testing.assert_array_equal(train, np.sort(train))
+    np.testing.assert_array_equal(val, cache_lib.split_documents(40, 0.1, seed=3, name="x").val_indices)
+    assert not np.array_equal(val, cache_lib.split_documents(40, 0.1, seed=4, name="x").val_indices)
+    # The held-out documents are the ones with the smallest hashes, wherever the chunk boundaries fall.
+    hashes = cache_lib.document_hashes(3, 0, 40)
+    np.testing.assert_array_equal(val, np.sort(np.argsort(hashes)[:4]))
+    monkey_chunk = cache_lib.SPLIT_CHUNK
+    try:
+        cache_lib.SPLIT_CHUNK = 3
+        np.testing.assert_array_equal(cache_lib.split_documents(40, 0.1, seed=3, name="x").val_indices, val)
+    finally:
+        cache_lib.SPLIT_CHUNK = monkey_chunk
+
+
+def test_split_of_a_large_corpus_enumerates_train_documents_by_rank():
+    split = cache_lib.split_documents(3_000_000, 0.001, seed=0, name="big")
+    assert split.size("val") == 3000 and split.size("train") == 2_997_000
+    ranks = np.array([0, 1, 123_456, 2_996_999])
+    train = split.train_indices_of(ranks)
+    assert not np.isin(train, split.val_indices).any()
+    # rank r is the r-th corpus index that is not held out
+    for r, index in zip(ranks, train):
+        assert index - np.searchsorted(split.val_indices, index) == r
 
 
 def _streams(tmp_path, source, seed, split_seed, name):
@@ -120,52 +147,113 @@ def corpus_and_tokenizer(tmp_path_factory):
     return docs, train_tokenizer((docs[i] for i in range(len(docs))), 300)
 
 
-def test_token_cache_counts_bytes_marks_documents_and_is_reused(corpus_and_tokenizer, tmp_path):
+def test_the_tokenizer_sample_is_capped_spread_over_the_corpus_and_train_only():
+    from gptjax.data.sources import Documents
+
+    docs = Documents("numbers", lambda i: f"{i:07d}", 100_000, "numbers")  # 7 bytes each
+    split = cache_lib.split_documents(len(docs), 0.1, 0, docs.name)
+    sample = [int(t) for t in cache_lib.tokenizer_sample(docs, split, max_bytes=7_000)]
+    assert len(sample) == 1000 and len(set(sample)) == 1000
+    assert not np.isin(sample, split.val_indices).any()
+    counts, _ = np.histogram(sample, bins=10, range=(0, 100_000))
+    assert counts.min() >= 80  # every tenth of the corpus is represented, not only its first files
+    small = cache_lib.split_documents(6, 0.34, 0, "six")  # below the cap: every train document once
+    assert sorted(cache_lib.tokenizer_sample(Documents("six", str, 6, "six"), small, 10**9)) == \
+        sorted(str(i) for i in small.indices("train", 0, 6))
+
+
+def expected_tokens(docs, indices, tokenizer):
+    """<|bos|> + tokens of each document of `indices`, concatenated: what a cache entry must hold."""
+    return np.concatenate([[tokenizer.bos_id, *tokenizer.encode(docs[int(i)])] for i in indices])
+
+
+def test_token_cache_holds_the_split_documents_tokens_and_is_reused(corpus_and_tokenizer, tmp_path):
     docs, tokenizer = corpus_and_tokenizer
-    entry = cache_lib.cached_tokens(docs, np.arange(3), tokenizer, str(tmp_path), "train")
-    assert entry.tokens.dtype == np.uint16
-    assert entry.n_bytes == sum(len(docs[i].encode("utf-8")) for i in range(3))
-    assert int((np.asarray(entry.tokens) == tokenizer.bos_id).sum()) == 3 and entry.tokens[0] == tokenizer.bos_id
-    assert tokenizer.decode(entry.tokens[1:]).startswith(docs[0][:20])
+    split = cache_lib.split_documents(len(docs), 0.34, 0, docs.name)  # 2 of the 6 held out
+    for which in ("train", "val"):
+        entry = cache_lib.cached_tokens(docs, split, which, tokenizer, str(tmp_path))
+        indices = split.indices(which, 0, len(docs))
+        assert entry.tokens.dtype == np.uint16 and entry.n_docs == len(indices)
+        np.testing.assert_array_equal(entry.tokens, expected_tokens(docs, indices, tokenizer))
+        assert entry.n_bytes == sum(len(docs[int(i)].encode("utf-8")) for i in indices)
     original_encode = tokenizer.encode_batch
     tokenizer.encode_batch = None  # a cache hit must not tokenize again
     try:
-        again = cache_lib.cached_tokens(docs, np.arange(3), tokenizer, str(tmp_path), "train")
+        again = cache_lib.cached_tokens(docs, split, "val", tokenizer, str(tmp_path))
     finally:
         tokenizer.encode_batch = original_encode
     np.testing.assert_array_equal(again.tokens, entry.tokens)
     assert cache_lib.token_dtype(70_000) == np.uint32
 
 
+def test_an_entry_of_many_parts_reads_as_one_array(corpus_and_tokenizer, tmp_path):
+    docs, tokenizer = corpus_and_tokenizer
+    split = cache_lib.split_documents(len(docs), 0.2, 0, docs.name)
+    whole = cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path / "one"))
+    parts = cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path / "many"), chunk_docs=2)
+    assert isinstance(parts.tokens, cache_lib.ConcatenatedTokens) and len(parts.tokens.parts) == 3
+    np.testing.assert_array_equal(np.asarray(parts.tokens), np.asarray(whole.tokens))
+    n = len(whole.tokens)
+    for start, stop in [(0, n), (1, n - 1), (n // 3 - 2, n // 3 + 2), (n - 5, n), (7, 7)]:
+        np.testing.assert_array_equal(parts.tokens[start:stop], whole.tokens[start:stop])
+    assert parts.tokens[-1] == whole.tokens[-1] and parts.tokens[n // 2] == whole.tokens[n // 2]
+    assert (parts.n_bytes, parts.n_docs) == (whole.n_bytes, whole.n_docs)
+
+
+def test_processes_tokenize_disjoint_parts_of_one_shared_entry(corpus_and_tokenizer, tmp_path, monkeypatch):
+    docs, tokenizer = corpus_and_tokenizer
+    split = cache_lib.split_documents(len(docs), 0.2, 0, docs.name)
+    encoded = []
+    original = type(tokenizer).encode_batch
+    monkeypatch.setattr(tokenizer, "encode_batch", lambda texts, allow_special=False:
+                        encoded.append(len(texts)) or original(tokenizer, texts, allow_special))
+    common = dict(chunk_docs=2, process_count=2)
+    with pytest.raises(DataSourceError, match="shares"):  # process 1 alone: process 0's parts never come
+        cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path), process_index=1, wait_seconds=0, **common)
+    assert encoded == [2]  # part 1 of parts 0, 1, 2
+    first = cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path), process_index=0, **common)
+    assert encoded == [2, 2, 1]  # parts 0 and 2; part 1 was process 1's
+    np.testing.assert_array_equal(np.asarray(first.tokens),
+                                  expected_tokens(docs, split.indices("train", 0, 5), tokenizer))
+    second = cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path), process_index=1, **common)
+    assert encoded == [2, 2, 1] and second.path == first.path
+
+
 def test_editing_a_file_invalidates_the_cache(tmp_path):
     pattern = write_corpus(tmp_path / "corpus", n_files=2)
     before = text_files(pattern)
     tokenizer = train_tokenizer([before[0]], 270)
-    first = cache_lib.cached_tokens(before, np.arange(2), tokenizer, str(tmp_path / "cache"), "train")
-    with open(tmp_path / "corpus" / "doc1.txt", "a", encoding="utf-8") as f:
+    split = cache_lib.split_documents(2, 0.5, 0, before.name)
+    first = cache_lib.cached_tokens(before, split, "train", tokenizer, str(tmp_path / "cache"))
+    with open(tmp_path / "corpus" / f"doc{split.indices('train', 0, 1)[0]}.txt", "a", encoding="utf-8") as f:
         f.write("an added line\n")
-    second = cache_lib.cached_tokens(text_files(pattern), np.arange(2), tokenizer, str(tmp_path / "cache"), "train")
+    second = cache_lib.cached_tokens(text_files(pattern), split, "train", tokenizer, str(tmp_path / "cache"))
     assert second.path != first.path and len(second.tokens) > len(first.tokens)
 
 
-def test_a_crash_mid_write_leaves_no_cache_entry(corpus_and_tokenizer, tmp_path, monkeypatch):
+def test_a_crash_mid_write_leaves_no_entry_and_the_rerun_keeps_finished_parts(corpus_and_tokenizer, tmp_path,
+                                                                               monkeypatch):
     docs, tokenizer = corpus_and_tokenizer
-    calls = []
+    split = cache_lib.split_documents(len(docs), 0.2, 0, docs.name)  # 5 train documents: parts of 2, 2, 1
+    calls, crashed = [], []
 
-    def crash_on_second_batch(texts, allow_special=False):
-        calls.append(1)
-        if len(calls) == 2:
+    def crash_on_second_part(texts, allow_special=False):
+        calls.append(len(texts))
+        if len(calls) == 2 and not crashed:
+            crashed.append(True)
             raise KeyboardInterrupt("simulated crash")
         return type(tokenizer).encode_batch(tokenizer, texts, allow_special)
 
-    monkeypatch.setattr(tokenizer, "encode_batch", crash_on_second_batch)
+    monkeypatch.setattr(tokenizer, "encode_batch", crash_on_second_part)
     with pytest.raises(KeyboardInterrupt):
-        cache_lib.cached_tokens(docs, np.arange(6), tokenizer, str(tmp_path), "train", batch_docs=2)
-    assert os.listdir(tmp_path) == []  # nothing that could later read as complete
-    monkeypatch.undo()
-    (tmp_path / "train-leftover.tmp-dead").mkdir()  # what a SIGKILL mid-write leaves: ignored
-    entry = cache_lib.cached_tokens(docs, np.arange(6), tokenizer, str(tmp_path), "train", batch_docs=2)
-    assert int((np.asarray(entry.tokens) == tokenizer.bos_id).sum()) == 6
+        cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path), chunk_docs=2)
+    (entry_dir,) = os.listdir(tmp_path)
+    assert sorted(os.listdir(tmp_path / entry_dir)) == ["part-00000.bin", "part-00000.json"]  # no meta.json
+    calls.clear()
+    entry = cache_lib.cached_tokens(docs, split, "train", tokenizer, str(tmp_path), chunk_docs=2)
+    assert calls == [2, 1]  # part 0 was reused
+    np.testing.assert_array_equal(np.asarray(entry.tokens), expected_tokens(docs, split.indices("train", 0, 5),
+                                                                            tokenizer))
 
 
 def test_window_batches_resume_exactly_and_reshuffle_each_epoch():
@@ -220,10 +308,71 @@ def test_make_streams_trains_saves_and_reuses_the_tokenizer(tmp_path):
     workdir.mkdir()
     streams = make_streams(cfg, str(workdir))
     assert (workdir / "tokenizer.json").is_file() and streams.tokenizer_hash
-    assert next(streams.train).shape == (8, 17) and streams.val_batches[0].shape == (8, 17)
-    assert 0 < streams.tokens_per_byte < 1
+    # Validation batches are the held-out documents' tokens in order; training windows are windows of the
+    # other documents' tokens, at multiples of seq_len.
+    docs = open_source(cfg.data)
+    split = cache_lib.split_documents(len(docs), 0.3, cfg.data.split_seed, docs.name)
+    tokenizer = Tokenizer.load(str(workdir / "tokenizer.json"))
+    val_tokens = expected_tokens(docs, split.indices("val", 0, len(docs)), tokenizer)
+    train_tokens = expected_tokens(docs, split.indices("train", 0, len(docs)), tokenizer)
+    windows = np.stack(streams.val_batches).reshape(-1, 17)
+    np.testing.assert_array_equal(windows, [val_tokens[16 * i: 16 * i + 17] for i in range(len(windows))])
+    train_windows = {tuple(train_tokens[s: s + 17]) for s in range(0, len(train_tokens) - 16, 16)}
+    batch = next(streams.train)
+    assert batch.shape == (8, 17) and all(tuple(row) in train_windows for row in batch)
+    assert streams.tokens_per_byte == pytest.approx((len(val_tokens) - split.size("val")) / sum(
+        len(docs[int(i)].encode("utf-8")) for i in split.val_indices))
     assert make_streams(cfg, str(workdir)).tokenizer_hash == streams.tokenizer_hash
     cfg.model.vocab_size = 280
     cfg.data.tokenizer = str(workdir / "tokenizer.json")
     with pytest.raises(DataSourceError, match="raise model.vocab_size"):
         make_streams(cfg, str(tmp_path / "other"))
+
+
+LARGE_CORPUS_SCRIPT = """
+import json, os, resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from gptjax.data.pipeline import text_streams
+from gptjax.data.sources import Documents
+WORDS = ["the", "king", "queen", "speaks", "to", "his", "her", "court", "and", "night", "falls", "anon"]
+docs = Documents("generated", lambda i: f"doc {{i}}: " + " ".join(WORDS[(i * k + k * k) % 12] for k in range(1, 7)),
+                 {n_docs}, "generated-{n_docs}")
+cfg = tiny_config(vocab_size=300, max_len=16)
+cfg.data.update(source="text:generated", val_fraction=0.001, seq_len=16, cache_dir={workdir!r} + "/cache",
+                tokenizer_sample_bytes=2_000_000)
+os.makedirs({workdir!r} + "/run")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+streams = text_streams(cfg, {workdir!r} + "/run", docs)
+batch = next(streams.train)
+growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps(dict(growth_mb=growth_mb, windows=streams.batches_per_epoch * 8, val=streams.val_batches[0].tolist(),
+                      entries=sorted(os.listdir({workdir!r} + "/cache")))))
+"""
+
+
+@pytest.mark.slow
+def test_a_million_documents_go_through_the_text_path_in_bounded_memory(tmp_path):
+    """10^6 short documents: split, tokenizer on a 2 MB sample, chunked cache, windows, in < 200 MB more
+    than the interpreter held (training the tokenizer on every document alone took ~500 MB more)."""
+    import json
+    import subprocess
+    import sys
+
+    workdir = str(tmp_path)
+    script = LARGE_CORPUS_SCRIPT.format(tests=os.path.dirname(__file__), n_docs=10**6, workdir=workdir)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["growth_mb"] < 200, result["growth_mb"]
+    train_dir = next(e for e in result["entries"] if e.startswith("train-"))
+    assert len([f for f in os.listdir(tmp_path / "cache" / train_dir) if f.endswith(".bin")]) == -(-999_000 // 16384)
+    # The first validation window starts with the first held-out document.
+    split = cache_lib.split_documents(10**6, 0.001, 0, "generated")
+    tokenizer = Tokenizer.load(str(tmp_path / "run" / "tokenizer.json"))
+    first = split.val_indices[0]
+    words = ["the", "king", "queen", "speaks", "to", "his", "her", "court", "and", "night", "falls", "anon"]
+    text = f"doc {first}: " + " ".join(words[(first * k + k * k) % 12] for k in range(1, 7))
+    expected = [tokenizer.bos_id, *tokenizer.encode(text)]
+    assert result["val"][0][:len(expected)] == expected
+    assert result["windows"] > 10**6  # ~15 tokens per document, windows of 16

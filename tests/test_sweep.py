@@ -282,21 +282,23 @@ def test_a_stale_lock_of_this_host_is_taken_over_and_locks_are_released_on_error
 
 
 def test_a_trial_json_from_before_newer_config_keys_still_matches(tmp_path):
-    # An SP sweep trained before model.mup_base_head_dim and data.split_seed existed: a rerun must see
-    # its finished trial as the same one, not refuse the whole workdir.
+    # An SP sweep trained before model.mup_base_head_dim, data.split_seed and data.tokenizer_sample_bytes
+    # existed: a rerun must see its finished (synthetic-data) trial as the same one, not refuse the workdir.
     workdir = str(tmp_path / "sweep")
     sweep_lib.run_sweep(sweep_config(trial_index=0), workdir)
     trial = next(t for t in plan_sweep(sweep_config())[0] if t.index == 0)
     path = os.path.join(sweep_lib.trial_dir(workdir, trial), sweep_lib.TRIAL_FILE)
     with open(path) as f:
         saved = json.load(f)
-    del saved["model"]["mup_base_head_dim"], saved["data"]["split_seed"]
+    del saved["model"]["mup_base_head_dim"], saved["data"]["split_seed"], saved["data"]["tokenizer_sample_bytes"]
     with open(path, "w") as f:
         json.dump(saved, f)
     assert sweep_lib._finished(sweep_config(), workdir, trial)
     # A seed-1 trial of such a sweep was split by its seed: it matches split_seed 1 only.
     assert sweep_lib._with_keys_added_since({"seed": 1, "data": {}})["data"]["split_seed"] == 1
     assert sweep_lib._with_keys_added_since({"seed": 1, "data": {"split_seed": 0}})["data"]["split_seed"] == 0
+    # A text trial from before was split and tokenized another way: it must not match.
+    assert "tokenizer_sample_bytes" not in sweep_lib._with_keys_added_since({"data": {"source": "text:x"}})["data"]
 
 
 def test_fit_mode_without_results_is_a_clear_error(tmp_path):

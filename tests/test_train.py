@@ -129,11 +129,11 @@ def test_shakespeare_model_beats_the_unigram_entropy(tmp_path):
 
     # Unigram entropy: cross-entropy of the validation tokens under the training token frequencies.
     docs = shakespeare()
-    train_idx, val_idx = split_documents(len(docs), cfg.data.val_fraction, cfg.seed, docs.name)
+    split = split_documents(len(docs), cfg.data.val_fraction, cfg.data.split_seed, docs.name)
     tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.json"))
-    counts = np.bincount(cached_tokens(docs, train_idx, tokenizer, cfg.data.cache_dir, "train").tokens,
+    counts = np.bincount(np.asarray(cached_tokens(docs, split, "train", tokenizer, cfg.data.cache_dir).tokens),
                          minlength=cfg.model.vocab_size) + 1.0
-    val_tokens = np.asarray(cached_tokens(docs, val_idx, tokenizer, cfg.data.cache_dir, "val").tokens)
+    val_tokens = np.asarray(cached_tokens(docs, split, "val", tokenizer, cfg.data.cache_dir).tokens)
     unigram = float(-np.log(counts / counts.sum())[val_tokens].mean())
     assert unigram > 5.0
     assert result["eval_loss"] < unigram - 1.0  # clearly below: it learned more than token frequencies

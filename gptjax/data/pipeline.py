@@ -1,7 +1,8 @@
 """Builds the train stream and the fixed validation batches a job reads, from `config.data`.
 
 Text sources: documents -> train/validation split by document (from `data.split_seed`) -> BPE tokenizer
-(trained on the train split, or loaded) -> token cache -> `grain` pipeline of fixed windows of T+1 tokens
+(trained on a sample of the train split of at most data.tokenizer_sample_bytes, or loaded) -> token
+cache (cache.py: tokenized in chunks, split across processes) -> `grain` pipeline of fixed windows of T+1 tokens
 (documents packed, each starting with <|bos|>), shuffled by `seed` with a fresh order every epoch, batched,
 and sharded by `jax.process_index()`: each process reads a disjoint slice of the windows. The iterator's
 state is a small dict stored in every checkpoint, so a resumed run continues the exact order.
@@ -21,8 +22,8 @@ import jax
 import numpy as np
 
 from gptjax.config import NUM_SPECIAL_TOKENS
-from gptjax.data.cache import cached_tokens, default_cache_dir, split_documents
-from gptjax.data.sources import DataSourceError, open_source
+from gptjax.data.cache import DocumentSplit, cached_tokens, default_cache_dir, split_documents, tokenizer_sample
+from gptjax.data.sources import DataSourceError, Documents, open_source, parse_source
 from gptjax.data.synthetic import MarkovChain, SyntheticBatches
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -86,8 +87,9 @@ def validation_batches(tokens, seq_len: int, batch_size: int, max_batches: int, 
     return list(windows.reshape(n_batches, batch_size, seq_len + 1))
 
 
-def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: str) -> Tokenizer:
-    """data.tokenizer if set; else one trained on the train documents (cached), saved as WORKDIR/tokenizer.json."""
+def load_or_train_tokenizer(cfg, workdir: str, docs: Documents, split: DocumentSplit, cache_dir: str) -> Tokenizer:
+    """data.tokenizer if set; else one trained on a sample of the train documents (cached), saved as
+    WORKDIR/tokenizer.json."""
     d = cfg.data
     saved = os.path.join(workdir, "tokenizer.json")
     if d.tokenizer:
@@ -95,12 +97,12 @@ def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: s
     elif os.path.isfile(saved):  # a resumed run keeps the tokenizer it started with
         tokenizer = Tokenizer.load(saved)
     else:
-        key = hashlib.sha256(repr((docs.fingerprint, cfg.model.vocab_size, train_indices.tolist())).encode()).hexdigest()[:20]
-        cached = os.path.join(cache_dir, f"tokenizer-{key}.json")
+        key_parts = (docs.fingerprint, cfg.model.vocab_size, split.key(), d.tokenizer_sample_bytes)
+        cached = os.path.join(cache_dir, f"tokenizer-{hashlib.sha256(repr(key_parts).encode()).hexdigest()[:20]}.json")
         if os.path.isfile(cached):
             tokenizer = Tokenizer.load(cached)
         else:  # deterministic: every process of a multi-host job trains the same one
-            tokenizer = train_tokenizer((docs[int(i)] for i in train_indices), cfg.model.vocab_size)
+            tokenizer = train_tokenizer(tokenizer_sample(docs, split, d.tokenizer_sample_bytes), cfg.model.vocab_size)
             os.makedirs(cache_dir, exist_ok=True)
             tokenizer.save(cached)
     if tokenizer.vocab_size > cfg.model.vocab_size:
@@ -113,24 +115,36 @@ def load_or_train_tokenizer(cfg, workdir: str, docs, train_indices, cache_dir: s
 
 def make_streams(cfg, workdir: str) -> DataStreams:
     """Train/validation streams for `cfg.data.source`."""
-    d = cfg.data
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    local_batch = d.batch_size // jax.process_count()
-    if d.source.startswith("synthetic:"):
-        alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
-        chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, d.split_seed)
-        train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
-        val = SyntheticBatches(chain, d.batch_size, d.seq_len, d.split_seed, "val", **shard)
-        val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]
-        return DataStreams(train=train, val_batches=val_batches, entropy_rate=chain.entropy_rate())
+    if parse_source(cfg.data.source).kind == "synthetic":
+        return synthetic_streams(cfg)
+    return text_streams(cfg, workdir, open_source(cfg.data))
 
-    docs = open_source(d)
+
+def _process_shard() -> dict:
+    return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def synthetic_streams(cfg) -> DataStreams:
+    """Markov-chain token batches: the chain and validation batches from split_seed, training from seed."""
+    d, shard = cfg.data, _process_shard()
+    alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
+    chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, d.split_seed)
+    train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
+    val = SyntheticBatches(chain, d.batch_size, d.seq_len, d.split_seed, "val", **shard)
+    val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]
+    return DataStreams(train=train, val_batches=val_batches, entropy_rate=chain.entropy_rate())
+
+
+def text_streams(cfg, workdir: str, docs: Documents) -> DataStreams:
+    """Packed windows of the tokenized `docs`: the train stream shuffled by seed, fixed validation batches."""
+    d, shard = cfg.data, _process_shard()
+    local_batch = d.batch_size // jax.process_count()
     cache_dir = d.cache_dir or default_cache_dir()
-    # The tokenizer and token caches are keyed by the split's document indices, so by split_seed, not seed.
-    train_idx, val_idx = split_documents(len(docs), d.val_fraction, d.split_seed, docs.name)
-    tokenizer = load_or_train_tokenizer(cfg, workdir, docs, train_idx, cache_dir)
-    train_cache = cached_tokens(docs, train_idx, tokenizer, cache_dir, "train")
-    val_cache = cached_tokens(docs, val_idx, tokenizer, cache_dir, "val")
+    # The tokenizer and token caches are keyed by the split (split_seed, val_fraction), not by seed.
+    split = split_documents(len(docs), d.val_fraction, d.split_seed, docs.name)
+    tokenizer = load_or_train_tokenizer(cfg, workdir, docs, split, cache_dir)
+    train_cache = cached_tokens(docs, split, "train", tokenizer, cache_dir, **shard)
+    val_cache = cached_tokens(docs, split, "val", tokenizer, cache_dir, **shard)
     train = WindowBatches(train_cache.tokens, d.seq_len, local_batch, cfg.seed, **shard)
     val_batches = validation_batches(val_cache.tokens, d.seq_len, local_batch, d.eval_batches, **shard)
     return DataStreams(train=train, val_batches=val_batches, tokenizer_hash=tokenizer.hash,

@@ -7,9 +7,11 @@
   tfds:<name>[/<config>]:<split>    a prepared TFDS dataset read through `tfds.data_source` (ArrayRecord,
                                     no TensorFlow); the text feature is data.tfds_text_key, the data
                                     directory data.tfds_data_dir
-Nothing here touches the network. Synthetic token sources live in synthetic.py.
+  synthetic:markov                  token batches from a random Markov chain (synthetic.py), no text
+Nothing here touches the network. `parse_source` is the one reader of these spec strings.
 """
 
+import dataclasses
 import glob
 import hashlib
 import importlib.util
@@ -19,6 +21,45 @@ import re
 
 class DataSourceError(ValueError):
     """A corpus that cannot be read; the message names the input and the fix."""
+
+
+SOURCE_FORMS = "shakespeare, text:<glob>, tfds:<name>[/<config>]:<split> or synthetic:markov"
+SYNTHETIC_SOURCES = ("markov",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """A parsed `data.source`: kind "shakespeare" | "text" | "tfds" | "synthetic" and its argument (the
+    glob, the synthetic generator's name, or for tfds `tfds_name` [with /config] and `tfds_split`)."""
+
+    kind: str
+    arg: str = ""
+    tfds_name: str = ""
+    tfds_split: str = ""
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind != "synthetic"
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """The SourceSpec of a `data.source` string; DataSourceError naming the accepted forms otherwise."""
+    kind, sep, arg = spec.partition(":")
+    if spec == "shakespeare":
+        return SourceSpec("shakespeare")
+    if kind == "text" and arg:
+        return SourceSpec("text", arg)
+    if kind == "tfds" and sep:
+        name, _, split = arg.rpartition(":")
+        if not name or not split:
+            raise DataSourceError(f"data.source={spec!r}: expected tfds:<name>[/<config>]:<split>, e.g. tfds:lm1b:train")
+        return SourceSpec("tfds", arg, name, split)
+    if kind == "synthetic" and sep:
+        if arg not in SYNTHETIC_SOURCES:
+            raise DataSourceError(f"data.source={spec!r}: synthetic sources available: "
+                                  + ", ".join(f"synthetic:{s}" for s in SYNTHETIC_SOURCES))
+        return SourceSpec("synthetic", arg)
+    raise DataSourceError(f"data.source={spec!r}: must be {SOURCE_FORMS}")
 
 
 class Documents:
@@ -101,9 +142,8 @@ def text_files(pattern: str, split: str = "file") -> Documents:
 
 def tfds_documents(name_and_split: str, text_key: str, data_dir: str | None) -> Documents:
     """`name[/config]:split` from a prepared TFDS data directory, read without TensorFlow."""
-    name, _, split = name_and_split.rpartition(":")
-    if not name or not split:
-        raise DataSourceError(f"tfds:{name_and_split}: expected tfds:<name>[/<config>]:<split>, e.g. tfds:lm1b:train")
+    spec = parse_source(f"tfds:{name_and_split}")
+    name, split = spec.tfds_name, spec.tfds_split
     import tensorflow_datasets as tfds  # deferred: a heavy import only TFDS sources need
 
     try:
@@ -130,15 +170,16 @@ def tfds_documents(name_and_split: str, text_key: str, data_dir: str | None) -> 
 
 def open_source(data_cfg) -> Documents:
     """The documents of `data_cfg.source` (a text source spec; see this module's docstring)."""
-    spec = data_cfg.source
-    if spec == "shakespeare":
+    spec = parse_source(data_cfg.source)
+    if spec.kind == "shakespeare":
         docs = shakespeare(keep_markup=data_cfg.keep_markup)
-    elif spec.startswith("text:"):
-        docs = text_files(spec[len("text:"):], split=data_cfg.text_split)
-    elif spec.startswith("tfds:"):
-        docs = tfds_documents(spec[len("tfds:"):], data_cfg.tfds_text_key, data_cfg.tfds_data_dir)
+    elif spec.kind == "text":
+        docs = text_files(spec.arg, split=data_cfg.text_split)
+    elif spec.kind == "tfds":
+        docs = tfds_documents(spec.arg, data_cfg.tfds_text_key, data_cfg.tfds_data_dir)
     else:
-        raise DataSourceError(f"data.source={spec!r}: not a text source (shakespeare, text:<glob>, tfds:<name>:<split>)")
+        raise DataSourceError(f"data.source={data_cfg.source!r}: not a text source (shakespeare, text:<glob>, "
+                              "tfds:<name>:<split>)")
     if len(docs) == 0:
         raise DataSourceError(f"{docs.name} holds no documents; point data.source at a non-empty corpus")
     return docs

@@ -6,7 +6,7 @@ Workdir layout:
   trials/<id>/           one trial: checkpoints/, metrics.jsonl, tensorboard/, result.json when done,
                          trial.lock while a process trains it
   results.jsonl          one row per trained model (see `result_rows`)
-  fits.json, report.md, plots/   from gptjax/scaling/fit.py and report.py
+  fits.json, report.md, plots/   from gptjax/scaling/fit/ and report.py
 
 Rerunning the same command skips trials with a result (diverged ones included: divergence is
 deterministic) and resumes an interrupted trial from its checkpoint; trials that crashed are retried.
@@ -34,6 +34,8 @@ import numpy as np
 from absl import logging
 
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
+from gptjax.config import default_config
+from gptjax.data.sources import parse_source
 from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
@@ -123,7 +125,7 @@ def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
 
 
 def _tokenizer_path(cfg, workdir: str) -> str | None:
-    if cfg.data.source.startswith("synthetic:"):
+    if not parse_source(cfg.data.source).is_text:
         return None
     return cfg.data.tokenizer or os.path.join(os.path.abspath(workdir), "tokenizer.json")
 
@@ -162,11 +164,15 @@ def _with_keys_added_since(saved: dict) -> dict:
     which reproduce the old model (an older μP sweep differs in mup_base_head_dim: its attention scale
     really was another). data.split_seed: its split came from the trial's seed, so it matches a config
     whose split_seed is that seed (the default 0 for the seed-0 trials), else not; for the other seeds
-    of such a sweep refit its results (sweep.mode=fit) or start a fresh workdir."""
+    of such a sweep refit its results (sweep.mode=fit) or start a fresh workdir. data.tokenizer_sample_bytes
+    does nothing for synthetic sources, so their old trials read it as the default; text trials from before
+    it were tokenized and split another way (data/cache.py) and are refused."""
     if isinstance(saved.get("model"), dict):
         saved["model"] = model_with_defaults(saved["model"])
     if isinstance(saved.get("data"), dict):
         saved["data"] = data_with_split_seed(saved["data"], saved.get("seed"))
+        if str(saved["data"].get("source", "")).startswith("synthetic:"):
+            saved["data"].setdefault("tokenizer_sample_bytes", default_config().data.tokenizer_sample_bytes)
     return saved
 
 
