@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from gptjax.data.sources import DataSourceError, parse_source
+from gptjax.data.tokenizer import NUM_SPECIAL_TOKENS
 
 MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
 ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
@@ -31,9 +32,6 @@ ATTENTION_KERNELS = ("auto", "einsum", "xla", "cudnn")  # model/attention.py cho
 SCHEDULES = ("warmup_cosine", "wsd", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Reserved ids 0..6 of every BPE vocabulary: <|bos|> <|eos|> <|pad|> and the four chat tokens
-# (gptjax/data/tokenizer.py).
-NUM_SPECIAL_TOKENS = 7
 MAX_MARKOV_TABLE = 2**26  # float64 entries of a synthetic chain's transition table (512 MiB)
 
 # MaxText-style logical-axis rules: parameter/activation axis name -> mesh axes (or None = replicated).

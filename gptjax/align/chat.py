@@ -11,12 +11,10 @@ and its <|eos|> (not the <|assistant|> marker, which the template supplies).
 
 import dataclasses
 
-from gptjax.data.tokenizer import SPECIAL_TOKENS
+from gptjax.data.tokenizer import ASSISTANT_ID, BOS_ID, END_ID, EOS_ID, SYSTEM_ID, USER_ID
 
 ROLES = ("system", "user", "assistant")
-BOS_ID, EOS_ID, PAD_ID = (SPECIAL_TOKENS.index(t) for t in ("<|bos|>", "<|eos|>", "<|pad|>"))
-ROLE_IDS = {role: SPECIAL_TOKENS.index(f"<|{role}|>") for role in ROLES}
-END_ID = SPECIAL_TOKENS.index("<|end|>")
+ROLE_IDS = {"system": SYSTEM_ID, "user": USER_ID, "assistant": ASSISTANT_ID}
 
 
 class ChatError(ValueError):

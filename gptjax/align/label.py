@@ -27,6 +27,7 @@ from gptjax.align.reward import RewardModel
 from gptjax.align.rl import task_prompts
 from gptjax.align.stage import bucket, check_same_vocabulary, full_batches, load_trained, pad_rows
 from gptjax.align.tasks import get_task
+from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding
 from gptjax.sample.generate import generate, model_graphdef
 from gptjax.sample.strategies import Strategy
@@ -57,7 +58,7 @@ def self_judge(policy, mesh, rules, constitution: str, batch_size: int):
         jobs = [(q, a) for q in questions for a in answers]  # yes, no for each reply
         scores = []
         for chunk, n in full_batches(jobs, batch_size):
-            tokens = pad_rows([q + a for q, a in chunk], bucket(longest, max_len), chat.PAD_ID)
+            tokens = pad_rows([q + a for q, a in chunk], bucket(longest, max_len), PAD_ID)
             logp, _ = logprobs(policy.params, tokens_RxL=jax.device_put(tokens, rows),
                                prompt_len_R=jax.device_put(np.array([len(q) for q, _ in chunk], np.int32), rows1),
                                lengths_R=jax.device_put(np.array([len(q) + len(a) for q, a in chunk], np.int32), rows1))
@@ -114,7 +115,7 @@ def _label(cfg, workdir: str, mesh) -> dict:
             scores += gold[-n:]
         elif a.judge == "reward_model":  # the reply as the reward model / DPO will read it from the JSONL
             rows = [tokens[i] + chat.response_tokens(c.text, tokenizer) for (i, _), c in zip(chunk, completions)]
-            scores += rm(pad_rows(rows, max(map(len, rows)), chat.PAD_ID), [len(x) for x in rows]).tolist()
+            scores += rm(pad_rows(rows, max(map(len, rows)), PAD_ID), [len(x) for x in rows]).tolist()
         else:
             scores += ask([prompts[i] for i, _ in chunk], [c.text for c in completions]).tolist()
 

@@ -22,12 +22,12 @@ import optax
 from flax import nnx
 
 from gptjax.align import data as align_data
-from gptjax.align.chat import BOS_ID, PAD_ID
 from gptjax.align.losses import pairwise_loss
 from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches,
                                 init_opt_state, load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
+from gptjax.data.tokenizer import BOS_ID, PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh

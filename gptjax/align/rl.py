@@ -32,6 +32,7 @@ from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_voc
                                 load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
+from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import generate, model_graphdef
 from gptjax.sample.strategies import Strategy
@@ -311,4 +312,4 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 def _rows(prompts, completions, length):
     """(tokens_RxL, lengths_R): prompt + completion rows right-padded (a reward model's input)."""
     rows = [list(p) + c.tokens for p, c in zip(prompts, completions)]
-    return pad_rows(rows, length, chat.PAD_ID), np.array([len(x) for x in rows], np.int32)
+    return pad_rows(rows, length, PAD_ID), np.array([len(x) for x in rows], np.int32)

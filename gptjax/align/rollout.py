@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax.align.chat import PAD_ID
 from gptjax.align.losses import entropy, token_logprobs
 from gptjax.align.stage import pad_rows
+from gptjax.data.tokenizer import PAD_ID
 from gptjax.sample.generate import Completion, generate
 from gptjax.sample.strategies import Strategy
 

@@ -17,11 +17,12 @@ import optax
 from flax import nnx
 
 from gptjax.align import data as align_data
-from gptjax.align.chat import PAD_ID, render
+from gptjax.align.chat import render
 from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state,
                                 pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer, start_tokenizer,
                                 starting_network)
 from gptjax.align.tasks import get_task
+from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh

@@ -21,11 +21,10 @@ import grain
 import jax
 import numpy as np
 
-from gptjax.config import NUM_SPECIAL_TOKENS
 from gptjax.data.cache import DocumentSplit, cached_tokens, default_cache_dir, split_documents, tokenizer_sample
 from gptjax.data.sources import DataSourceError, Documents, open_source, parse_source
 from gptjax.data.synthetic import MarkovChain, SyntheticBatches
-from gptjax.data.tokenizer import Tokenizer, train_tokenizer
+from gptjax.data.tokenizer import NUM_SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 
 @dataclasses.dataclass

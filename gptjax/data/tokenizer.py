@@ -13,10 +13,12 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gptjax.atomic import atomic_path
-from gptjax.config import NUM_SPECIAL_TOKENS
 
+# Reserved ids 0..6 of every vocabulary, in this order: the document / stream marks, then the chat
+# template's (gptjax/align/chat.py). Code refers to them by these names, never by number.
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
-assert len(SPECIAL_TOKENS) == NUM_SPECIAL_TOKENS
+NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
+BOS_ID, EOS_ID, PAD_ID, USER_ID, ASSISTANT_ID, SYSTEM_ID, END_ID = range(NUM_SPECIAL_TOKENS)
 MIN_VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS  # every byte, plus the reserved tokens
 
 
