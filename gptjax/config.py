@@ -17,6 +17,7 @@ from gptjax.data.tokenizer import NUM_SPECIAL_TOKENS
 
 MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
 ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
+RL_MODES = ("ppo", "grpo", "rloo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "max_len")
 JUDGES = ("gold", "reward_model", "self")
@@ -227,6 +228,9 @@ def default_config() -> ml_collections.ConfigDict:
             data="",  # JSONL; sft: {"messages"}; reward/dpo: pairs or rankings (README, Post-training); "" = align.task
             num_examples=400,  # rows an embedded task generates (arithmetic has 400 distinct problems)
             val_fraction=0.05,  # held out for eval (reward accuracy, DPO margins, SFT loss)
+            # Seeds which prompts are held out (align/data.py split_train_val): the split is by prompt, so
+            # every stage and every `seed` of a pipeline keep the same held-out prompts.
+            split_seed=0,
             batch_size=16,  # sft/reward/dpo: rows per step; rl: prompts per step
             reward_model="",  # ppo/grpo/rloo/label: a mode=reward workdir; "" = the task's programmatic reward
             reference="",  # ppo/grpo/rloo/dpo: frozen reference workdir; "" = align.init_from
@@ -436,8 +440,14 @@ def _validate_optim(cfg) -> None:
     if not o.lr > 0:
         _fail("optim.lr", o.lr, "must be > 0")
     _check_choice(cfg, "optim.schedule", SCHEDULES)
-    if o.warmup_steps < 0 or o.warmup_steps > steps:
-        _fail("optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps={steps}]")
+    # The schedule counts optimizer updates: RL makes rl.epochs * rl.minibatches of them per step.
+    if cfg.mode in RL_MODES:
+        per_step = max(cfg.rl.epochs, 1) * max(cfg.rl.minibatches, 1)  # (< 1 is reported by _validate_align)
+        updates, unit = steps * per_step, "updates (train.steps * rl.epochs * rl.minibatches)"
+    else:
+        updates, unit = steps, "train.steps"
+    if o.warmup_steps < 0 or o.warmup_steps > updates:
+        _fail("optim.warmup_steps", o.warmup_steps, f"must be in [0, {updates}], the run's {unit}")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         _fail("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
     if not 0.0 < o.wsd_decay_fraction <= 1.0:
@@ -550,6 +560,8 @@ def _validate_align(cfg, batch_shards: int) -> None:
         _fail("align.num_examples/batch_size", (a.num_examples, a.batch_size), "must be >= 2 and >= 1")
     if not 0.0 < a.val_fraction < 1.0:
         _fail("align.val_fraction", a.val_fraction, "must be in (0, 1)")
+    if a.split_seed < 0:
+        _fail("align.split_seed", a.split_seed, "must be a non-negative integer")
     for key in ("group_size", "max_new_tokens", "epochs", "minibatches", "kl_horizon"):
         if r[key] < 1:
             _fail(f"rl.{key}", r[key], "must be >= 1")

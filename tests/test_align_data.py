@@ -172,12 +172,41 @@ def test_write_preferences_round_trips_atomically(tokenizer, tmp_path):
 
 
 def test_split_is_deterministic_disjoint_and_complete():
-    items = list(range(100))
+    items = list(range(1000))
     train, val = split_train_val(items, 0.1, seed=3)
     assert (train, val) == split_train_val(items, 0.1, seed=3)
-    assert len(val) == 10 and sorted(train + val) == items and not set(train) & set(val)
+    assert 70 <= len(val) <= 130 and sorted(train + val) == items and not set(train) & set(val)
     assert train == sorted(train) and val == sorted(val)  # original order kept
     assert split_train_val(items, 0.1, seed=4)[1] != val
+
+
+def test_split_is_by_prompt_so_subsets_and_reorderings_keep_their_held_out_prompts():
+    items = [f"What is {a}+{b}?" for a in range(20) for b in range(20)]
+    _, val = split_train_val(items, 0.1, seed=0)
+    subset = items[::3][::-1]  # fewer examples, another order (align.num_examples, another seed's draw)
+    sub_train, sub_val = split_train_val(subset, 0.1, seed=0)
+    assert set(sub_val) == set(val) & set(subset) and not set(sub_train) & set(val)
+    doubled = items + items[:50]  # a repeated prompt never lands on both sides
+    d_train, d_val = split_train_val(doubled, 0.1, seed=0)
+    assert not set(d_train) & set(d_val)
+    pairs = [(text, i) for i, text in enumerate(items)]  # items keyed by their prompt
+    assert [t for t, _ in split_train_val(pairs, 0.1, 0, prompt_of=lambda p: p[0])[1]] == val
+
+
+def test_sft_and_rl_with_other_seeds_hold_out_the_same_arithmetic_problems(tokenizer):
+    from conftest import tiny_config
+    from gptjax.align.rl import task_prompts
+    from gptjax.align.sft import load_conversations
+    from gptjax.align.tasks import get_task
+
+    cfg = tiny_config(vocab_size=300, max_len=64)
+    cfg.align.update(task="arithmetic", num_examples=400, val_fraction=0.2)
+    sft_train, sft_val = load_conversations(cfg, tokenizer, 64)
+    cfg.seed, cfg.align.num_examples = 7, 150  # an RL run with another seed and fewer problems
+    rl_train, rl_val = task_prompts(cfg, get_task("arithmetic"), tokenizer, 64)
+    held_out = {tuple(r.tokens[:r.assistant_mask.index(True)]) for r in sft_val}
+    assert held_out and not {tuple(t) for t in rl_train.tokens} & held_out
+    assert {tuple(t) for t in rl_val.tokens} <= held_out
 
 
 def test_split_keeps_one_item_on_each_side_when_it_can():

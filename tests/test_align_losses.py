@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -94,6 +95,18 @@ def test_kl_estimators_match_exact_kl_on_samples():
         np.testing.assert_array_equal(_np(losses.kl_penalty(logp, ref_logp, name)), kls[name])
     with pytest.raises(ValueError, match="k4"):
         losses.kl_penalty(logp, ref_logp, "k4")
+
+
+def test_k3_penalty_of_a_token_the_policy_made_rare_stays_bounded():
+    """A sampled token with log pi = -25 that the reference gives log q = -0.1 (log_ratio ~ +25): raw k3
+    is exp(25) ~ 7e10, and its gradient as large; the penalty is capped at 10 with a finite gradient."""
+    logp, ref_logp = jnp.array([[-25.0, -1.0]]), jnp.array([[-0.1, -1.2]])
+    raw = _np(losses.kl_estimates(logp, ref_logp)["k3"])
+    assert raw[0, 0] > 1e10
+    penalty = _np(losses.kl_penalty(logp, ref_logp, "k3"))
+    assert penalty[0, 0] == losses.K3_MAX and penalty[0, 1] == pytest.approx(raw[0, 1], rel=1e-6)
+    grad = _np(jax.grad(lambda lp: losses.kl_penalty(lp, ref_logp, "k3").sum())(logp))
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() < 2.0
 
 
 # --- reward model --------------------------------------------------------------------------------------------

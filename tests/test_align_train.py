@@ -20,6 +20,7 @@ from gptjax.align.sft import masked_lm_loss, sft, to_arrays
 from gptjax.align import stage as stage_lib
 from gptjax.align.stage import AlignError, load_trained
 from gptjax.config import validate
+from gptjax.data.tokenizer import PAD_ID
 from gptjax.align.stage import param_norm
 from gptjax.parallel.mesh import make_mesh
 from gptjax.sample.generate import model_graphdef
@@ -180,7 +181,7 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     tokenizer = rm.trained.tokenizer
     prompt = chat.prompt_tokens("What is 2+3?", tokenizer)
     good, bad = prompt + chat.response_tokens("5", tokenizer), prompt + chat.response_tokens("9", tokenizer)
-    padded = np.full((2, max(len(good), len(bad)) + 3), chat.PAD_ID, np.int32)
+    padded = np.full((2, max(len(good), len(bad)) + 3), PAD_ID, np.int32)
     padded[0, :len(good)], padded[1, :len(bad)] = good, bad
     scores = rm(padded, [len(good), len(bad)])
     # the score sits at the last real token: trailing pads change nothing
@@ -192,7 +193,7 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     path = os.path.join(rm_dir, "task_preferences_arithmetic_120_seed0.jsonl")
     train_set, _ = preference_groups(path, align_config("reward"), tokenizer, 32)
     preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set]
-    tokens = np.full((len(preferred), 32), chat.PAD_ID, np.int32)
+    tokens = np.full((len(preferred), 32), PAD_ID, np.int32)
     for i, r in enumerate(preferred):
         tokens[i, :len(r)] = r
     assert rm.bias != 0.0

@@ -16,7 +16,7 @@ BAD_CONFIGS = [
     ("parallel.mesh", (-1, -1, 1), ["at most one size may be -1"]),
     ("optim.lr", -1e-3, ["optim.lr=-0.001", "> 0"]),
     ("optim.lr", 0.0, ["optim.lr=0.0"]),
-    ("optim.warmup_steps", 50, ["optim.warmup_steps=50", "train.steps=10"]),
+    ("optim.warmup_steps", 50, ["optim.warmup_steps=50", "[0, 10]", "train.steps"]),
     ("model.positional", "alibi", ["model.positional='alibi'", "learned, sinusoidal, rope"]),
     ("model.norm", "batchnorm", ["model.norm='batchnorm'", "layernorm, rmsnorm"]),
     ("model.activation", "tanh", ["model.activation='tanh'", "gelu, relu, swiglu"]),
@@ -143,6 +143,8 @@ BAD_ALIGN_CONFIGS = [  # (mode, {path: value}, words the error must contain)
     ("label", {"align.batch_size": 3, "parallel.num_devices": 8, "parallel.mesh": (8, 1, 1)},
      ["align.batch_size=3", "samples_per_prompt=2"]),
     ("grpo", {"rl.minibatches": 3}, ["align.batch_size=16", "rl.minibatches=3"]),
+    # RL's schedule counts updates: 10 steps x 2 epochs x 2 minibatches = 40, so warmup 41 is too long
+    ("ppo", {"rl.epochs": 2, "rl.minibatches": 2, "optim.warmup_steps": 41}, ["optim.warmup_steps=41", "[0, 40]"]),
     ("dpo", {"dpo.loss": "hinge"}, ["dpo.beta/loss/label_smoothing", "sigmoid or ipo"]),
     ("label", {"align.judge": "crowd"}, ["align.judge='crowd'", "gold, reward_model, self"]),
     ("label", {"align.judge": "reward_model"}, ["align.reward_model=''", "mode=reward run"]),

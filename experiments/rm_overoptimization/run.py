@@ -155,6 +155,7 @@ def bon_stage(root, sft_dir, rm_dirs, force):
     from gptjax.align.stage import full_batches, load_trained, pad_rows
     from gptjax.align.tasks import get_task
     from gptjax.config import default_config
+    from gptjax.data.tokenizer import PAD_ID
     from gptjax.parallel.mesh import make_mesh
     from gptjax.sample.generate import generate
     from gptjax.sample.strategies import Strategy
@@ -196,7 +197,7 @@ def bon_stage(root, sft_dir, rm_dirs, force):
                 out = []
                 for chunk, n in full_batches(all_rows, GEN_BATCH):
                     width = max(map(len, chunk))
-                    out += rm(pad_rows(chunk, width, chat.PAD_ID), [len(r) for r in chunk])[:n].tolist()
+                    out += rm(pad_rows(chunk, width, PAD_ID), [len(r) for r in chunk])[:n].tolist()
                 return np.array(out)
 
             proxy[n_rm] = score(rows)

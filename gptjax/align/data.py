@@ -13,11 +13,10 @@ K(K-1)/2 pairs it implies, each weighted 1/C(K,2) so that every prompt counts on
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
-
-import numpy as np
 
 from gptjax.align import chat
 from gptjax.atomic import write_jsonl_atomic
@@ -213,22 +212,37 @@ def write_preferences(path: str, rows: list[dict]) -> None:
 # -------------------------------------------------------------------------------------------- splitting
 
 
-def split_train_val(items, val_fraction: float, seed: int) -> tuple[list, list]:
-    """(train, val): a seeded random `val_fraction` of `items` held out, both in their original order.
+SPLIT_RULE = "prompt-hash-v1"  # in every stage's identity: checkpoints from before it are refused
 
-    With at least 2 items and 0 < val_fraction < 1 each side gets at least one item (a tiny file still
-    evaluates); with 1 item, or val_fraction 0, val is empty.
+
+def prompt_hash_unit(prompt_key, seed: int) -> float:
+    """A number in [0, 1) fixed by the prompt (its token ids or text) and `seed` (align.split_seed)."""
+    key = tuple(prompt_key) if isinstance(prompt_key, (list, tuple)) else prompt_key
+    digest = hashlib.sha256(repr((int(seed), key)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_train_val(items, val_fraction: float, seed: int, prompt_of=lambda item: item) -> tuple[list, list]:
+    """(train, val), both in their original order: an item is held out when its *prompt*
+    (`prompt_of(item)`, token ids) hashes below `val_fraction` under `seed` (align.split_seed).
+
+    Deciding by the prompt, not the item's position, makes the split one fixed partition of prompts:
+    SFT, reward, DPO and RL stages hold out the same prompts whatever their seed, item order or
+    align.num_examples (a smaller set's held-out prompts are a subset of a larger one's), and duplicates
+    of a prompt never straddle the split. With at least 2 items and val_fraction > 0 each side gets at
+    least one item (a tiny file still evaluates); with 1 item, or val_fraction 0, val is empty.
     """
     if not 0 <= val_fraction < 1:
         raise AlignDataError(f"align.val_fraction={val_fraction}: must be in [0, 1); e.g. 0.05")
     items = list(items)
-    n = len(items)
-    n_val = int(round(n * val_fraction))
-    if n >= 2 and val_fraction > 0:
-        n_val = min(max(n_val, 1), n - 1)
-    elif n < 2:
-        n_val = 0
-    held_out = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    train = [x for i, x in enumerate(items) if i not in held_out]
-    val = [x for i, x in enumerate(items) if i in held_out]
+    if len(items) < 2 or val_fraction == 0:
+        return items, []
+    units = [prompt_hash_unit(prompt_of(x), seed) for x in items]
+    held_out = [u < val_fraction for u in units]
+    if not any(held_out):  # tiny sets: the lowest-hashing prompt evaluates
+        held_out = [u == min(units) for u in units]
+    if all(held_out):
+        held_out = [u != max(units) for u in units]
+    train = [x for x, out in zip(items, held_out) if not out]
+    val = [x for x, out in zip(items, held_out) if out]
     return train, val

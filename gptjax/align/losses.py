@@ -3,7 +3,7 @@
 Pure jax.numpy functions, float32 math, jittable: string options (`mode`, `kind`, `estimator`) are Python
 values resolved at trace time; nothing branches on a traced value. Response tokens are laid out as
 B rows of T positions with a mask that is True on each row's real tokens (a valid prefix where noted).
-The formulas and the anchors' defaults are in shared/ALIGN_NOTES.md.
+Each function's docstring gives its formula and source; README "Post-training" lists the defaults.
 """
 
 import math
@@ -53,7 +53,7 @@ def aggregate(loss_BxT, mask_BxT, mode: str):
 
 
 def _log_softmax_2d(logits_BxTxV):
-    # XLA:CPU handles the (B*T, V) view much faster than the 3-D array (DESIGN.md, CPU notes).
+    # XLA:CPU runs the backward pass of the (B*T, V) view much faster than that of the 3-D array.
     B, T, V = logits_BxTxV.shape
     return jax.nn.log_softmax(logits_BxTxV.reshape(B * T, V).astype(jnp.float32), axis=-1)
 
@@ -91,11 +91,23 @@ def kl_estimates(logp_BxT, ref_logp_BxT):
     }
 
 
+K3_MAX_LOG_RATIO, K3_MAX = 20.0, 10.0  # verl's low_var_kl bounds
+
+
 def kl_penalty(logp_BxT, ref_logp_BxT, estimator: str):
-    """kl_BxT: the per-token KL estimate named by `estimator` ("k1", "k2" or "k3"); see kl_estimates."""
+    """kl_BxT: the per-token KL estimate named by `estimator` ("k1", "k2" or "k3"), the one that enters
+    the reward or the loss; see kl_estimates. k3 is exp(log_ratio) - 1 - log_ratio: one sampled token
+    the policy has made rare but the reference still likes (log_ratio of +15, say) gives exp(15) and a
+    gradient spike that wrecks a step, so k3 here uses log_ratio clipped to +-20 and is capped at 10
+    (as verl does; the clip only acts far beyond any KL an RLHF run should reach). The logged KL
+    metrics (kl_estimates) are not clipped."""
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"KL estimator {estimator!r} is unknown; use one of {', '.join(KL_ESTIMATORS)}")
-    return kl_estimates(logp_BxT, ref_logp_BxT)[estimator]
+    if estimator != "k3":
+        return kl_estimates(logp_BxT, ref_logp_BxT)[estimator]
+    log_ratio_BxT = jnp.asarray(ref_logp_BxT, jnp.float32) - jnp.asarray(logp_BxT, jnp.float32)
+    log_ratio_BxT = jnp.clip(log_ratio_BxT, -K3_MAX_LOG_RATIO, K3_MAX_LOG_RATIO)
+    return jnp.minimum(jnp.expm1(log_ratio_BxT) - log_ratio_BxT, K3_MAX)
 
 
 def pairwise_loss(r_chosen_P, r_rejected_P, weight_P):

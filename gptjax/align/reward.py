@@ -104,7 +104,7 @@ def preference_groups(path: str, cfg, tokenizer, max_len: int):
     if len(groups) < 2:
         raise align_data.AlignDataError(f"{path}: {len(groups)} preference rows; need at "
                                         "least 2 (one to train on, one to evaluate)")
-    return align_data.split_train_val(groups, cfg.align.val_fraction, cfg.seed)
+    return align_data.split_train_val(groups, cfg.align.val_fraction, cfg.align.split_seed, lambda g: g.prompt)
 
 
 def preference_texts(path: str) -> list[str]:

@@ -56,7 +56,8 @@ class Prompts:
 def task_prompts(cfg, task, tokenizer, max_len: int) -> tuple[Prompts, Prompts]:
     """(train, val) prompts of the task rendered by the chat template; too-long prompts are an error."""
     pairs = task.prompts(cfg.align.num_examples, cfg.seed)
-    train, val = align_data.split_train_val(pairs, cfg.align.val_fraction, cfg.seed)
+    train, val = align_data.split_train_val(pairs, cfg.align.val_fraction, cfg.align.split_seed,
+                                            lambda pair: chat.prompt_tokens(pair[0], tokenizer))
 
     def build(items):
         tokens = [chat.prompt_tokens(text, tokenizer) for text, _ in items]
@@ -295,7 +296,8 @@ def _rl(cfg, workdir: str, mesh) -> dict:
                                                        for i, c in enumerate(completions)]))
             if rm is not None:
                 result[f"{prefix}proxy_reward"] = float(np.mean(rm(*_rows(prompts, completions, length))))
-        trained_on = generate(policy_cfg, items["params"], train_prompts.tokens[:count], max_new_tokens=N,
+        train_count = min(EVAL_PROMPTS, len(train_prompts.tokens))
+        trained_on = generate(policy_cfg, items["params"], train_prompts.tokens[:train_count], max_new_tokens=N,
                               strategy=Strategy(temperature=0.0), tokenizer=tokenizer)
         result["train_reward"] = float(np.mean([task.reward(train_prompts.meta[i], c.text)
                                                 for i, c in enumerate(trained_on)]))

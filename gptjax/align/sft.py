@@ -52,7 +52,13 @@ def load_conversations(cfg, tokenizer, max_len: int):
                 raise align_data.AlignDataError(f"task {cfg.align.task} row {i} has {len(r.tokens)} tokens, more than "
                                                 f"model.max_len={max_len}; raise max_len")
             rendered.append(r)
-    return align_data.split_train_val(rendered, cfg.align.val_fraction, cfg.seed)
+    return align_data.split_train_val(rendered, cfg.align.val_fraction, cfg.align.split_seed, prompt_part)
+
+
+def prompt_part(rendered) -> list[int]:
+    """The tokens before the first assistant token: the prompt, as chat.prompt_tokens renders it."""
+    first = rendered.assistant_mask.index(True) if True in rendered.assistant_mask else len(rendered.tokens)
+    return rendered.tokens[:first]
 
 
 def to_arrays(rendered, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,11 +19,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from gptjax.align.data import SPLIT_RULE
+from gptjax.atomic import write_json_atomic
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 from gptjax.sample.job import load_workdir_tokenizer, restore_trained_params
 from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
-from gptjax.atomic import write_json_atomic
 from gptjax.train.loop import TrainingDivergedError, json_config
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
@@ -210,7 +211,11 @@ def stage_identity(cfg, **more) -> dict:
     split, and the seed every batch and sample derives from (plus the stage's own `more`)."""
     a = cfg.align
     return dict(init_from=a.init_from, data=a.data or f"task:{a.task}", num_examples=a.num_examples,
-                val_fraction=a.val_fraction, batch_size=a.batch_size, seed=cfg.seed, **more)
+                val_fraction=a.val_fraction, split=SPLIT_RULE, split_seed=a.split_seed, batch_size=a.batch_size,
+                seed=cfg.seed, **more)
+
+
+REQUIRED_IDENTITY_KEYS = ("split",)  # a checkpoint without them was split another way: not resumable
 
 
 @dataclasses.dataclass
@@ -234,7 +239,8 @@ def _check_resumable(meta: dict, spec: StageSpec, tokenizer_hash: str, directory
         raise CheckpointError(f"{directory} holds a {meta.get('stage', 'pretrain')!r} checkpoint, not {spec.name!r}; "
                               "use a fresh --workdir for each stage")
     saved = meta.get("identity", {})  # a key it lacks was added since the checkpoint was written: unknown
-    diffs = [f"{k}: checkpoint {saved[k]!r} vs now {v!r}" for k, v in spec.identity.items() if k in saved and saved[k] != v]
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in spec.identity.items()
+             if (k in saved or k in REQUIRED_IDENTITY_KEYS) and saved.get(k) != v]
     if diffs:
         raise CheckpointError(f"{directory} was written by a different {spec.name} run ({'; '.join(diffs[:3])}); rerun "
                               "with the config that wrote it, or use a fresh --workdir")

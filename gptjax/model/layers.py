@@ -18,7 +18,8 @@ class Dense(nnx.Linear):
     """`nnx.Linear` over the last axis, computed on a 2-D `(rows, d_in)` view of the input.
 
     XLA:CPU runs the backward pass of 3-D dense contractions ~2.5x slower than the same matmul on
-    2-D arrays (DESIGN.md); the reshape costs nothing on TPU/GPU.
+    2-D arrays (an MLP's forward + backward: 79 ms vs 29 ms on 2 cores); the reshape costs nothing on
+    TPU/GPU.
     """
 
     def __init__(self, d_in, d_out, names, *, std, use_bias, cfg, rngs):
