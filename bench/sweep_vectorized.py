@@ -2,7 +2,7 @@
 
 Both sides train the same K models (one shape, K learning rates) on the same batch, jitted, on this
 CPU. "Sequential" runs the single-model jitted step K times per round; "vectorized" runs the vmapped
-step (gptjax/scaling/vectorized.py) once. Throughput = model-tokens/s summed over the K models after
+step (the member axis of gptjax/train/members.py, as `train_group` trains it) once. Throughput = model-tokens/s summed over the K models after
 compilation; compile time is reported separately (the sequential side compiles once too, shapes being
 equal). Goal (issue 4): >= 3x at K=8.
 A second line times what a sweep does end to end on synthetic data: `train_group` on all K learning
@@ -19,10 +19,13 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
 from gptjax.config import default_config
-from gptjax.scaling.vectorized import group_train_step, init_group, train_group
-from gptjax.train.loop import train
+from gptjax.parallel.mesh import make_mesh
+from gptjax.scaling.vectorized import train_group
+from gptjax.train.loop import sharded_train_step, train
+from gptjax.train.members import Members
 
 
 def seconds_per_round(step, states, batch, steps: int) -> float:
@@ -53,17 +56,21 @@ def main():
     cfg.model.update(vocab_size=384, max_len=args.seq_len, d_model=D, n_layers=args.n_layers, n_heads=max(D // 16, 1),
                      n_kv_heads=max(D // 16, 1), d_ff=4 * D)
     cfg.data.update(seq_len=args.seq_len, batch_size=args.batch_size)
+    cfg.parallel.update(num_devices=1, mesh=(1, 1, 1))
     members = [{"lr": lr, "seed": 0} for lr in np.geomspace(1e-3, 3e-2, args.members)]
-    batch = np.random.default_rng(0).integers(7, 384, (args.batch_size, args.seq_len + 1)).astype(np.int32)
-    step = jax.jit(group_train_step(cfg), donate_argnums=0)
+    batch_np = np.random.default_rng(0).integers(7, 384, (args.batch_size, args.seq_len + 1)).astype(np.int32)
 
     timings = {}
-    for name, groups in (("sequential", [[m] for m in members]), ("vectorized", [members])):
-        states = [init_group(cfg, g) for g in groups]
-        start = time.perf_counter()
-        jax.block_until_ready(step.lower(states[0], batch).compile())
-        compile_seconds = time.perf_counter() - start
-        timings[name] = (seconds_per_round(step, states, batch, args.steps), compile_seconds)
+    mesh = make_mesh(cfg.parallel)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+        for name, groups in (("sequential", [[m] for m in members]), ("vectorized", [members])):
+            built = [sharded_train_step(cfg, mesh, Members.group(g)) for g in groups]
+            step, batch = built[0][0], jax.device_put(batch_np, built[0][2])  # the lr is in each state
+            states = [state for _, state, _ in built]
+            start = time.perf_counter()
+            jax.block_until_ready(step.lower(states[0], batch).compile())
+            compile_seconds = time.perf_counter() - start
+            timings[name] = (seconds_per_round(step, states, batch, args.steps), compile_seconds)
 
     model_tokens = args.members * args.batch_size * args.seq_len
     value = model_tokens / timings["vectorized"][0]

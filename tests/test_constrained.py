@@ -11,9 +11,9 @@ import pytest
 
 from conftest import tiny_config
 from gptjax.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from gptjax.model.build import init_params
 from gptjax.sample.constrained import ConstraintError, json_schema_automaton, regex_automaton
 from gptjax.sample.generate import generate
-from gptjax.train.state import init_params
 
 ALPHABET = "ab01 é-"  # é: two UTF-8 bytes, so tokens that split a character are exercised
 CORPUS = ["ab ba 01 10 aab abba é éa aé -a- b-0 " * 5, "a0b1 é0é 1-1 bb aa 00 11 ab01é"] * 3

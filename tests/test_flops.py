@@ -4,8 +4,8 @@ from flax import nnx
 
 from conftest import tiny_config
 from gptjax.config import validate
+from gptjax.model.build import abstract_model
 from gptjax.train.flops import device_peak_flops, flops_per_token, mfu, param_counts
-from gptjax.train.state import abstract_model
 
 
 def gpt2_small():

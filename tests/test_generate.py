@@ -15,10 +15,12 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
 from gptjax.config import DEFAULT_RULES
+from gptjax.model.build import init_params
 from gptjax.parallel.mesh import make_mesh
-from gptjax.sample.generate import EOS_ID, generate, model_graphdef, prefill, stop_string_cut
+from gptjax.sample.generate import (EOS_ID, PAD_ID, decode, generate, model_graphdef, prefill, start_decoding,
+                                    stop_string_cut)
 from gptjax.sample.strategies import SampleError, Strategy, filter_logits, sample_tokens
-from gptjax.train.state import init_params, params_shardings
+from gptjax.train.state import params_shardings
 
 GREEDY = Strategy(temperature=0)
 PROMPTS = [[3, 5, 7], [9, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 11], [13]]  # 3, 17, 1 tokens
@@ -254,6 +256,32 @@ def test_bad_requests_are_clear_errors():
     for bad in (dict(temperature=-1), dict(top_k=-2), dict(top_p=0.0), dict(min_p=1.5)):
         with pytest.raises(SampleError, match=next(iter(bad))):
             Strategy(**bad)
+
+
+def test_prompt_lengths_in_one_bucket_reuse_the_compiled_prefill_and_loop():
+    m, params = model(positional="rope")
+
+    def compiled_after(prompt):
+        generate(m, params, [prompt], max_new_tokens=6, strategy=GREEDY)
+        return prefill._cache_size(), decode._cache_size()
+
+    first = compiled_after([3, 5, 7])
+    assert compiled_after([2] * 16) == compiled_after([9]) == first  # 1..16 tokens: one 16-column bucket
+    assert compiled_after([2] * 17) == (first[0] + 1, first[1] + 1)  # the next bucket compiles anew
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_the_decode_loop_consumes_the_donated_prefill_caches(scan_layers):
+    m, params = model(scan_layers=scan_layers)
+    s = start_decoding(m, params, PROMPTS, max_new_tokens=4)
+    leaves = jax.tree.leaves(s.caches)
+    assert len(leaves) == (4 if scan_layers else 8) and not any(leaf.is_deleted() for leaf in leaves)
+    out = decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, jax.random.split(jax.random.key(0), 3), None,
+                 0, first_slot=s.first_slot, max_new_tokens=4, strategy=GREEDY, stop_ids=s.stop_ids, eos_id=EOS_ID,
+                 pad_id=PAD_ID, vocab_size=s.vocab_size)
+    assert all(leaf.is_deleted() for leaf in leaves)  # updated in place, not copied
+    assert [c.tokens for c in generate(m, params, PROMPTS, max_new_tokens=4, strategy=GREEDY)] == [
+        row[:n].tolist() for row, n in zip(np.asarray(out[0]), np.asarray(out[2]))]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

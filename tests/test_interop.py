@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from gptjax.train.state import abstract_model, init_params
+from gptjax.model.build import abstract_model, init_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

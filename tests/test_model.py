@@ -7,10 +7,11 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from gptjax.model.build import abstract_model, init_params
+from gptjax.model.kv_cache import KVCache, empty_caches
 from gptjax.model.layers import make_norm
 from gptjax.model.transformer import Block, Transformer
 from gptjax.train.flops import param_counts
-from gptjax.train.state import abstract_model, init_params
 
 
 def build(**overrides):
@@ -99,7 +100,8 @@ def test_post_norm_normalises_the_residual_stream_pre_norm_does_not():
     for placement, normalised in (("pre", False), ("post", True)):
         with nnx.use_eager_sharding(False):
             block = Block(tiny_config(norm_position=placement).model, nnx.Rngs(0))
-        y = block(x, positions)
+        y, cache = block(x, positions)
+        assert cache is None  # training: no KV cache in, none out
         assert np.allclose(y.std(-1), 1.0, atol=1e-2) == normalised
 
 
@@ -211,6 +213,32 @@ def test_scalar_head_reads_the_shared_trunk():
     _, graphdef_plain, params_plain = build()
     with pytest.raises(ValueError, match="scalar_head=True"):
         nnx.merge(graphdef_plain, params_plain).scalar(TOKENS)
+
+
+def test_the_model_holds_nothing_but_parameters():
+    for overrides in ({}, dict(scan_layers=True, qk_norm=True, scalar_head=True)):
+        with nnx.use_eager_sharding(False):
+            model = Transformer(tiny_config(**overrides).model, rngs=nnx.Rngs(0))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        assert jax.tree.leaves(params) and not jax.tree.leaves(rest)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_decoding_in_chunks_with_kv_caches_equals_the_full_forward(scan_layers):
+    _, graphdef, params = build(scan_layers=scan_layers, positional="rope", n_kv_heads=2)
+    model = nnx.merge(graphdef, params)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    caches = empty_caches(model, jnp.zeros(2, jnp.int32), 12)
+    chunks = []
+    for lo, hi in ((0, 7), (7, 8), (8, 12)):  # a prefill, one decode step, then several tokens at once
+        x, caches = model.decode(TOKENS[:, lo:hi], positions[:, lo:hi], caches)
+        chunks.append(x)
+    np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), model.hidden(TOKENS), atol=1e-5)
+    if scan_layers:  # one cache stacked on a leading layer axis
+        assert isinstance(caches, KVCache) and caches.k_BxSxKxH.shape == (2, 2, 12, 2, 8)
+        assert caches.index.tolist() == [12, 12]
+    else:
+        assert [c.index for c in caches] == [12, 12] and caches[0].k_BxSxKxH.shape == (2, 12, 2, 8)
 
 
 def test_init_params_is_deterministic_per_key():

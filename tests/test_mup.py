@@ -13,10 +13,11 @@ from conftest import tiny_config
 from gptjax.config import ConfigError, validate
 from gptjax.model import mup, param_kind
 from gptjax.model.attention import einsum_attention
+from gptjax.model.build import abstract_model, init_params
 from gptjax.parallel.mesh import make_mesh
 from gptjax.scaling import plan
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import abstract_model, create_train_state, init_params
+from gptjax.train.state import create_train_state
 from gptjax.train.step import make_train_step
 
 BASE = 32
@@ -66,7 +67,7 @@ def coordinate_changes(parametrization, width, lr=3e-3, steps=3):
         x_BxTxD = model.token_embed(tokens_BxT) + model.pos_embed(positions_BxT)
         out = {"embed": x_BxTxD}
         for i, block in enumerate(model.blocks):
-            x_BxTxD = block(x_BxTxD, positions_BxT)
+            x_BxTxD, _ = block(x_BxTxD, positions_BxT)
             out[f"block{i}"] = x_BxTxD
         out["logits"] = model.logits(model.final_norm(x_BxTxD))
         return out

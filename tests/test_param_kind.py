@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 from gptjax.model.param_kind import EMBEDDING, HIDDEN, READOUT, VECTOR, UnknownParameterError, param_kind, param_kinds
 from gptjax.train.optim import make_optimizer, weight_decay_mask
-from gptjax.train.state import init_params
+from gptjax.model.build import init_params
 
 HIDDEN_KERNELS = {("attn", "query"), ("attn", "key"), ("attn", "value"), ("attn", "out"), ("mlp", "up"),
                   ("mlp", "down")}

@@ -61,11 +61,16 @@ def test_cli_samples_the_latest_checkpoint_and_writes_jsonl(workdir, tmp_path):
     assert summary["step"] == 20 and summary["samples"] == 1
     [row] = rows_of(tmp_path / "s.jsonl")
     assert row["prompt"] == "the king" and summary["completions"] == [row["completion"]]
-    assert 1 <= len(row["tokens"]) <= 12 and row["finish_reason"] in ("stop_token", "stop_string", "length")
+    assert 1 <= len(row["tokens"]) <= 12
     assert row["logprob"] == pytest.approx(sum(row["token_logprobs"]))
     tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.json"))
-    assert row["completion"] == tokenizer.decode(row["tokens"][:-1] if row["finish_reason"] == "stop_token"
-                                                 else row["tokens"]).split("\n\n")[0]
+    reason, tokens = row["finish_reason"], row["tokens"]
+    text = tokenizer.decode(tokens[:-1] if reason == "stop_token" else tokens)
+    # the reason is the one the tokens show: <|eos|> last, else the config's stop string, else 12 tokens
+    shown = "stop_token" if tokens[-1] == tokenizer.eos_id else "stop_string" if "\n\n" in text else "length"
+    assert reason == shown
+    assert reason != "length" or len(tokens) == 12
+    assert row["completion"] == text.split("\n\n")[0]
     # the same config in-process (the library entry point) gives the same sample: seeded, deterministic
     again = sample_checkpoint(sample_config(prompt="the king", max_new_tokens=12, seed=3, temperature=0.8,
                                             top_p=0.95, stop_strings=("\n\n",), output=str(tmp_path / "again.jsonl")),
@@ -103,6 +108,49 @@ def test_beam_search_and_stop_strings_from_the_config(workdir, tmp_path):
                                               output=str(tmp_path / "stop.jsonl")), workdir)
     assert all(" " not in c for c in summary["completions"])
     assert any(r["finish_reason"] == "stop_string" for r in rows_of(tmp_path / "stop.jsonl"))
+
+
+def test_finish_reasons_follow_from_how_each_row_ended(workdir, tmp_path, monkeypatch):
+    """Rows of one seed continue one text, cut short by max_new_tokens ("length"), at a stop string
+    ("stop_string", the text cut where the string starts) or at an <|eos|> a constraint forces ("stop_token")."""
+    import gptjax.sample
+
+    tokenizer = Tokenizer.load(os.path.join(workdir, "tokenizer.json"))
+
+    def sample(name, **overrides):
+        sample_checkpoint(sample_config(prompt="the king", temperature=1.0, seed=3,
+                                        output=str(tmp_path / f"{name}.jsonl"), **overrides), workdir)
+        [row] = rows_of(tmp_path / f"{name}.jsonl")
+        return row
+
+    free = sample("free", max_new_tokens=16)
+    assert tokenizer.eos_id not in free["tokens"][:4]  # (what the checks below rely on)
+    short = sample("short", max_new_tokens=4)
+    assert short["finish_reason"] == "length"
+    assert short["tokens"] == free["tokens"][:4] and short["completion"] == tokenizer.decode(free["tokens"][:4])
+
+    # A stop string first completed by a later token: the piece that token decodes to, new in the text.
+    pieces = [tokenizer.decode([t]) for t in free["tokens"]]
+    stop = next(piece for k, piece in enumerate(pieces) if k and piece.strip() and "\ufffd" not in piece
+                and piece not in tokenizer.decode(free["tokens"][:k]))
+    cut = sample("cut", max_new_tokens=16, stop_strings=(stop,))
+    assert cut["finish_reason"] == "stop_string"
+    assert cut["completion"] == free["completion"][:free["completion"].index(stop)] != ""
+    n = len(cut["tokens"])  # the tokens end with the one completing the stop string
+    assert cut["tokens"] == free["tokens"][:n] and n < 16
+    assert stop in tokenizer.decode(cut["tokens"]) and stop not in tokenizer.decode(cut["tokens"][:-1])
+
+    # A constraint allowing one token, then none: <|eos|>, the only way on, must end the row there.
+    forced = tokenizer.encode(" queen")[0]
+    table = np.full((2, tokenizer.vocab_size), -1, np.int32)
+    table[0, forced] = 1
+    automaton = Automaton(jnp.asarray(table), jnp.asarray([False, True]), 0)
+    fake = types.SimpleNamespace(ConstraintError=ValueError, regex_automaton=lambda regex, tok: automaton)
+    monkeypatch.setitem(sys.modules, "gptjax.sample.constrained", fake)
+    monkeypatch.setattr(gptjax.sample, "constrained", fake, raising=False)
+    eos = sample("eos", max_new_tokens=16, regex="queen")
+    assert eos["finish_reason"] == "stop_token" and eos["tokens"] == [forced, tokenizer.eos_id]
+    assert eos["completion"] == tokenizer.decode([forced])
 
 
 def test_sampling_errors_are_clear(workdir, tmp_path):

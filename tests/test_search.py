@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from gptjax.model.build import init_params
 from gptjax.sample.generate import EOS_ID, generate, model_graphdef
 from gptjax.sample.search import beam_search, best_of_n, self_consistency, token_batch
 from gptjax.sample.strategies import SampleError, Strategy
-from gptjax.train.state import init_params
 
 V = 12
 

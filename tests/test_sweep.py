@@ -121,6 +121,38 @@ def test_vectorized_resume_refuses_another_train_steps_unless_allowed(tmp_path):
     assert [r["step"] for r in read_metrics(workdir)[before:] if r["split"] == "train/m0"] == [5, 6]
 
 
+def test_a_group_trains_sharded_on_the_mesh_like_on_one_device(tmp_path, monkeypatch):
+    from jax.sharding import PartitionSpec as P
+
+    from gptjax.train.checkpoint import Checkpointer
+    from gptjax.train.metrics import read_metrics
+
+    layouts = []  # (spec, first shard's shape) of one kernel in each saved state
+    save = Checkpointer.save
+
+    def save_and_record(self, step, state, meta):
+        up = state["params"]["blocks"][0]["mlp"]["up"]["kernel"]
+        layouts.append((getattr(up.sharding, "spec", None), up.addressable_shards[0].data.shape))
+        save(self, step, state, meta)
+
+    monkeypatch.setattr(Checkpointer, "save", save_and_record)
+    members = [{"lr": 3e-3, "seed": 0}, {"lr": 1e-2, "seed": 1}]
+    results = {}
+    for mesh in ((1, 1, 1), (2, 2, 1)):  # data x fsdp: batch split 4 ways, params split over fsdp
+        cfg = tiny_config()
+        cfg.train.update(steps=4, eval_every=2, checkpoint_every=4, log_every=2)
+        cfg.parallel.update(mesh=mesh, num_devices=math.prod(mesh))
+        results[mesh] = train_group(cfg, members, str(tmp_path / "x".join(map(str, mesh))))
+    one, sharded = results[(1, 1, 1)], results[(2, 2, 1)]
+    assert [r["eval_loss"] for r in sharded] == pytest.approx([r["eval_loss"] for r in one], rel=1e-5)
+    assert [r["train_loss"] for r in sharded] == pytest.approx([r["train_loss"] for r in one], rel=1e-5)
+    # The member axis (2) is replicated; each member's (embed, mlp) kernel is split over fsdp as one model's.
+    assert layouts[-1] == (P(None, "fsdp", "tensor"), (2, 32 // 2, 64))
+    # The rows a pretraining run logs, per member.
+    rows = [r for r in read_metrics(str(tmp_path / "2x2x1")) if r["split"] == "train/m1"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["mfu"] > 0 and "batch_crc32" in r for r in rows)
+
+
 # ---------------------------------------------------------------- the runner
 
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +14,7 @@ from conftest import tiny_config
 from gptjax.train.checkpoint import CheckpointError, Checkpointer
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 from gptjax.train.metrics import read_metrics
-from gptjax.train.optim import make_schedule, weight_decay_mask
+from gptjax.train.optim import make_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,6 +98,29 @@ def test_resuming_with_another_tokenizer_is_a_clear_error(tmp_path):
     cfg.data.tokenizer = other
     with pytest.raises(CheckpointError, match="was written with tokenizer .* use the tokenizer.json saved"):
         train(cfg, workdir)
+
+
+def test_a_text_checkpoint_from_before_the_hash_split_is_refused(tmp_path, monkeypatch):
+    # Its iterator position indexes windows of other documents (the old permutation split).
+    from test_data import write_corpus
+
+    save = Checkpointer.save
+
+    def save_as_before(self, step, state, meta):
+        meta = json.loads(json.dumps(meta))
+        del meta["data_identity"]["document_split"]
+        save(self, step, state, meta)
+
+    cfg = tiny_config(vocab_size=300)
+    cfg.data.update(source=f"text:{write_corpus(tmp_path / 'corpus')}", val_fraction=0.3,
+                    cache_dir=str(tmp_path / "cache"))
+    cfg.train.update(steps=2, checkpoint_every=2, eval_every=2)
+    monkeypatch.setattr(Checkpointer, "save", save_as_before)
+    train(cfg, str(tmp_path / "run"))
+    monkeypatch.undo()
+    cfg.train.update(steps=4, allow_steps_change=True)
+    with pytest.raises(CheckpointError, match="document_split: checkpoint None vs now 'smallest-hash-v1'"):
+        train(cfg, str(tmp_path / "run"))
 
 
 def test_warns_past_four_epochs(tmp_path, caplog):
@@ -311,13 +333,3 @@ def test_schedules():
     assert float(wsd(99)) == pytest.approx(1.0 - 0.9 * 11 / 22) and float(wsd(110)) == pytest.approx(0.1)
     cfg.schedule = "constant"
     assert float(make_schedule(cfg, 110)(100)) == 1.0
-
-
-def test_weight_decay_mask_skips_norms_biases_and_embeddings():
-    params = {"token_embed": {"embedding": jnp.ones((4, 2))},
-              "blocks": {0: {"attn_norm": {"scale": jnp.ones((2, 2)), "bias": jnp.ones((2, 2))},
-                             "mlp": {"up": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}}}}
-    mask = weight_decay_mask(params, decay_embeddings=False)
-    assert mask["blocks"][0]["mlp"]["up"]["kernel"] and not mask["blocks"][0]["mlp"]["up"]["bias"]
-    assert not mask["blocks"][0]["attn_norm"]["scale"] and not mask["token_embed"]["embedding"]
-    assert weight_decay_mask(params, decay_embeddings=True)["token_embed"]["embedding"]

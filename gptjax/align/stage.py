@@ -22,13 +22,14 @@ import optax
 from gptjax.align.data import SPLIT_RULE
 from gptjax.atomic import write_json_atomic
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
+from gptjax.model.build import init_params
 from gptjax.sample.job import load_workdir_tokenizer, restore_trained_params
 from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import TrainingDivergedError, json_config
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import abstract_params, init_params, params_shardings, state_shardings
+from gptjax.train.state import abstract_params, params_shardings, state_shardings
 
 
 class AlignError(ValueError):

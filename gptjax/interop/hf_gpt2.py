@@ -25,7 +25,7 @@ from flax import nnx
 
 from gptjax.config import default_config
 from gptjax.data.tokenizer import SPECIAL_TOKENS
-from gptjax.train.state import abstract_model
+from gptjax.model.build import abstract_model
 
 try:
     from safetensors.flax import load_file, save_file

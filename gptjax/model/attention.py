@@ -1,4 +1,7 @@
-"""Causal multi-head / grouped-query self-attention with optional QK-norm and RoPE."""
+"""Causal multi-head / grouped-query self-attention with optional QK-norm and RoPE.
+
+In training the module is parameters only; while decoding, each call is also given the layer's
+key/value cache (model/kv_cache.py) and returns it updated."""
 
 import functools
 
@@ -7,6 +10,7 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from gptjax.model.kv_cache import cached_attention
 from gptjax.model.layers import Dense, apply_rope, make_norm
 from gptjax.model.mup import attention_scale
 
@@ -77,13 +81,6 @@ def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None, kernel: str = 
                                         implementation="cudnn" if kernel == "cudnn" else None)
 
 
-def masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale=None):
-    """Attention of T queries over S keys where `mask_BxTxS` is True (KV-cache decoding, where the
-    cache's slots, not causality alone, decide what is visible); K < N and `scale` as in
-    `causal_attention`. Every query must see at least one key."""
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None], scale=scale)
-
-
 class Attention(nnx.Module):
     """Causal self-attention; N query heads share K key/value heads (K = N is plain MHA)."""
 
@@ -104,9 +101,10 @@ class Attention(nnx.Module):
         else:
             self.query_norm = self.key_norm = None
         self.kernel = cfg.get("attention", "auto")  # configs saved before model.attention existed: "auto"
-        self.kv_cache = None  # a model/kv_cache.py KVCache while decoding; None in training
 
-    def __call__(self, x_BxTxD, positions_BxT):
+    def __call__(self, x_BxTxD, positions_BxT, cache=None):
+        """(y_BxTxD, cache): in training `cache` is None and stays None; while decoding these T tokens
+        also attend to the cached ones, and the cache comes back with their keys and values written."""
         B, T, _ = x_BxTxD.shape
         N, K, H = self.n_heads, self.n_kv_heads, self.head_dim
         q_BxTxNxH = self.query(x_BxTxD).reshape(B, T, N, H)
@@ -117,8 +115,8 @@ class Attention(nnx.Module):
         if self.positional == "rope":
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_base)
             k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, self.rope_base)
-        if self.kv_cache is not None:  # decoding: these T tokens also attend to the cached ones
-            out_BxTxNxH = self.kv_cache.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
-            return self.out(out_BxTxNxH.reshape(B, T, N * H))
-        out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.kernel)
-        return self.out(out_BxTxNxH.reshape(B, T, N * H))
+        if cache is None:
+            out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.kernel)
+        else:
+            out_BxTxNxH, cache = cached_attention(cache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
+        return self.out(out_BxTxNxH.reshape(B, T, N * H)), cache

@@ -7,7 +7,9 @@ Under `parametrization="mup"` the hidden init, attention scale and readout multi
 gptjax/model/mup.py (at SP they are GPT-2's: init_std, 1/sqrt(head_dim), 1).
 
 Used functionally: `graphdef, params = nnx.split(model, nnx.Param)` and
-`nnx.merge(graphdef, params)(tokens)` inside pure loss functions (see gptjax/train/step.py).
+`nnx.merge(graphdef, params)(tokens)` inside pure loss functions (see gptjax/train/step.py). Decoding
+is functional too: `decode(tokens, positions, caches)` takes the per-layer KV caches
+(gptjax/model/kv_cache.py) and returns them updated; the model itself holds nothing but parameters.
 """
 
 import math
@@ -37,15 +39,18 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(cfg.d_model, cfg, rngs)
         self.mlp = MLP(cfg, rngs, std, resid_std)
 
-    def __call__(self, x_BxTxD, positions_BxT, dropout_key=None):
+    def __call__(self, x_BxTxD, positions_BxT, dropout_key=None, cache=None):
+        """(x_BxTxD, cache): `cache` is this layer's KV cache while decoding (returned updated), else None."""
         attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         if self.pre_norm:
-            x_BxTxD = x_BxTxD + dropout(self.attn(self.attn_norm(x_BxTxD), positions_BxT), self.dropout_rate, attn_key)
+            y_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, cache)
+            x_BxTxD = x_BxTxD + dropout(y_BxTxD, self.dropout_rate, attn_key)
             x_BxTxD = x_BxTxD + dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout_rate, mlp_key)
         else:
-            x_BxTxD = self.attn_norm(x_BxTxD + dropout(self.attn(x_BxTxD, positions_BxT), self.dropout_rate, attn_key))
+            y_BxTxD, cache = self.attn(x_BxTxD, positions_BxT, cache)
+            x_BxTxD = self.attn_norm(x_BxTxD + dropout(y_BxTxD, self.dropout_rate, attn_key))
             x_BxTxD = self.mlp_norm(x_BxTxD + dropout(self.mlp(x_BxTxD), self.dropout_rate, mlp_key))
-        return constrain(x_BxTxD, ACTIVATION_NAMES)
+        return constrain(x_BxTxD, ACTIVATION_NAMES), cache
 
 
 def _stacked_blocks(cfg, rngs):
@@ -59,28 +64,37 @@ def _stacked_blocks(cfg, rngs):
     return make(rngs)
 
 
-def _run_blocks(blocks, x_BxTxD, positions_BxT, dropout_key, *, scan, remat, n_layers):
+def _run_blocks(blocks, x_BxTxD, positions_BxT, dropout_key, caches, *, scan, remat, n_layers):
+    """(x_BxTxD, caches) after the L blocks. `caches`: None in training; while decoding a list of L
+    KV caches, or under `scan` one stacked on a leading layer axis, scanned over like the parameters."""
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, n_layers)
 
-    def apply(block, x, key):
-        return block(x, positions_BxT, key)
+    def apply(block, x, key, cache):
+        return block(x, positions_BxT, key, cache)
 
     if remat:  # recompute activations in the backward pass: memory for FLOPs
         apply = nnx.remat(apply)
     if scan:  # one compiled block, looped: compile time independent of depth
 
-        @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
-        def step(block, x, key):
-            return apply(block, x, key)
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+        def step(block, x, key, cache):
+            return apply(block, x, key, cache)
 
-        return step(blocks, x_BxTxD, layer_keys)
+        return step(blocks, x_BxTxD, layer_keys, caches)
+    new_caches = []
     for i, block in enumerate(blocks):
-        x_BxTxD = apply(block, x_BxTxD, None if layer_keys is None else layer_keys[i])
-    return x_BxTxD
+        x_BxTxD, cache = apply(block, x_BxTxD, _layer(layer_keys, i), _layer(caches, i))
+        new_caches.append(cache)
+    return x_BxTxD, None if caches is None else new_caches
+
+
+def _layer(per_layer, i):
+    return None if per_layer is None else per_layer[i]
 
 
 class Transformer(nnx.Module):
-    """Decoder-only language model. `__call__` gives next-token logits; `scalar` a per-token scalar."""
+    """Decoder-only language model. `__call__` gives next-token logits, `scalar` a per-token scalar and
+    `decode` the hidden states of tokens decoded incrementally with KV caches."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.positional, self.d_model, self.dropout_rate = cfg.positional, cfg.d_model, cfg.dropout
@@ -109,6 +123,15 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens_BxT, positions_BxT=None, dropout_key=None):
         """Final hidden states x_BxTxD (after the final norm). `dropout_key=None` means eval mode."""
+        return self._trunk(tokens_BxT, positions_BxT, dropout_key, caches=None)[0]
+
+    def decode(self, tokens_BxT, positions_BxT, caches):
+        """Incremental decoding, in eval mode: (x_BxTxD, caches) for T tokens written at the caches' next
+        T slots, which also attend to the slots already cached (gptjax/model/kv_cache.py)."""
+        return self._trunk(tokens_BxT, positions_BxT, None, caches)
+
+    def _trunk(self, tokens_BxT, positions_BxT, dropout_key, caches):
+        """The forward pass `hidden` and `decode` share: (x_BxTxD, caches, None without caches)."""
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -119,9 +142,9 @@ class Transformer(nnx.Module):
             x_BxTxD = x_BxTxD + sinusoidal_positions(positions_BxT, self.d_model, self.compute_dtype)
         embed_key, blocks_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x_BxTxD = constrain(dropout(x_BxTxD, self.dropout_rate, embed_key), ACTIVATION_NAMES)
-        x_BxTxD = _run_blocks(self.blocks, x_BxTxD, positions_BxT, blocks_key,
-                              scan=self.scan_layers, remat=self.remat, n_layers=self.n_layers)
-        return self.final_norm(x_BxTxD) if self.final_norm is not None else x_BxTxD
+        x_BxTxD, caches = _run_blocks(self.blocks, x_BxTxD, positions_BxT, blocks_key, caches,
+                                      scan=self.scan_layers, remat=self.remat, n_layers=self.n_layers)
+        return (self.final_norm(x_BxTxD) if self.final_norm is not None else x_BxTxD), caches
 
     def logits(self, x_BxTxD):
         """LM head on hidden states; the matmul runs on a 2-D view (fast on XLA:CPU)."""

@@ -1,10 +1,12 @@
 """Autoregressive generation with a KV cache: the prompts in one prefill pass, then one token per step
 inside a jitted `lax.while_loop`.
 
-Batched prompts of different lengths are left-padded to a common length (a multiple of PROMPT_BUCKET,
-so few shapes are compiled); each row's positions start at 0 at its first real token and its pads are
-hidden from attention (model/kv_cache.py). The cache has a static size, prompt + max_new_tokens slots,
-and is donated from the prefill to the decode loop, which updates it in place.
+`start_decoding` is the setup every decoding strategy shares (here sampling, in search.py beam search):
+batched prompts of different lengths are left-padded to a common length (a multiple of PROMPT_BUCKET, so
+few shapes are compiled), each row's positions starting at 0 at its first real token and its pads hidden
+from attention (model/kv_cache.py), and run through the model once, which fills the KV caches. The
+caches are plain arrays of a static size, prompt + max_new_tokens slots, passed to `Transformer.decode`
+and returned updated; they are donated from the prefill to the decode loop, which updates them in place.
 
 Per step and row: logits of tokens the row may not emit -> -inf (ids >= vocab_size; an automaton's
 disallowed tokens) -> a Strategy picks the token -> the row stops at a stop token (EOS by default).
@@ -24,13 +26,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from gptjax.data.tokenizer import SPECIAL_TOKENS
-from gptjax.model.kv_cache import attach_kv_caches, cache_positions
+from gptjax.data.tokenizer import EOS_ID, PAD_ID
+from gptjax.model.kv_cache import cache_positions, empty_caches
 from gptjax.sample.strategies import SampleError, Strategy, sample_tokens, token_logprobs
-from gptjax.train.state import abstract_model
+from gptjax.model.build import abstract_model
 
-EOS_ID = SPECIAL_TOKENS.index("<|eos|>")
-PAD_ID = SPECIAL_TOKENS.index("<|pad|>")
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this many tokens
 
 
@@ -89,29 +89,47 @@ def left_pad(prompts, *, max_new_tokens: int, max_len: int, vocab_size: int, pad
     return tokens_BxP, start_B
 
 
-def model_with_cache(graphdef, params, start_B, length: int, cache=None):
-    """The model with KV caches of `length` slots for len(start_B) rows: empty, or holding `cache`."""
-    model = nnx.merge(graphdef, params)
-    attach_kv_caches(model, start_B, length)
-    if cache is not None:
-        nnx.update(model, cache)
-    return model
-
-
-def next_token_logits(model, tokens_BxT, start_B, first_slot):
-    """float32 logits_BxV after the T tokens written to cache slots first_slot.. (the LM head runs on the
-    last position only)."""
-    x_BxTxD = model.hidden(tokens_BxT, cache_positions(start_B, first_slot, tokens_BxT.shape[1]))
-    return model.logits(x_BxTxD[:, -1:])[:, 0].astype(jnp.float32)
+def next_token_logits(model, tokens_BxT, caches, start_B, first_slot):
+    """(float32 logits_BxV after the T tokens written to cache slots first_slot.., the updated caches);
+    the LM head runs on the last position only."""
+    x_BxTxD, caches = model.decode(tokens_BxT, cache_positions(start_B, first_slot, tokens_BxT.shape[1]), caches)
+    return model.logits(x_BxTxD[:, -1:])[:, 0].astype(jnp.float32), caches
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "length"))
 def prefill(graphdef, params, prompt_BxP, start_B, *, length: int):
-    """Runs left-padded prompts through the model in one pass: (cache pytree of `length` slots,
-    float32 logits_BxV of each row's next token)."""
-    model = model_with_cache(graphdef, params, start_B, length)
-    logits_BxV = next_token_logits(model, prompt_BxP, start_B, 0)
-    return nnx.state(model, nnx.Cache), logits_BxV
+    """Runs left-padded prompts through the model in one pass: (KV caches of `length` slots holding
+    them, float32 logits_BxV of each row's next token)."""
+    model = nnx.merge(graphdef, params)
+    logits_BxV, caches = next_token_logits(model, prompt_BxP, empty_caches(model, start_B, length), start_B, 0)
+    return caches, logits_BxV
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeStart:
+    """What every decoding loop starts from: prompts left-padded, prefilled and the rules a row stops by."""
+
+    graphdef: nnx.GraphDef
+    caches: object  # KV caches of first_slot + max_new_tokens slots holding the prompts; a loop may donate them
+    logits_BxV: jax.Array  # float32: each row's next-token logits
+    start_B: jax.Array  # int32: each row's first real slot (its pads come before)
+    first_slot: int  # the padded prompt length P: the slot of the first generated token
+    stop_ids: tuple  # sorted ids that end a row
+    vocab_size: int  # ids at or above it are never emitted
+
+
+def start_decoding(model_cfg, params, prompts, *, max_new_tokens: int, stop_tokens=None, tokenizer=None,
+                   vocab_size: int | None = None) -> DecodeStart:
+    """Left-pads `prompts` (lists of token ids; checked, SampleError if unusable) and prefills them for
+    max_new_tokens decode steps. stop_tokens: default EOS; vocab_size: default the tokenizer's
+    vocabulary when given, else the model's."""
+    tokens_BxP, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
+                                   vocab_size=model_cfg.vocab_size)
+    graphdef, P = model_graphdef(model_cfg), tokens_BxP.shape[1]
+    caches, logits_BxV = prefill(graphdef, params, tokens_BxP, start_B, length=P + max_new_tokens)
+    return DecodeStart(graphdef, caches, logits_BxV, jnp.asarray(start_B), first_slot=P,
+                       stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))),
+                       vocab_size=vocab_size or (tokenizer.vocab_size if tokenizer else model_cfg.vocab_size))
 
 
 def allowed_tokens(logits_BxV, vocab_size: int, automaton, state_B, eos_id: int):
@@ -126,17 +144,16 @@ def allowed_tokens(logits_BxV, vocab_size: int, automaton, state_B, eos_id: int)
     return allowed_BxV.at[:, eos_id].set(is_final_S[state_B] | dead_end_B)
 
 
-@functools.partial(jax.jit, donate_argnames=("cache",),
+@functools.partial(jax.jit, donate_argnames=("caches",),
                    static_argnames=("graphdef", "first_slot", "max_new_tokens", "strategy", "stop_ids", "eos_id",
                                     "pad_id", "vocab_size"))
-def decode(graphdef, params, cache, logits_BxV, start_B, keys_B, automaton, start_state, *, first_slot: int,
+def decode(graphdef, params, caches, logits_BxV, start_B, keys_B, automaton, start_state, *, first_slot: int,
            max_new_tokens: int, strategy: Strategy, stop_ids: tuple, eos_id: int, pad_id: int, vocab_size: int):
-    """The sampling loop, after `prefill` (whose cache it consumes): up to max_new_tokens steps, ending
-    early once every row has stopped. Returns (tokens_BxN, logprobs_BxN, n_B, stopped_B, cache): rows
+    """The sampling loop, after `prefill` (whose caches it consumes): up to max_new_tokens steps, ending
+    early once every row has stopped. Returns (tokens_BxN, logprobs_BxN, n_B, stopped_B, caches): rows
     hold n_B generated tokens followed by pads; stopped_B tells whether the last one is a stop token;
-    the cache is returned so that its donated buffers are updated in place."""
+    the caches are returned so that their donated buffers are updated in place."""
     B, N = logits_BxV.shape[0], max_new_tokens
-    length = first_slot + N
 
     def not_finished(c):
         return (c["step"] < N) & ~jnp.all(c["stopped_B"])
@@ -152,17 +169,17 @@ def decode(graphdef, params, cache, logits_BxV, start_B, keys_B, automaton, star
         state_B = c["state_B"]
         if automaton is not None:  # a stopped row keeps its state: EOS may have no transition
             state_B = jnp.where(live_B & ~stops_B, automaton[0][state_B, token_B], state_B)
-        model = model_with_cache(graphdef, params, start_B, length, c["cache"])
-        logits = next_token_logits(model, token_B[:, None], start_B, first_slot + i)
-        return dict(step=i + 1, cache=nnx.state(model, nnx.Cache), logits_BxV=logits, state_B=state_B,
+        model = nnx.merge(graphdef, params)  # in the loop's trace: nnx transforms (scan_layers) need it there
+        logits_BxV, caches = next_token_logits(model, token_B[:, None], c["caches"], start_B, first_slot + i)
+        return dict(step=i + 1, caches=caches, logits_BxV=logits_BxV, state_B=state_B,
                     stopped_B=c["stopped_B"] | stops_B, n_B=c["n_B"] + live_B,
                     tokens_BxN=c["tokens_BxN"].at[:, i].set(token_B), logprobs_BxN=c["logprobs_BxN"].at[:, i].set(logprob_B))
 
-    init = dict(step=jnp.int32(0), cache=cache, logits_BxV=logits_BxV, state_B=jnp.full((B,), start_state, jnp.int32),
+    init = dict(step=jnp.int32(0), caches=caches, logits_BxV=logits_BxV, state_B=jnp.full((B,), start_state, jnp.int32),
                 stopped_B=jnp.zeros((B,), bool), n_B=jnp.zeros((B,), jnp.int32),
                 tokens_BxN=jnp.full((B, N), pad_id, jnp.int32), logprobs_BxN=jnp.zeros((B, N), jnp.float32))
     out = jax.lax.while_loop(not_finished, step, init)
-    return out["tokens_BxN"], out["logprobs_BxN"], out["n_B"], out["stopped_B"], out["cache"]
+    return out["tokens_BxN"], out["logprobs_BxN"], out["n_B"], out["stopped_B"], out["caches"]
 
 
 def row_keys(seed, batch: int):
@@ -239,14 +256,11 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
         raise SampleError("stop_strings need a tokenizer to decode the samples; pass tokenizer=")
     if any(not s for s in stop_strings):
         raise SampleError(f"stop_strings={list(stop_strings)!r} holds an empty string, which would match everywhere")
-    model_vocab = model_cfg.vocab_size
-    tokens_BxP, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
-                                   vocab_size=model_vocab)
-    graphdef, P = model_graphdef(model_cfg), tokens_BxP.shape[1]
-    automaton_state, start_state = automaton_arrays(automaton, model_vocab)
-    cache, logits_BxV = prefill(graphdef, params, tokens_BxP, start_B, length=P + max_new_tokens)
-    out = decode(graphdef, params, cache, logits_BxV, start_B, row_keys(seed, len(prompts)), automaton_state,
-                 start_state, first_slot=P, max_new_tokens=max_new_tokens, strategy=strategy,
-                 stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))), eos_id=EOS_ID,
-                 pad_id=PAD_ID, vocab_size=vocab_size or (tokenizer.vocab_size if tokenizer else model_vocab))
+    keys_B = row_keys(seed, len(prompts))
+    automaton_state, start_state = automaton_arrays(automaton, model_cfg.vocab_size)
+    s = start_decoding(model_cfg, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
+                       tokenizer=tokenizer, vocab_size=vocab_size)
+    out = decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, keys_B, automaton_state, start_state,
+                 first_slot=s.first_slot, max_new_tokens=max_new_tokens, strategy=strategy, stop_ids=s.stop_ids,
+                 eos_id=EOS_ID, pad_id=PAD_ID, vocab_size=s.vocab_size)
     return to_completions(*jax.device_get(out[:4]), tokenizer=tokenizer, stop_strings=stop_strings)

@@ -1,5 +1,8 @@
 """Search over continuations: beam search (jitted, on the KV cache), best-of-N and self-consistency.
 
+Beam search starts from generate.py's `start_decoding` (left-padding and prefill, shared with sampling)
+and supplies its own loop; best-of-N and self-consistency rank or vote over `generate`'s samples.
+
 Scores are logprobs under the model's unfiltered distribution (see generate.py). Beam search ranks
 hypotheses by the length-normalised score  sum(logprobs) / length**length_penalty  (length in
 generated tokens, the stop token included; length_penalty=0 is the plain sum, 1 the mean).
@@ -15,27 +18,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax.model.kv_cache import select_cache_rows
-from gptjax.sample.generate import (EOS_ID, PAD_ID, Completion, generate, left_pad, model_graphdef, model_with_cache,
-                                    next_token_logits, prefill, to_completions)
+from gptjax.model.kv_cache import select_rows
+from gptjax.sample.generate import PAD_ID, Completion, generate, next_token_logits, start_decoding, to_completions
 from gptjax.sample.strategies import SampleError, Strategy
 
 
-# Not donating the prefill cache: its B rows become B*W beam rows, so no output could reuse it.
+# Not donating the prefill caches: their B rows become B*W beam rows, so no output could reuse them.
 @functools.partial(jax.jit, static_argnames=("graphdef", "first_slot", "max_new_tokens", "beam_width",
                                              "length_penalty", "stop_ids", "pad_id", "vocab_size"))
-def beam_decode(graphdef, params, cache, logits_BxV, start_B, *, first_slot: int, max_new_tokens: int,
+def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: int, max_new_tokens: int,
                 beam_width: int, length_penalty: float, stop_ids: tuple, pad_id: int, vocab_size: int):
-    """Beam search after `prefill` (from its B-row cache: the W beams of a prompt share its
+    """Beam search after `prefill` (from its B-row caches: the W beams of a prompt share its
     prefill). Returns (tokens_BxWxN, logprobs_BxWxN, lengths_BxW, finished_BxW, scores_BxW), beams
     sorted best first; a beam whose score is -inf never existed (fewer hypotheses than beams)."""
     B, V = logits_BxV.shape
     W, N, R = beam_width, max_new_tokens, logits_BxV.shape[0] * beam_width
-    length = first_slot + N
     rows_R = jnp.repeat(jnp.arange(B), W)
     start_R = start_B[rows_R]
-    model = model_with_cache(graphdef, params, start_B, length, cache)
-    select_cache_rows(model, rows_R)  # every beam starts from its prompt's prefill
     vocab_1x1xV = jnp.arange(V)[None, None, :] < vocab_size
     # A finished beam has one continuation, a pad at logprob 0, so it competes with its score unchanged.
     finished_1x1xV = jnp.where(jnp.arange(V) == pad_id, 0.0, -jnp.inf)[None, None, :]
@@ -62,10 +61,10 @@ def beam_decode(graphdef, params, cache, logits_BxV, start_B, *, first_slot: int
         token_logprob_BxW = jnp.take_along_axis(logprobs_BxWxV.reshape(B, W * V), flat_BxW, axis=1)
         finished_now_BxW = ~was_finished_BxW & (jnp.isin(token_BxW, jnp.array(stop_ids, jnp.int32))
                                                 | ~jnp.isfinite(sums_BxW))  # -inf: a beam that never existed
-        model = model_with_cache(graphdef, params, start_R, length, c["cache"])
-        select_cache_rows(model, (jnp.arange(B)[:, None] * W + parent_BxW).reshape(R))
-        logits_RxV = next_token_logits(model, token_BxW.reshape(R, 1), start_R, first_slot + i)
-        return dict(step=i + 1, cache=nnx.state(model, nnx.Cache), logits_RxV=logits_RxV, sums_BxW=sums_BxW,
+        caches = select_rows(c["caches"], (jnp.arange(B)[:, None] * W + parent_BxW).reshape(R))
+        model = nnx.merge(graphdef, params)  # in the loop's trace: nnx transforms (scan_layers) need it there
+        logits_RxV, caches = next_token_logits(model, token_BxW.reshape(R, 1), caches, start_R, first_slot + i)
+        return dict(step=i + 1, caches=caches, logits_RxV=logits_RxV, sums_BxW=sums_BxW,
                     scores_BxW=scores_BxW, lengths_BxW=inherit(c["lengths_BxW"]) + ~was_finished_BxW,
                     finished_BxW=was_finished_BxW | finished_now_BxW,
                     stopped_BxW=inherit(c["stopped_BxW"]) | (finished_now_BxW & jnp.isfinite(sums_BxW)),
@@ -75,7 +74,8 @@ def beam_decode(graphdef, params, cache, logits_BxV, start_B, *, first_slot: int
 
     # Beams 1..W-1 start at -inf, so the first step draws W distinct tokens from beam 0.
     sums_BxW = jnp.where(jnp.arange(W) == 0, 0.0, -jnp.inf)[None, :].repeat(B, axis=0)
-    init = dict(step=jnp.int32(0), cache=nnx.state(model, nnx.Cache), logits_RxV=logits_BxV[rows_R], sums_BxW=sums_BxW,
+    # Every beam starts from its prompt's prefill.
+    init = dict(step=jnp.int32(0), caches=select_rows(caches, rows_R), logits_RxV=logits_BxV[rows_R], sums_BxW=sums_BxW,
                 scores_BxW=sums_BxW, lengths_BxW=jnp.zeros((B, W), jnp.int32), finished_BxW=jnp.zeros((B, W), bool),
                 stopped_BxW=jnp.zeros((B, W), bool), tokens_BxWxN=jnp.full((B, W, N), pad_id, jnp.int32),
                 logprobs_BxWxN=jnp.zeros((B, W, N), jnp.float32))
@@ -90,14 +90,11 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
     token (default EOS) or after max_new_tokens. Deterministic; no sampling strategy applies."""
     if beam_width < 1:
         raise SampleError(f"beam_width={beam_width}: must be >= 1")
-    tokens_BxP, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
-                                   vocab_size=model_cfg.vocab_size)
-    graphdef, P = model_graphdef(model_cfg), tokens_BxP.shape[1]
-    cache, logits_BxV = prefill(graphdef, params, tokens_BxP, start_B, length=P + max_new_tokens)
-    out = beam_decode(graphdef, params, cache, logits_BxV, start_B, first_slot=P, max_new_tokens=max_new_tokens,
-                      beam_width=beam_width, length_penalty=float(length_penalty),
-                      stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))), pad_id=PAD_ID,
-                      vocab_size=vocab_size or (tokenizer.vocab_size if tokenizer else model_cfg.vocab_size))
+    s = start_decoding(model_cfg, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
+                       tokenizer=tokenizer, vocab_size=vocab_size)
+    out = beam_decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, first_slot=s.first_slot,
+                      max_new_tokens=max_new_tokens, beam_width=beam_width, length_penalty=float(length_penalty),
+                      stop_ids=s.stop_ids, pad_id=PAD_ID, vocab_size=s.vocab_size)
     tokens, logprobs, lengths, stopped, scores = jax.device_get(out)
     B, W, N = tokens.shape
     flat = to_completions(tokens.reshape(B * W, N), logprobs.reshape(B * W, N), lengths.reshape(-1),

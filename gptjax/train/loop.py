@@ -1,14 +1,20 @@
-"""The pretraining loop and evaluation, importable from a notebook: `train(cfg, workdir)`.
+"""The training loop and evaluation, importable from a notebook: `train(cfg, workdir)`.
+
+One loop trains `Members` (members.py): plain pretraining is one model (`train`); a sweep group is K
+models of one shape trained at once (`gptjax.scaling.vectorized.train_group`). Both go through the same
+setup (mesh, shardings, restore), jitted step, NaN guard, eval, metrics and checkpoints.
 
 Workdir layout:
   config.json          the resolved config of the latest run
-  metrics.jsonl        train/eval rows (see metrics.py)
+  metrics.jsonl        train/eval rows (see metrics.py); a group writes split "train/m<k>" per member
+                       and eval rows with loss_m<k> (bits_per_byte_m<k>) per member
   tensorboard/         TensorBoard event files
-  checkpoints/<step>/  orbax checkpoints (state + meta)
+  checkpoints/<step>/  orbax checkpoints (state + meta; a group's state has the member axis)
 Rerunning the same command resumes from the latest checkpoint, data order included.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -22,13 +28,14 @@ from flax import nnx
 
 from gptjax.atomic import write_json_atomic
 from gptjax.config import validate
+from gptjax.data.cache import SPLIT_RULE
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
 from gptjax.train import flops
-from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible, optimizer_identity
+from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
+from gptjax.train.members import Members
 from gptjax.train.metrics import MetricsWriter
-from gptjax.train.optim import make_optimizer
-from gptjax.train.state import create_train_state, state_spec
+from gptjax.train.state import StateSpec
 from gptjax.train.step import make_eval_step, make_train_step
 
 MAX_EPOCHS_BEFORE_WARNING = 4
@@ -45,13 +52,21 @@ class Job:
     cfg: object
     workdir: str
     mesh: jax.sharding.Mesh
+    members: Members
     data: DataStreams
-    graphdef: object
+    spec: StateSpec  # graphdef, shardings and restore target of `state`
     state: dict
-    shardings: dict
     checkpointer: Checkpointer
     optimizer: object
     schedule: object
+    identity: dict  # the data identity of its checkpoints (a group's includes its members)
+    optimizer_identity: dict
+    diverged: dict  # member index -> reason; restored from the checkpoint meta
+
+    def checkpoint_meta(self, step: int) -> dict:
+        return dict(step=step, config=json_config(self.cfg), data_state=self.data.train.get_state(),
+                    data_identity=self.identity, tokenizer_hash=self.data.tokenizer_hash,
+                    optimizer_identity=self.optimizer_identity, diverged={str(k): v for k, v in self.diverged.items()})
 
 
 def json_config(cfg) -> dict:
@@ -59,33 +74,41 @@ def json_config(cfg) -> dict:
 
 
 def data_identity(cfg, data: DataStreams) -> dict:
-    """What a checkpoint's data position is relative to: resuming needs the same stream."""
+    """What a checkpoint's data position is relative to: resuming needs the same stream. Text streams
+    also name the document-split rule, so a checkpoint from before data/cache.py's current split (whose
+    iterator position indexes other documents) is refused instead of resumed on the wrong text."""
     d = cfg.data
     keys = ("source", "seq_len", "batch_size", "val_fraction", "split_seed", "keep_markup", "text_split",
             "markov_order", "markov_concentration", "markov_alphabet")
-    return {**{k: d[k] for k in keys}, "seed": cfg.seed, "corpus_fingerprint": data.fingerprint}
+    identity = {**{k: d[k] for k in keys}, "seed": cfg.seed, "corpus_fingerprint": data.fingerprint}
+    if data.fingerprint is not None:
+        identity["document_split"] = SPLIT_RULE
+    return identity
 
 
-def setup(cfg, workdir: str, mesh) -> Job:
-    """Validates, builds mesh/data/state, and restores the latest checkpoint in `workdir` if any.
+def setup(cfg, workdir: str, mesh, members: Members) -> Job:
+    """Builds data and the members' sharded state, and restores the latest checkpoint in `workdir` if any.
 
     Must run inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`; `run_in_mesh` does that.
     """
     data = make_streams(cfg, workdir)
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps, cfg.model)
-    spec = state_spec(cfg.model, optimizer, mesh, tuple(cfg.parallel.rules), cfg.seed)
+    optimizer, schedule = members.optimizer(cfg)
+    spec = members.state_spec(cfg, optimizer, mesh, tuple(cfg.parallel.rules))
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
+    identity, optim_identity = members.identities(cfg, data_identity(cfg, data))
+    diverged = {}
     latest = checkpointer.latest_step()
     if latest is None:
         state = spec.initialize()
     else:
         meta = checkpointer.restore_meta(latest)
-        check_compatible(meta, json_config(cfg)["model"], data_identity(cfg, data), data.tokenizer_hash,
-                         checkpointer.directory, optimizer=optimizer_identity(cfg.optim, cfg.train.steps),
-                         allow_steps_change=cfg.train.allow_steps_change)
+        check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
+                         optimizer=optim_identity, allow_steps_change=cfg.train.allow_steps_change)
         state = checkpointer.restore_state(latest, spec.abstract)
         data.train.set_state(meta["data_state"])
-    return Job(cfg, workdir, mesh, data, spec.graphdef, state, spec.shardings, checkpointer, optimizer, schedule)
+        diverged = {int(k): v for k, v in meta.get("diverged", {}).items()}
+    return Job(cfg, workdir, mesh, members, data, spec, state, checkpointer, optimizer, schedule, identity,
+               optim_identity, diverged)
 
 
 def run_in_mesh(fn, cfg, workdir: str):
@@ -97,18 +120,24 @@ def run_in_mesh(fn, cfg, workdir: str):
         return fn(cfg, workdir, mesh)
 
 
-def sharded_train_step(cfg, mesh):
-    """(jitted train step, fresh sharded state, batch sharding) for `cfg` on `mesh`, for benchmarks,
-    tests and notebooks that drive steps themselves. Call inside `jax.set_mesh(mesh)` and
-    `nnx.logical_axis_rules(cfg.parallel.rules)`; the step donates the state it is given."""
-    rules = tuple(cfg.parallel.rules)
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps, cfg.model)
-    graphdef, state, shardings = create_train_state(cfg.model, optimizer, mesh, rules, cfg.seed)
-    data_sharding = batch_sharding(mesh, rules)
-    step_fn = make_train_step(graphdef, optimizer, schedule, grad_accum=cfg.optim.grad_accum, dropout=cfg.model.dropout)
-    step = jax.jit(step_fn, in_shardings=(shardings, data_sharding), out_shardings=(shardings, replicated(mesh)),
-                   donate_argnums=0)
-    return step, state, data_sharding
+def jit_train_step(cfg, mesh, members: Members, spec: StateSpec, optimizer, schedule):
+    """The members' train step, jitted with the state and batch shardings; it donates the state."""
+    step_fn = make_train_step(spec.graphdef, optimizer, schedule, grad_accum=cfg.optim.grad_accum,
+                              dropout=cfg.model.dropout)
+    return jax.jit(members.train_step(step_fn),
+                   in_shardings=(spec.shardings, batch_sharding(mesh, tuple(cfg.parallel.rules))),
+                   out_shardings=(spec.shardings, replicated(mesh)), donate_argnums=0)
+
+
+def sharded_train_step(cfg, mesh, members: Members | None = None):
+    """(jitted train step, fresh sharded state, batch sharding) for `cfg` on `mesh` (one model, or
+    `members`), for benchmarks, tests and notebooks that drive steps themselves. Call inside
+    `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(cfg.parallel.rules)`; the step donates the state."""
+    members = members or Members.solo(cfg)
+    optimizer, schedule = members.optimizer(cfg)
+    spec = members.state_spec(cfg, optimizer, mesh, tuple(cfg.parallel.rules))
+    step = jit_train_step(cfg, mesh, members, spec, optimizer, schedule)
+    return step, spec.initialize(), batch_sharding(mesh, tuple(cfg.parallel.rules))
 
 
 def seconds_per_train_step(cfg, batch_np, steps: int, warmup: int = 3) -> float:
@@ -138,73 +167,81 @@ def peak_flops_total(cfg, mesh) -> float:
     return peak * mesh.size if peak else math.nan
 
 
-def evaluate(job: Job, eval_step) -> dict:
-    """Mean validation loss (nats/token) over the fixed validation batches, and bits per byte
-    of the validation text when the source is text."""
+def jit_eval_step(job: Job):
+    """(params, batch) -> each member's mean loss: a (K,) vector in a group, a scalar for one model."""
+    data_sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
+    return jax.jit(job.members.eval_step(make_eval_step(job.spec.graphdef)),
+                   in_shardings=(job.spec.shardings["params"], data_sharding))
+
+
+def evaluate(job: Job, eval_step) -> list[dict]:
+    """Per member: the mean validation loss (nats/token) over the fixed validation batches, and bits
+    per byte of the validation text when the source is text."""
     sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
     losses = [eval_step(job.state["params"], host_local_batch(b, sharding)) for b in job.data.val_batches]
-    result = {"loss": float(np.mean(jax.device_get(losses)))}
-    if job.data.tokens_per_byte is not None:
-        result["bits_per_byte"] = result["loss"] / math.log(2) * job.data.tokens_per_byte
-    return result
+    losses_NxK = np.reshape(jax.device_get(losses), (len(losses), job.members.size))
+    results = []
+    for k in range(job.members.size):
+        result = {"loss": float(np.mean(losses_NxK[:, k]))}
+        if job.data.tokens_per_byte is not None:
+            result["bits_per_byte"] = result["loss"] / math.log(2) * job.data.tokens_per_byte
+        results.append(result)
+    return results
 
 
 def train(cfg, workdir: str) -> dict:
     """Pretrains per `cfg`, resuming from `workdir` if it holds a checkpoint. Returns final metrics."""
-    return run_in_mesh(_train, cfg, workdir)
+    return train_members(cfg, workdir, Members.solo(cfg))[0]
 
 
-def _train(cfg, workdir: str, mesh) -> dict:
-    job = setup(cfg, workdir, mesh)
+def train_members(cfg, workdir: str, members: Members) -> list[dict]:
+    """Trains `members` per `cfg`, resuming from `workdir`; returns each member's final metrics, with
+    the reason under "diverged" for a group member that diverged (plain pretraining raises instead)."""
+    return run_in_mesh(functools.partial(_train, members=members), cfg, workdir)
+
+
+def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
+    job = setup(cfg, workdir, mesh, members)
     t = cfg.train
+    K = members.size
     write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
-    rules = tuple(cfg.parallel.rules)
-    data_sharding = batch_sharding(job.mesh, rules)
-    step_fn = make_train_step(job.graphdef, job.optimizer, job.schedule,
-                              grad_accum=cfg.optim.grad_accum, dropout=cfg.model.dropout)
+    data_sharding = batch_sharding(job.mesh, tuple(cfg.parallel.rules))
     first_batch = host_local_batch(job.data.val_batches[0], data_sharding)
     compile_start = time.perf_counter()
-    train_step = (
-        jax.jit(step_fn, in_shardings=(job.shardings, data_sharding),
-                out_shardings=(job.shardings, replicated(job.mesh)), donate_argnums=0)
-        .lower(job.state, first_batch)
-        .compile()
-    )
-    eval_step = jax.jit(make_eval_step(job.graphdef), in_shardings=(job.shardings["params"], data_sharding))
+    train_step = (jit_train_step(cfg, job.mesh, members, job.spec, job.optimizer, job.schedule)
+                  .lower(job.state, first_batch).compile())
+    eval_step = jit_eval_step(job)
     compile_seconds = time.perf_counter() - compile_start
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"]
     peak = peak_flops_total(cfg, job.mesh)
-    start_step = int(jax.device_get(job.state["step"]))
+    start_step = int(np.ravel(jax.device_get(job.state["step"]))[0])  # every member's counter is the same
     writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar, enabled=jax.process_index() == 0)
     pending = []  # (step, device metrics, batch checksum) not yet read back to the host
     clock, clock_step = time.perf_counter(), start_step
-    final = {"compile_seconds": compile_seconds}
+    finals = [{"compile_seconds": compile_seconds} for _ in range(K)]  # each member's latest metrics
 
     def flush(step):
         nonlocal clock, clock_step
         rows = jax.device_get([m for _, m, _ in pending])
         elapsed = time.perf_counter() - clock
-        tokens_per_sec = tokens_per_step * (step - clock_step) / max(elapsed, 1e-9)
-        for (s, _, checksum), row in zip(pending, rows):
-            bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[k])]
-            if bad:
-                job.checkpointer.wait()
-                last_good = job.checkpointer.latest_step()
-                kept = (f"Last good checkpoint: step {last_good} in {job.checkpointer.directory} (kept intact)."
-                        if last_good else "No checkpoint had been written yet.")
-                raise TrainingDivergedError(
-                    f"{bad[0]} became {row[bad[0]]} at step {s}; training stopped. {kept} "
-                    "Lower optim.lr or raise optim.warmup_steps."
-                )
-            row = {k: float(v) for k, v in row.items()}
-            row.update(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(tokens_per_sec, flops_per_token, peak),
-                       batch_crc32=checksum)
-            if job.data.batches_per_epoch:
-                row["epoch"] = s / job.data.batches_per_epoch
-            writer.write(s, "train", row)
-            final.update(row)
+        tokens_per_sec = tokens_per_step * (step - clock_step) / max(elapsed, 1e-9)  # each member's
+        speed = dict(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(K * tokens_per_sec, flops_per_token, peak))
+        for (s, _, checksum), metrics in zip(pending, rows):
+            for k in range(K):
+                if k in job.diverged:
+                    continue
+                row = {name: float(np.ravel(values)[k]) for name, values in metrics.items()}
+                bad = [name for name in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[name])]
+                if bad:
+                    mark_diverged(job, k, f"{bad[0]} became {row[bad[0]]} at step {s}")
+                    continue
+                row.update(speed, batch_crc32=checksum)
+                if job.data.batches_per_epoch:
+                    row["epoch"] = s / job.data.batches_per_epoch
+                writer.write(s, members.split(k), row)
+                finals[k].update(row)
         writer.advance(step - clock_step)
         pending.clear()
         clock, clock_step = time.perf_counter(), step
@@ -217,33 +254,52 @@ def _train(cfg, workdir: str, mesh) -> dict:
             is_last = step == t.steps
             checkpoint_now = step % t.checkpoint_every == 0 or is_last
             if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
-                flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint
+                flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint unmarked
+                if len(job.diverged) == K:  # a group's last member (plain pretraining has raised)
+                    logging.warning("every member diverged by step %d; stopping the group", step)
+                    break
             if step % t.eval_every == 0 or is_last:
-                _record_eval(final, writer, step, evaluate(job, eval_step))
+                _record_eval(finals, writer, step, members, evaluate(job, eval_step))
                 clock = time.perf_counter()  # keep eval time out of tokens/s
             if job.data.batches_per_epoch and step == int(MAX_EPOCHS_BEFORE_WARNING * job.data.batches_per_epoch) + 1:
                 logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
                                 step, MAX_EPOCHS_BEFORE_WARNING)
             if checkpoint_now:
-                meta = dict(step=step, config=json_config(cfg), data_state=job.data.train.get_state(),
-                            data_identity=data_identity(cfg, job.data), tokenizer_hash=job.data.tokenizer_hash,
-                            optimizer_identity=optimizer_identity(cfg.optim, t.steps))
-                job.checkpointer.save(step, job.state, meta)
-        if "eval_loss" not in final:  # rerun of a finished run: nothing to train, still report
-            _record_eval(final, writer, t.steps, evaluate(job, eval_step), log=False)
+                job.checkpointer.save(step, job.state, job.checkpoint_meta(step))
+        if "eval_loss" not in finals[0]:  # rerun of a finished run (or a group that all diverged): still report
+            _record_eval(finals, writer, t.steps, members, evaluate(job, eval_step), log=False)
     finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
         writer.close()
         job.checkpointer.close()
-    final["entropy_rate"] = job.data.entropy_rate
-    if job.data.batches_per_epoch:
-        final["epochs"] = t.steps / job.data.batches_per_epoch
-    return final
+    for final in finals:
+        final["entropy_rate"] = job.data.entropy_rate
+        if job.data.batches_per_epoch:
+            final["epochs"] = t.steps / job.data.batches_per_epoch
+    for k, reason in job.diverged.items():
+        finals[k]["diverged"] = reason
+    return finals
 
 
-def _record_eval(final: dict, writer: MetricsWriter, step: int, result: dict, log: bool = True) -> None:
-    final.update({f"eval_{k}": v for k, v in result.items()})
+def mark_diverged(job: Job, k: int, reason: str) -> None:
+    """Member k's loss or norms became non-finite. Plain pretraining stops here, its last good checkpoint
+    kept; a group marks the member (its rows stop, the checkpoint meta records it) and the others go on."""
+    job.diverged[k] = reason
+    if job.members.stacked:
+        logging.warning("member %d (lr=%g): %s; the other members go on", k, job.members.lrs[k], reason)
+        return
+    job.checkpointer.wait()
+    last_good = job.checkpointer.latest_step()
+    kept = (f"Last good checkpoint: step {last_good} in {job.checkpointer.directory} (kept intact)."
+            if last_good else "No checkpoint had been written yet.")
+    raise TrainingDivergedError(f"{reason}; training stopped. {kept} Lower optim.lr or raise optim.warmup_steps.")
+
+
+def _record_eval(finals: list[dict], writer: MetricsWriter, step: int, members: Members, results: list[dict],
+                 log: bool = True) -> None:
+    for final, result in zip(finals, results):
+        final.update({f"eval_{k}": v for k, v in result.items()})
     if log:
-        writer.write(step, "eval", result)
+        writer.write(step, "eval", members.eval_row(results))
 
 
 def evaluate_checkpoint(cfg, workdir: str) -> dict:
@@ -255,10 +311,9 @@ def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory) or Checkpointer(directory, cfg.train.max_to_keep).latest_step() is None:
         raise CheckpointError(f"no checkpoint in {os.path.abspath(directory)}; train first with mode=pretrain.")
-    job = setup(cfg, workdir, mesh)
+    job = setup(cfg, workdir, mesh, Members.solo(cfg))
     step = job.checkpointer.latest_step()
-    eval_step = jax.jit(make_eval_step(job.graphdef))
-    result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, eval_step).items()},
+    result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, jit_eval_step(job))[0].items()},
               "entropy_rate": job.data.entropy_rate}
     write_json_atomic(os.path.join(workdir, "eval.json"), result)
     job.checkpointer.close()

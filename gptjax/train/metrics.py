@@ -22,8 +22,7 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter  # deferred: only jobs that write metrics pay the import
 
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._jsonl = open(self.path, "a", encoding="utf-8")
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._bar = None
         if progress_bar and sys.stderr.isatty():

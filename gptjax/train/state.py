@@ -7,21 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.model.transformer import Transformer
+from gptjax.model.build import abstract_model, init_params
 from gptjax.parallel.mesh import param_shardings, replicated
-
-
-def abstract_model(model_cfg) -> Transformer:
-    """The model with shapes only (no memory); its graphdef is what `nnx.merge` needs."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-
-
-def init_params(model_cfg, key) -> dict:
-    """Freshly initialised parameters as a pure nested dict of arrays."""
-    with nnx.use_eager_sharding(False):
-        model = Transformer(model_cfg, rngs=nnx.Rngs(params=key))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def params_shardings(model_cfg, mesh, rules) -> dict:
@@ -33,8 +20,12 @@ def params_shardings(model_cfg, mesh, rules) -> dict:
 def abstract_params(model_cfg, mesh, rules) -> dict:
     """ShapeDtypeStructs of the params carrying their target shardings (restore targets)."""
     shapes = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-                        params_shardings(model_cfg, mesh, rules))
+    return placed(shapes, params_shardings(model_cfg, mesh, rules))
+
+
+def placed(shapes, shardings):
+    """`shapes` (a pytree of arrays or ShapeDtypeStructs) as ShapeDtypeStructs carrying `shardings`."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
 
 def state_shardings(model_cfg, mesh, rules, abstract_state):
@@ -84,8 +75,7 @@ def state_spec(model_cfg, optimizer, mesh, rules, seed: int) -> StateSpec:
 
     abstract = jax.eval_shape(init)
     shardings = state_shardings(model_cfg, mesh, rules, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return StateSpec(nnx.graphdef(abstract_model(model_cfg)), init, shardings, abstract)
+    return StateSpec(nnx.graphdef(abstract_model(model_cfg)), init, shardings, placed(abstract, shardings))
 
 
 def create_train_state(model_cfg, optimizer, mesh, rules, seed: int):
