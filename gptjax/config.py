@@ -29,7 +29,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_KERNELS = ("auto", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
+ATTENTION_KERNELS = ("auto", "blocked", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
 SCHEDULES = ("warmup_cosine", "wsd", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 

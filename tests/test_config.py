@@ -9,7 +9,7 @@ from gptjax.config import ConfigError, load_config, resolve_mesh_shape, validate
 
 # (override path, value, words the message must contain)
 BAD_CONFIGS = [
-    ("model.attention", "flash", ["model.attention='flash'", "auto, einsum, xla, cudnn"]),
+    ("model.attention", "flash", ["model.attention='flash'", "auto, blocked, einsum, xla, cudnn"]),
     ("model.n_heads", 5, ["model.n_heads=5", "divide model.d_model=32"]),
     ("model.n_kv_heads", 3, ["model.n_kv_heads=3", "divide model.n_heads=4"]),
     ("parallel.mesh", (2, 2, 1), ["parallel.mesh", "device count 1"]),

@@ -265,7 +265,7 @@ def test_cpu_einsum_attention_equals_jax_dot_product_attention(n_kv_heads):
 
 
 @pytest.mark.parametrize("requested,backend,dtype,head_dim,capability,kernel", [
-    ("auto", "cpu", jnp.bfloat16, 64, 0.0, "einsum"),
+    ("auto", "cpu", jnp.bfloat16, 64, 0.0, "einsum"),  # sequences of one block (seq_len 0 here)
     ("auto", "gpu", jnp.bfloat16, 64, 9.0, "cudnn"),
     ("auto", "gpu", jnp.bfloat16, 64, 7.5, "xla"),  # a T4: older than Ampere
     ("auto", "gpu", jnp.float32, 64, 9.0, "xla"),  # cuDNN's flash kernel is half precision only
@@ -278,6 +278,26 @@ def test_attention_kernel_is_chosen_by_explicit_checks(requested, backend, dtype
     from gptjax.model.attention import choose_attention_kernel
 
     assert choose_attention_kernel(requested, backend, dtype, head_dim, capability) == kernel
+
+
+def test_cpu_takes_the_blocked_kernel_beyond_one_block():
+    from gptjax.model.attention import FLASH_BLOCK, choose_attention_kernel
+
+    assert choose_attention_kernel("auto", "cpu", jnp.float32, 64, seq_len=FLASH_BLOCK) == "einsum"
+    assert choose_attention_kernel("auto", "cpu", jnp.float32, 64, seq_len=FLASH_BLOCK + 1) == "blocked"
+    assert choose_attention_kernel("auto", "gpu", jnp.bfloat16, 64, 9.0, seq_len=4096) == "cudnn"
+
+
+def test_model_attention_blocked_matches_einsum_in_the_model():
+    tokens_BxT = jax.random.randint(jax.random.key(0), (2, 40), 0, 40)
+    out = {}
+    for kernel in ("einsum", "blocked"):
+        cfg = tiny_config(attention=kernel, n_kv_heads=2, max_len=64).model
+        params = init_params(cfg, jax.random.key(1))
+        model_loss = lambda p: (nnx.merge(nnx.graphdef(abstract_model(cfg)), p)(tokens_BxT) ** 2).mean()  # noqa: E731
+        out[kernel] = (model_loss(params), jax.grad(model_loss)(params))
+    np.testing.assert_allclose(out["blocked"][0], out["einsum"][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), out["blocked"][1], out["einsum"][1])
 
 
 def test_requesting_cudnn_where_it_cannot_run_is_a_clear_error():

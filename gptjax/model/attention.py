@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from gptjax.model.flash_attention import DEFAULT_BLOCK as FLASH_BLOCK
+from gptjax.model.flash_attention import blocked_causal_attention
 from gptjax.model.kv_cache import cached_attention
 from gptjax.model.layers import Dense, apply_rope, make_norm
 from gptjax.model.mup import attention_scale
@@ -43,11 +45,13 @@ CUDNN_MAX_HEAD_DIM = 128
 CUDNN_MIN_CAPABILITY = 8.0  # Ampere: a Colab T4 (7.5) takes XLA's kernel
 
 
-def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int, gpu_capability: float = 0.0) -> str:
+def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int, gpu_capability: float = 0.0,
+                            seq_len: int = 0) -> str:
     """The causal-attention kernel for `model.attention` = `requested` on this backend, decided by explicit
-    checks rather than by trying a kernel at trace time: "einsum" on CPU, "cudnn" on an Ampere or newer GPU
-    (compute capability >= 8.0) where its dtype and head-dim limits hold, else "xla". Raises ValueError when
-    a requested "cudnn" cannot run."""
+    checks rather than by trying a kernel at trace time. On CPU: "blocked" (flash_attention.py) for
+    sequences longer than one block, where skipping the blocks above the diagonal pays, else "einsum";
+    "cudnn" on an Ampere or newer GPU (compute capability >= 8.0) where its dtype and head-dim limits hold,
+    else "xla". Raises ValueError when a requested "cudnn" cannot run."""
     cudnn_ok = (backend == "gpu" and gpu_capability >= CUDNN_MIN_CAPABILITY and jnp.dtype(dtype) in CUDNN_DTYPES
                 and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM)
     if requested == "cudnn" and not cudnn_ok:
@@ -58,7 +62,7 @@ def choose_attention_kernel(requested: str, backend: str, dtype, head_dim: int, 
     if requested != "auto":
         return requested
     if backend == "cpu":
-        return "einsum"
+        return "blocked" if seq_len > FLASH_BLOCK else "einsum"
     return "cudnn" if cudnn_ok else "xla"
 
 
@@ -69,14 +73,17 @@ def _log_kernel_once(kernel: str, backend: str, dtype_name: str, head_dim: int) 
 
 def causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=None, kernel: str = "auto"):
     """Causal attention with logits scaled by `scale` (None: 1/sqrt(H)) through `kernel` (see
-    `choose_attention_kernel`); all handle K < N (GQA). "cudnn" is the fused flash kernel, which
+    `choose_attention_kernel`); all handle K < N (GQA). "blocked" is flash_attention.py's blocked kernel
+    for XLA:CPU; "cudnn" is the fused flash kernel, which
     `jax.nn.dot_product_attention` uses only when asked (its default is XLA)."""
     backend, head_dim = jax.default_backend(), q_BxTxNxH.shape[-1]
     capability = float(getattr(jax.devices()[0], "compute_capability", 0) or 0) if backend == "gpu" else 0.0
-    kernel = choose_attention_kernel(kernel, backend, q_BxTxNxH.dtype, head_dim, capability)
+    kernel = choose_attention_kernel(kernel, backend, q_BxTxNxH.dtype, head_dim, capability, q_BxTxNxH.shape[1])
     _log_kernel_once(kernel, backend, jnp.dtype(q_BxTxNxH.dtype).name, head_dim)
     if kernel == "einsum":
         return einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale)
+    if kernel == "blocked":
+        return blocked_causal_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale)
     return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, is_causal=True,
                                         implementation="cudnn" if kernel == "cudnn" else None)
 
