@@ -5,23 +5,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gptjax.model.fused_cross_entropy import fused_cross_entropy
 from gptjax.parallel.mesh import constrain
 
 
-def cross_entropy(logits_BxTxV, targets_BxT):
-    """Mean next-token cross-entropy in nats, computed in float32 whatever the compute dtype."""
-    B, T, V = logits_BxTxV.shape
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits_BxTxV.reshape(B * T, V).astype(jnp.float32), targets_BxT.reshape(B * T)
-    )
-    return losses.mean()
-
-
 def lm_loss(params, graphdef, batch_BxT1, dropout_key=None):
-    """Loss of the model `nnx.merge(graphdef, params)` predicting batch[:, 1:] from batch[:, :-1]."""
+    """Loss of the model `nnx.merge(graphdef, params)` predicting batch[:, 1:] from batch[:, :-1]; the LM
+    head and the cross-entropy run fused in chunks (model/fused_cross_entropy.py), so the B x T x V
+    logits are never all held, in the forward or the backward pass."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(batch_BxT1[:, :-1], dropout_key=dropout_key)
-    return cross_entropy(logits_BxTxV, batch_BxT1[:, 1:])
+    x_BxTxD = model.hidden(batch_BxT1[:, :-1], dropout_key=dropout_key)
+    x_BxTxD = (x_BxTxD * model.output_mult).astype(model.compute_dtype)
+    return fused_cross_entropy(x_BxTxD, model.readout_DxV(), batch_BxT1[:, 1:])
 
 
 def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropout: float = 0.0):
