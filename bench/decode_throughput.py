@@ -8,8 +8,9 @@ is B * NEW / its median call time. gptjax's compile time (tracing, lowering and 
 first call, from jax.monitoring's compile events) is reported separately. The peer runs with whichever of 1 thread and torch's default is faster here (on a loaded
 2-core machine, torch's 2 OpenMP threads spin against each other and run ~5x slower than 1 thread).
 Also reported: how many greedy tokens the two sides agree on (fp32 rounding may flip a
-near-tie of a random model's logits, after which the continuations differ). Prints one JSON line per
-batch size; the ratio is gptjax / peer tokens/s.
+near-tie of a random model's logits, after which the continuations differ). Prefill and per-token
+latency are reported apart: prefill_ms is the median of a call generating one token, and per_token_ms
+(full call - that) / (NEW - 1). Prints one JSON line per batch size; the ratio is gptjax / peer tokens/s.
 
   pip install torch==2.13.0 && pip install -e '.[bench]'
   python bench/decode_throughput.py [--rounds 3] [--batches 1,8] [--layers 12]
@@ -77,26 +78,32 @@ def main():
     for batch in (int(b) for b in args.batches.split(",")):
         prompts_BxP = np.random.default_rng(batch).integers(7, VOCAB, (batch, args.prompt))
 
-        def ours(prompts_BxP=prompts_BxP):
-            completions = generate(model_cfg, params, prompts_BxP.tolist(), max_new_tokens=args.new,
+        def ours(prompts_BxP=prompts_BxP, new=args.new):
+            completions = generate(model_cfg, params, prompts_BxP.tolist(), max_new_tokens=new,
                                    strategy=Strategy(temperature=0.0), stop_tokens=())
             return np.array([c.tokens for c in completions])
 
-        def peer(prompts_BxP=prompts_BxP):
+        def peer(prompts_BxP=prompts_BxP, new=args.new):
             input_ids = torch.from_numpy(prompts_BxP)
             with torch.inference_mode():
-                out = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=args.new,
-                                  min_new_tokens=args.new, do_sample=False, use_cache=True, pad_token_id=0)
+                out = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new,
+                                  min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
             return out[:, args.prompt:].numpy()
 
         compile_s, ours_tokens = compile_seconds(ours)
+        ours(new=1)  # compiles the one-token loop used for the prefill latency
         peer_threads = fastest_threads(peer, default_threads)
         _, peer_tokens = timed(peer)
-        ours_times, peer_times = [], []
+        ours_times, peer_times, ours_prefill, peer_prefill = [], [], [], []
         for _ in range(args.rounds):
             ours_times.append(timed(ours)[0])
             peer_times.append(timed(peer)[0])
+            ours_prefill.append(timed(lambda: ours(new=1))[0])
+            peer_prefill.append(timed(lambda: peer(new=1))[0])
         ours_s, peer_s = np.median(ours_times), np.median(peer_times)
+        latency = {side: {"prefill_ms": round(1e3 * np.median(prefill), 1),
+                          "per_token_ms": round(1e3 * (np.median(full) - np.median(prefill)) / (args.new - 1), 2)}
+                   for side, full, prefill in (("gptjax", ours_times, ours_prefill), ("peer", peer_times, peer_prefill))}
         agree = (ours_tokens == peer_tokens).cumprod(axis=1).sum(axis=1)  # leading tokens equal, per row
         tokens = batch * args.new
         print(json.dumps({
@@ -106,7 +113,7 @@ def main():
             "ratio": round(peer_s / ours_s, 3), "compile_s": round(compile_s, 1),
             "shape": {"batch": batch, "prompt": args.prompt, "new": args.new, "layers": args.layers, "d_model": D,
                       "vocab": VOCAB},
-            "greedy_tokens_agreeing": int(agree.min()), "jax": jax.__version__,
+            "latency": latency, "greedy_tokens_agreeing": int(agree.min()), "jax": jax.__version__,
         }), flush=True)
 
 

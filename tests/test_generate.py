@@ -295,11 +295,11 @@ def test_kv_cache_is_sharded_by_rows_and_kv_heads_under_a_mesh(scan_layers):
         cache, _ = prefill(model_graphdef(m), sharded_params, jnp.asarray(prompts, jnp.int32), jnp.zeros(4, jnp.int32),
                            length=12)
         out = generate(m, sharded_params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=())
-    keys = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "k_BxSxKxH" in jax.tree_util.keystr(path)]
+    keys = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "k_BxKxSxH" in jax.tree_util.keystr(path)]
     assert len(keys) == (1 if scan_layers else 2)
     lead = (None,) if scan_layers else ()
     for k in keys:  # 4 rows over data = 4, 2 KV heads over tensor = 2: one row and one head per device
-        expected_sharding = NamedSharding(mesh, P(*lead, ("data", "fsdp"), None, "tensor", None))
+        expected_sharding = NamedSharding(mesh, P(*lead, ("data", "fsdp"), "tensor", None, None))
         assert k.sharding.is_equivalent_to(expected_sharding, k.ndim), k.sharding.spec
-        assert k.addressable_shards[0].data.shape[-4:] == (1, 12, 1, 8)
+        assert k.addressable_shards[0].data.shape[-4:] == (1, 1, 12, 8)
     assert [c.tokens for c in out] == [c.tokens for c in expected]

@@ -235,10 +235,10 @@ def test_decoding_in_chunks_with_kv_caches_equals_the_full_forward(scan_layers):
         chunks.append(x)
     np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), model.hidden(TOKENS), atol=1e-5)
     if scan_layers:  # one cache stacked on a leading layer axis
-        assert isinstance(caches, KVCache) and caches.k_BxSxKxH.shape == (2, 2, 12, 2, 8)
+        assert isinstance(caches, KVCache) and caches.k_BxKxSxH.shape == (2, 2, 2, 12, 8)
         assert caches.index.tolist() == [12, 12]
     else:
-        assert [c.index for c in caches] == [12, 12] and caches[0].k_BxSxKxH.shape == (2, 12, 2, 8)
+        assert [c.index for c in caches] == [12, 12] and caches[0].k_BxKxSxH.shape == (2, 2, 12, 8)
 
 
 def test_init_params_is_deterministic_per_key():

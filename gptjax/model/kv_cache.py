@@ -12,6 +12,11 @@ scan_layers one KVCache whose fields are stacked on a leading layer axis, which 
 restacks like the stacked parameters. Nothing is stored on the model (training's forward has no cache
 and the model no state but its parameters), so a jitted decode loop carries the caches like any other
 arrays and can donate them.
+
+Storage is head-major, (B, K, S, H): attention over the cache contracts the contiguous (S, H) tile of
+each row and KV head, so a decode step reads the cache as stored; only the step's own T new keys are
+transposed. (Stored (B, S, K, H), as jax.nn.dot_product_attention takes it, the whole cache was
+transposed to head-major inside every step.)
 """
 
 from typing import NamedTuple
@@ -23,15 +28,15 @@ from gptjax.parallel.mesh import constrain
 
 # Under a mesh a cache is sharded like the activations that fill it: rows over the batch axes, KV heads
 # over the tensor axis (a replicated cache would hold every row's keys on every device).
-CACHE_NAMES = ("batch", None, "kv_heads", "head_dim")
+CACHE_NAMES = ("batch", "kv_heads", None, "head_dim")
 
 
 class KVCache(NamedTuple):
     """One attention layer's keys and values in S slots, each row's first real slot, and the next slot
     to write (with stacked layers every field has a leading L axis)."""
 
-    k_BxSxKxH: jax.Array
-    v_BxSxKxH: jax.Array
+    k_BxKxSxH: jax.Array
+    v_BxKxSxH: jax.Array
     start_B: jax.Array  # int32
     index: jax.Array  # int32 scalar: the first slot the next call writes
 
@@ -41,7 +46,7 @@ def empty_caches(model, start_B, length: int):
     will start at slots start_B: a list of L KVCaches, or under scan_layers one stacked KVCache."""
     attention = (model.blocks if model.scan_layers else model.blocks[0]).attn
     lead = (model.n_layers,) if model.scan_layers else ()
-    shape = lead + (start_B.shape[0], length, attention.n_kv_heads, attention.head_dim)
+    shape = lead + (start_B.shape[0], attention.n_kv_heads, length, attention.head_dim)
     names = ("layers",) * len(lead) + CACHE_NAMES
 
     def empty():
@@ -52,11 +57,20 @@ def empty_caches(model, start_B, length: int):
     return empty() if model.scan_layers else [empty() for _ in range(model.n_layers)]
 
 
-def masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale=None):
-    """Attention of T queries over S keys where `mask_BxTxS` is True (the cache's slots, not causality
-    alone, decide what is visible); K < N (GQA) and `scale` (None: 1/sqrt(H)) as in
-    attention.causal_attention. Every query must see at least one key."""
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None], scale=scale)
+def masked_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale=None):
+    """Attention of T queries over S head-major keys where `mask_BxTxS` is True (the cache's slots, not
+    causality alone, decide what is visible); query head n uses KV head n // (N/K) (GQA), as in
+    attention.causal_attention, and `scale` (None: 1/sqrt(H)) multiplies the logits, accumulated in
+    float32. Every query must see at least one key."""
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxKxSxH.shape[1]
+    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH, preferred_element_type=jnp.float32)
+    scores_BxKxGxTxS = scores_BxKxGxTxS * (H**-0.5 if scale is None else scale)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -jnp.inf)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxH.dtype)
+    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH)
+    return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
 def visible_slots(start_B, index, T: int, S: int):
@@ -68,10 +82,9 @@ def visible_slots(start_B, index, T: int, S: int):
     return ((slot_1x1xS <= query_slot_1xTx1) & real_Bx1xS) | (slot_1x1xS == query_slot_1xTx1)
 
 
-def _written(cache_BxSxKxH, new_BxTxKxH, index):
-    cache_BxSxKxH = jax.lax.dynamic_update_slice(cache_BxSxKxH, new_BxTxKxH.astype(cache_BxSxKxH.dtype),
-                                                 (0, index, 0, 0))
-    return constrain(cache_BxSxKxH, CACHE_NAMES)
+def _written(cache_BxKxSxH, new_BxTxKxH, index):
+    new_BxKxTxH = new_BxTxKxH.transpose(0, 2, 1, 3).astype(cache_BxKxSxH.dtype)  # T new slots only
+    return constrain(jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, index, 0)), CACHE_NAMES)
 
 
 def cached_attention(cache: KVCache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None):
@@ -79,11 +92,11 @@ def cached_attention(cache: KVCache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None
     slot they may see, logits scaled by `scale` (the layer's; None = 1/sqrt(H)): (out_BxTxNxH, the
     updated cache)."""
     T = q_BxTxNxH.shape[1]
-    k_BxSxKxH = _written(cache.k_BxSxKxH, k_BxTxKxH, cache.index)
-    v_BxSxKxH = _written(cache.v_BxSxKxH, v_BxTxKxH, cache.index)
-    mask_BxTxS = visible_slots(cache.start_B, cache.index, T, k_BxSxKxH.shape[1])
-    out_BxTxNxH = masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, scale)
-    return out_BxTxNxH, KVCache(k_BxSxKxH, v_BxSxKxH, cache.start_B, cache.index + T)
+    k_BxKxSxH = _written(cache.k_BxKxSxH, k_BxTxKxH, cache.index)
+    v_BxKxSxH = _written(cache.v_BxKxSxH, v_BxTxKxH, cache.index)
+    mask_BxTxS = visible_slots(cache.start_B, cache.index, T, k_BxKxSxH.shape[2])
+    out_BxTxNxH = masked_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale)
+    return out_BxTxNxH, KVCache(k_BxKxSxH, v_BxKxSxH, cache.start_B, cache.index + T)
 
 
 def select_rows(caches, rows_R):
@@ -91,8 +104,8 @@ def select_rows(caches, rows_R):
     children inherit their parent's keys and values; repeats allowed, so R may differ from B)."""
 
     def select(cache):
-        return cache._replace(k_BxSxKxH=jnp.take(cache.k_BxSxKxH, rows_R, axis=-4),
-                              v_BxSxKxH=jnp.take(cache.v_BxSxKxH, rows_R, axis=-4),
+        return cache._replace(k_BxKxSxH=jnp.take(cache.k_BxKxSxH, rows_R, axis=-4),
+                              v_BxKxSxH=jnp.take(cache.v_BxKxSxH, rows_R, axis=-4),
                               start_B=jnp.take(cache.start_B, rows_R, axis=-1))
 
     return jax.tree.map(select, caches, is_leaf=lambda x: isinstance(x, KVCache))
