@@ -57,3 +57,20 @@ def test_peak_table_and_mfu():
     assert device_peak_flops("TPU v5 lite") == 197e12
     assert device_peak_flops("cpu") is None
     assert mfu(1000.0, 6e9, 1.2e13) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_gpu_mfu_bench_runs_end_to_end_on_cpu():
+    """bench/gpu_mfu.py's path (config, sharded step, timing, MFU accounting) on a tiny model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(repo, "bench", "gpu_mfu.py"), "--smoke", "--steps", "2",
+                          "--batch_per_device", "1"], capture_output=True, text=True, check=True, timeout=600)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["name"] == "gpu_mfu_gpt2_124m_smoke" and row["tokens_per_sec"] > 0 and row["step_seconds"] > 0
+    assert row["devices"] == jax.device_count() and row["batch"] == jax.device_count()
+    assert row["device"] == jax.devices()[0].device_kind  # CPU: no peak in the table, so MFU is NaN
