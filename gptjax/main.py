@@ -17,7 +17,7 @@ from gptjax.align.reward import reward
 from gptjax.align.rl import rl
 from gptjax.align.sft import sft
 from gptjax.align.stage import AlignError
-from gptjax.config import ConfigError, validate
+from gptjax.config import ConfigError
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
@@ -50,8 +50,9 @@ def main(argv):
         if not _WORKDIR.value:
             raise ConfigError("--workdir is required: the directory for checkpoints and metrics")
         maybe_initialize_distributed(cfg.parallel)
-        validate(cfg, _WORKDIR.value)
-        result = MODES[cfg.mode](cfg, _WORKDIR.value)
+        if cfg.mode not in MODES:
+            raise ConfigError(f"mode={cfg.mode!r}: must be one of {', '.join(MODES)}")
+        result = MODES[cfg.mode](cfg, _WORKDIR.value)  # each mode validates cfg first (as from a notebook)
     except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
             TrialFailedError, AlignError, AlignDataError, ChatError) as e:
         logging.error("%s: %s", type(e).__name__, e)

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
-from gptjax.config import default_config
+from gptjax.config import default_config, validate
 from gptjax.data.sources import parse_source
 from gptjax.scaling import trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
@@ -58,6 +58,7 @@ class TrialLockedError(TrialFailedError):
 
 def run_sweep(cfg, workdir: str) -> dict:
     """The sweep job; returns a summary (counts, the recommendation, where the report is)."""
+    validate(cfg, workdir)
     os.makedirs(workdir, exist_ok=True)
     if cfg.sweep.mode == "fit":
         return fit_and_report(cfg, workdir)
@@ -108,7 +109,6 @@ def _run_in_process(cfg, trials: list[Trial], workdir: str, progress: "SweepProg
 def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
     """Builds the shared tokenizer and token caches once, plans, checks every trial's config, and
     writes plan.json."""
-    from gptjax.config import validate
     from gptjax.data.pipeline import make_streams  # the data stack is only needed to plan or train
 
     data = make_streams(cfg, workdir)
