@@ -5,12 +5,19 @@ process. The two alternate in rounds (a few steps of each per round) so that loa
 the machine hits both alike; each side's figure is the median step time over all rounds. Prints one
 JSON line; the ratio is gptjax / peer tokens/s.
 
+`--memory` instead runs each side alone in a fresh process for --steps steps and reports both peak
+resident set sizes (the process's ru_maxrss: runtime, weights, optimizer state and the step's peak).
+
   pip install torch==2.13.0 && pip install -e '.[bench]'
   python bench/train_throughput.py [--rounds 6 --steps 5]
+  python bench/train_throughput.py --memory [--steps 5]
 """
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -88,12 +95,32 @@ def torch_step(batches) -> tuple[object, str]:
     return run_step, f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def peak_rss_mb(side: str, steps: int) -> float:
+    """Peak RSS (MiB) of a fresh process that builds `side` ("gptjax" | "peer") and runs `steps` steps."""
+    out = subprocess.run([sys.executable, __file__, "--only", side, "--steps", str(steps)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=5, help="steps of each side per round")
+    parser.add_argument("--memory", action="store_true", help="report both sides' peak RSS instead")
+    parser.add_argument("--only", choices=("gptjax", "peer"), help=argparse.SUPPRESS)  # a --memory child
     args = parser.parse_args()
     batches = np.random.default_rng(0).integers(0, VOCAB - 7, (4, BATCH, SEQ + 1)).astype(np.int32)
+    if args.only:
+        run_step = gptjax_step(batches) if args.only == "gptjax" else torch_step(batches)[0]
+        time_steps(run_step, args.steps)
+        print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    if args.memory:
+        ours, peer = peak_rss_mb("gptjax", args.steps), peak_rss_mb("peer", args.steps)
+        print(json.dumps({"name": "train_peak_rss", "value": round(ours), "unit": "MiB", "peer": round(peer),
+                          "peer_name": "HF GPT2LMHeadModel + torch AdamW", "ratio": round(ours / peer, 3),
+                          "jax": jax.__version__}))
+        return
     ours_step = gptjax_step(batches)
     peer_step, peer_name = torch_step(batches)
     ours_times, peer_times = [], []
