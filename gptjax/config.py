@@ -346,7 +346,7 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
              process_count: int | None = None):
     """Raises ConfigError on the first rule `cfg` breaks. Returns the resolved mesh shape."""
     _check_choice(cfg, "mode", MODES)
-    _validate_model(cfg.model)
+    _validate_model(cfg)
     _validate_data(cfg)
     _validate_train(cfg.train)
     _validate_optim(cfg)
@@ -367,7 +367,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     return mesh
 
 
-def _validate_model(m) -> None:
+def _validate_model(cfg) -> None:
+    m = cfg.model
     for key in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
         if m[key] <= 0:
             _fail(f"model.{key}", m[key], "must be a positive integer")
@@ -378,8 +379,7 @@ def _validate_model(m) -> None:
     for key, choices in (("positional", POSITIONAL), ("norm", NORMS), ("norm_position", NORM_POSITIONS),
                          ("activation", ACTIVATIONS), ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
                          ("attention", ATTENTION_KERNELS), ("parametrization", PARAMETRIZATIONS)):
-        if m[key] not in choices:
-            _fail(f"model.{key}", m[key], f"must be one of {', '.join(choices)}")
+        _check_choice(cfg, f"model.{key}", choices)
     if m.positional == "rope" and (m.d_model // m.n_heads) % 2:
         _fail("model.positional", m.positional, f"RoPE needs an even head dim, got {m.d_model // m.n_heads}")
     if not 0.0 <= m.dropout < 1.0:

@@ -149,12 +149,15 @@ class Transformer(nnx.Module):
     def logits(self, x_BxTxD):
         """LM head on hidden states; the matmul runs on a 2-D view (fast on XLA:CPU)."""
         B, T, D = x_BxTxD.shape
-        x_BxTxD = (x_BxTxD * self.output_mult).astype(self.compute_dtype)
-        return (x_BxTxD.reshape(B * T, D) @ self.readout_DxV()).reshape(B, T, -1)
+        return (self.readout_input(x_BxTxD).reshape(B * T, D) @ self.readout_DxV()).reshape(B, T, -1)
+
+    def readout_input(self, x_BxTxD):
+        """What the LM head multiplies: the hidden states times μP's output multiplier, in the compute dtype."""
+        return (x_BxTxD * self.output_mult).astype(self.compute_dtype)
 
     def readout_DxV(self):
-        """The LM head's matrix in the compute dtype: the token embedding's transpose when tied. Its input
-        is x * output_mult (the training loss applies both through model/fused_cross_entropy.py)."""
+        """The LM head's matrix in the compute dtype: the token embedding's transpose when tied (the
+        training loss applies it to `readout_input` through model/fused_cross_entropy.py)."""
         if self.lm_head is not None:
             return self.lm_head.kernel[...].astype(self.compute_dtype)
         return self.token_embed.embedding[...].astype(self.compute_dtype).T

@@ -171,7 +171,7 @@ def _with_keys_added_since(saved: dict) -> dict:
         saved["model"] = model_with_defaults(saved["model"])
     if isinstance(saved.get("data"), dict):
         saved["data"] = data_with_split_seed(saved["data"], saved.get("seed"))
-        if str(saved["data"].get("source", "")).startswith("synthetic:"):
+        if str(saved["data"].get("source", "")).startswith("synthetic:"):  # a saved, possibly partial dict
             saved["data"].setdefault("tokenizer_sample_bytes", default_config().data.tokenizer_sample_bytes)
     return saved
 

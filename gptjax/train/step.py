@@ -14,8 +14,7 @@ def lm_loss(params, graphdef, batch_BxT1, dropout_key=None):
     head and the cross-entropy run fused in chunks (model/fused_cross_entropy.py), so the B x T x V
     logits are never all held, in the forward or the backward pass."""
     model = nnx.merge(graphdef, params)
-    x_BxTxD = model.hidden(batch_BxT1[:, :-1], dropout_key=dropout_key)
-    x_BxTxD = (x_BxTxD * model.output_mult).astype(model.compute_dtype)
+    x_BxTxD = model.readout_input(model.hidden(batch_BxT1[:, :-1], dropout_key=dropout_key))
     return fused_cross_entropy(x_BxTxD, model.readout_DxV(), batch_BxT1[:, 1:])
 
 
