@@ -28,6 +28,7 @@ from gptjax.align.stage import (StageSpec, Trained, abstract_like, bucket, check
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.xla_options import training_compiler_options
 
 
 def response_logprobs(params, graphdef, tokens_RxL, prompt_len_R, lengths_R):
@@ -131,7 +132,8 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
                           train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
     step_fn = jax.jit(make_dpo_step(loss_fn, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
-                      out_shardings=(item_shardings, None), donate_argnums=0)
+                      out_shardings=(item_shardings, None), donate_argnums=0,
+                      compiler_options=training_compiler_options(mesh))
     eval_fn = jax.jit(loss_fn)
 
     def fresh():

@@ -31,6 +31,7 @@ from gptjax.data.tokenizer import BOS_ID, PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.xla_options import training_compiler_options
 
 NORMALIZATION_ROWS = 512  # preferred responses scored for the reward bias
 
@@ -141,7 +142,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1,
                            pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
     step_fn = jax.jit(make_reward_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
-                      out_shardings=(item_shardings, None), donate_argnums=0)
+                      out_shardings=(item_shardings, None), donate_argnums=0,
+                      compiler_options=training_compiler_options(mesh))
     loss_fn = jax.jit(functools.partial(preference_loss, graphdef=graphdef))
     score_fn = jax.jit(functools.partial(last_token_scores, graphdef=graphdef))
     B = cfg.align.batch_size

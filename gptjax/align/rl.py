@@ -37,6 +37,7 @@ from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import generate, model_graphdef
 from gptjax.sample.strategies import Strategy
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.xla_options import training_compiler_options
 
 EVAL_PROMPTS = 64  # held-out prompts decoded greedily at each eval
 
@@ -185,7 +186,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
                                   mb["response_RxN"], with_values=True)["values"]
         return ppo_value_loss(values, mb["old_values"], mb["returns"], mb["mask_RxN"], r.value_clip)
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=training_compiler_options(mesh))
     def update(items, mb):
         params, train = items["params"], dict(items["train"])
         (loss, m), grads = jax.value_and_grad(policy_loss, has_aux=True)(params, mb, train["kl_coef"])

@@ -26,6 +26,7 @@ from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.sample.generate import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.xla_options import training_compiler_options
 
 
 def sft_rows(cfg) -> list[dict]:
@@ -111,7 +112,8 @@ def _sft(cfg, workdir: str, mesh) -> dict:
     item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
                           train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
     step_fn = jax.jit(make_sft_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, rows, rows),
-                      out_shardings=(item_shardings, None), donate_argnums=0)
+                      out_shardings=(item_shardings, None), donate_argnums=0,
+                      compiler_options=training_compiler_options(mesh))
     eval_fn = jax.jit(functools.partial(masked_lm_loss, graphdef=graphdef))
     B = cfg.align.batch_size
 

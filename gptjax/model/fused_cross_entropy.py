@@ -22,8 +22,13 @@ import jax.numpy as jnp
 CHUNK_POSITIONS = 64  # time steps per chunk: B * 64 rows of V logits at a time
 
 
-def _chunks(T: int, chunk: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk, T)) for start in range(0, T, chunk)]
+def _time_chunks(a_BxT, chunk: int):
+    """(a_NxBxC..., tail_BxR...): the N = T // chunk whole chunks of `a` along time, stacked on a leading axis
+    for `lax.scan`, and the R = T mod chunk positions left over (R may be 0)."""
+    B, T = a_BxT.shape[:2]
+    n = T // chunk
+    whole = a_BxT[:, :n * chunk].reshape(B, n, chunk, *a_BxT.shape[2:]).swapaxes(0, 1)
+    return whole, a_BxT[:, n * chunk:]
 
 
 def _chunk_logits(x_BxCxD, w_DxV):
@@ -31,41 +36,62 @@ def _chunk_logits(x_BxCxD, w_DxV):
     return jnp.dot(x_BxCxD.reshape(B * C, D), w_DxV, preferred_element_type=jnp.float32)  # 2-D: fast on CPU
 
 
-def _chunk_loss_sum(logits_RxV, targets_R):
+def _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC):
+    """(summed cross-entropy of the chunk, its logits_RxV, their lse_R) with R = B*C rows."""
+    logits_RxV = _chunk_logits(x_BxCxD, w_DxV)
     lse_R = jax.nn.logsumexp(logits_RxV, axis=-1)
-    return jnp.sum(lse_R - jnp.take_along_axis(logits_RxV, targets_R[:, None], axis=-1)[:, 0]), lse_R
+    target_logits_R = jnp.take_along_axis(logits_RxV, targets_BxC.reshape(-1, 1), axis=-1)[:, 0]
+    return jnp.sum(lse_R - target_logits_R), logits_RxV, lse_R
 
 
+def _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, count):
+    """(summed loss, d(mean loss)/dx_BxCxD, the chunk's share of d(mean loss)/dw_DxV) for one chunk."""
+    B, C, D = x_BxCxD.shape
+    loss_sum, logits_RxV, lse_R = _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC)
+    targets_R = targets_BxC.reshape(-1)
+    # d(mean loss)/d(logits) = (softmax - onehot) / count
+    d_logits_RxV = jnp.exp(logits_RxV - lse_R[:, None])
+    d_logits_RxV = (d_logits_RxV.at[jnp.arange(B * C), targets_R].add(-1.0) / count).astype(w_DxV.dtype)
+    dx_BxCxD = jnp.dot(d_logits_RxV, w_DxV.T, preferred_element_type=jnp.float32).reshape(B, C, D)
+    dw_DxV = jnp.dot(x_BxCxD.reshape(-1, D).T, d_logits_RxV, preferred_element_type=jnp.float32)
+    return loss_sum, dx_BxCxD, dw_DxV
+
+
+# Whole chunks run under `lax.scan`, one after another: XLA:CPU schedules the chunks of an unrolled loop
+# side by side, which kept every chunk's B*C x V logits alive at once (4 x 16 MB at the bench shapes).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _loss(x_BxTxD, w_DxV, targets_BxT, chunk):
     B, T, _ = x_BxTxD.shape
-    total = jnp.zeros((), jnp.float32)
-    for start, stop in _chunks(T, chunk):
-        logits_RxV = _chunk_logits(x_BxTxD[:, start:stop], w_DxV)
-        total = total + _chunk_loss_sum(logits_RxV, targets_BxT[:, start:stop].reshape(-1))[0]
+    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
+    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
+
+    def add_chunk(total, chunk_inputs):
+        return total + _chunk_loss_sum(chunk_inputs[0], w_DxV, chunk_inputs[1])[0], None
+
+    total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (x_NxBxCxD, targets_NxBxC))
+    if x_tail.shape[1]:
+        total = total + _chunk_loss_sum(x_tail, w_DxV, targets_tail)[0]
     return total / (B * T)
 
 
 def _loss_fwd(x_BxTxD, w_DxV, targets_BxT, chunk):
     B, T, D = x_BxTxD.shape
-    total = jnp.zeros((), jnp.float32)
-    dw_DxV = jnp.zeros(w_DxV.shape, jnp.float32)
-    dx_chunks = []
-    for start, stop in _chunks(T, chunk):
-        x_BxCxD = x_BxTxD[:, start:stop]
-        logits_RxV = _chunk_logits(x_BxCxD, w_DxV)
-        targets_R = targets_BxT[:, start:stop].reshape(-1)
-        loss_sum, lse_R = _chunk_loss_sum(logits_RxV, targets_R)
-        total = total + loss_sum
-        # d(mean loss)/d(logits) = (softmax - onehot) / (B*T)
-        d_logits_RxV = jnp.exp(logits_RxV - lse_R[:, None])
-        d_logits_RxV = d_logits_RxV.at[jnp.arange(targets_R.shape[0]), targets_R].add(-1.0) / (B * T)
-        d_logits_RxV = d_logits_RxV.astype(w_DxV.dtype)
-        dx_chunks.append(jnp.dot(d_logits_RxV, w_DxV.T, preferred_element_type=jnp.float32)
-                         .reshape(B, stop - start, D))
-        dw_DxV = dw_DxV + jnp.dot(x_BxCxD.reshape(-1, D).T, d_logits_RxV, preferred_element_type=jnp.float32)
-    dx_BxTxD = jnp.concatenate(dx_chunks, axis=1).astype(x_BxTxD.dtype)
-    return total / (B * T), (dx_BxTxD, dw_DxV.astype(w_DxV.dtype), targets_BxT)
+    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
+    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
+
+    def add_chunk(carry, chunk_inputs):
+        total, dw_DxV = carry
+        loss_sum, dx_BxCxD, dw_part = _chunk_loss_and_grads(chunk_inputs[0], w_DxV, chunk_inputs[1], B * T)
+        return (total + loss_sum, dw_DxV + dw_part), dx_BxCxD
+
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros(w_DxV.shape, jnp.float32))
+    (total, dw_DxV), dx_NxBxCxD = jax.lax.scan(add_chunk, zeros, (x_NxBxCxD, targets_NxBxC))
+    dx_BxTxD = dx_NxBxCxD.swapaxes(0, 1).reshape(B, -1, D)
+    if x_tail.shape[1]:
+        loss_sum, dx_tail, dw_part = _chunk_loss_and_grads(x_tail, w_DxV, targets_tail, B * T)
+        total, dw_DxV = total + loss_sum, dw_DxV + dw_part
+        dx_BxTxD = jnp.concatenate([dx_BxTxD, dx_tail], axis=1)
+    return total / (B * T), (dx_BxTxD.astype(x_BxTxD.dtype), dw_DxV.astype(w_DxV.dtype), targets_BxT)
 
 
 def _loss_bwd(chunk, residuals, g):

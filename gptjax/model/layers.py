@@ -67,14 +67,28 @@ class MLP(nnx.Module):
         self.down = Dense(cfg.d_ff, cfg.d_model, ("mlp", "embed"), std=resid_std, use_bias=bias, cfg=cfg, rngs=rngs)
 
     def __call__(self, x_BxTxD):
-        h_BxTxF = self.up(x_BxTxD)
-        if self.activation == "swiglu":
-            h_BxTxF = jax.nn.silu(self.gate(x_BxTxD)) * h_BxTxF
-        elif self.activation == "gelu":
-            h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new"
-        else:
-            h_BxTxF = jax.nn.relu(h_BxTxF)
-        return self.down(h_BxTxF)
+        gate_BxTxF = self.gate(x_BxTxD) if self.activation == "swiglu" else None
+        return _activate_and_project(self.activation, self.up(x_BxTxD), gate_BxTxF, self.down)
+
+
+def _activation(name, h_BxTxF, gate_BxTxF):
+    if name == "swiglu":
+        return jax.nn.silu(gate_BxTxF) * h_BxTxF
+    if name == "gelu":
+        return jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new"
+    return jax.nn.relu(h_BxTxF)
+
+
+def _activate_and_project(name, h_BxTxF, gate_BxTxF, down):
+    """down(activation(h)), with the activation recomputed in the backward pass: only the pre-activations
+    are kept for it, not the activation's output and its intermediates (tanh for GELU), each as large as h.
+    Elementwise work is cheap to redo; on XLA:CPU every saved byte is also a page faulted in each step."""
+
+    @jax.checkpoint
+    def run(h_BxTxF, gate_BxTxF, down):
+        return down(_activation(name, h_BxTxF, gate_BxTxF))
+
+    return run(h_BxTxF, gate_BxTxF, down)
 
 
 def sinusoidal_positions(positions_BxT, dim, dtype):

@@ -37,6 +37,7 @@ from gptjax.train.members import Members
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.state import StateSpec
 from gptjax.train.step import make_eval_step, make_train_step
+from gptjax.train.xla_options import training_compiler_options
 
 MAX_EPOCHS_BEFORE_WARNING = 4
 
@@ -126,7 +127,8 @@ def jit_train_step(cfg, mesh, members: Members, spec: StateSpec, optimizer, sche
                               dropout=cfg.model.dropout)
     return jax.jit(members.train_step(step_fn),
                    in_shardings=(spec.shardings, batch_sharding(mesh, tuple(cfg.parallel.rules))),
-                   out_shardings=(spec.shardings, replicated(mesh)), donate_argnums=0)
+                   out_shardings=(spec.shardings, replicated(mesh)), donate_argnums=0,
+                   compiler_options=training_compiler_options(mesh))
 
 
 def sharded_train_step(cfg, mesh, members: Members | None = None):
