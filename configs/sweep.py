@@ -1,4 +1,4 @@
-"""The main job: a scaling-law sweep on the embedded Shakespeare corpus, about 5 minutes on a quiet 2-core CPU.
+"""The main job: a scaling-law sweep on the embedded Shakespeare corpus, 4.5–6.5 minutes on a quiet 2-core CPU.
 
 python -m gptjax.main --config=configs/sweep.py --workdir=/tmp/gptjax/sweep
 Four IsoFLOP profiles (1e10 .. 3.2e11 training FLOPs, 1.5 decades) of four model sizes each from a
