@@ -57,40 +57,45 @@ def _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, count):
     return loss_sum, dx_BxCxD, dw_DxV
 
 
-# Whole chunks run under `lax.scan`, one after another: XLA:CPU schedules the chunks of an unrolled loop
-# side by side, which kept every chunk's B*C x V logits alive at once (4 x 16 MB at the bench shapes).
+def _fold_time_chunks(step, carry, x_BxTxD, targets_BxT, chunk: int):
+    """Folds `carry, out_BxC... = step(carry, x_BxCxD, targets_BxC)` over time chunks of x and targets: the
+    whole chunks under `lax.scan`, then the T mod chunk positions left over. Returns the last carry and the
+    outputs joined along time (None where `step` outputs None).
+
+    `lax.scan` runs the chunks one after another: XLA:CPU schedules the chunks of an unrolled loop side by
+    side, which kept every chunk's B*C x V logits alive at once (4 x 16 MB at the bench shapes)."""
+    B = x_BxTxD.shape[0]
+    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
+    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
+    carry, out_NxBxC = jax.lax.scan(lambda c, xs: step(c, *xs), carry, (x_NxBxCxD, targets_NxBxC))
+    outs = [] if out_NxBxC is None else [out_NxBxC.swapaxes(0, 1).reshape(B, -1, *out_NxBxC.shape[3:])]
+    if x_tail.shape[1]:
+        carry, out_tail = step(carry, x_tail, targets_tail)
+        outs += [] if out_tail is None else [out_tail]
+    return carry, jnp.concatenate(outs, axis=1) if outs else None
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _loss(x_BxTxD, w_DxV, targets_BxT, chunk):
     B, T, _ = x_BxTxD.shape
-    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
-    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
 
-    def add_chunk(total, chunk_inputs):
-        return total + _chunk_loss_sum(chunk_inputs[0], w_DxV, chunk_inputs[1])[0], None
+    def add_chunk(total, x_BxCxD, targets_BxC):
+        return total + _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC)[0], None
 
-    total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32), (x_NxBxCxD, targets_NxBxC))
-    if x_tail.shape[1]:
-        total = total + _chunk_loss_sum(x_tail, w_DxV, targets_tail)[0]
+    total, _ = _fold_time_chunks(add_chunk, jnp.zeros((), jnp.float32), x_BxTxD, targets_BxT, chunk)
     return total / (B * T)
 
 
 def _loss_fwd(x_BxTxD, w_DxV, targets_BxT, chunk):
-    B, T, D = x_BxTxD.shape
-    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
-    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
+    B, T, _ = x_BxTxD.shape
 
-    def add_chunk(carry, chunk_inputs):
+    def add_chunk(carry, x_BxCxD, targets_BxC):
         total, dw_DxV = carry
-        loss_sum, dx_BxCxD, dw_part = _chunk_loss_and_grads(chunk_inputs[0], w_DxV, chunk_inputs[1], B * T)
+        loss_sum, dx_BxCxD, dw_part = _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, B * T)
         return (total + loss_sum, dw_DxV + dw_part), dx_BxCxD
 
     zeros = (jnp.zeros((), jnp.float32), jnp.zeros(w_DxV.shape, jnp.float32))
-    (total, dw_DxV), dx_NxBxCxD = jax.lax.scan(add_chunk, zeros, (x_NxBxCxD, targets_NxBxC))
-    dx_BxTxD = dx_NxBxCxD.swapaxes(0, 1).reshape(B, -1, D)
-    if x_tail.shape[1]:
-        loss_sum, dx_tail, dw_part = _chunk_loss_and_grads(x_tail, w_DxV, targets_tail, B * T)
-        total, dw_DxV = total + loss_sum, dw_DxV + dw_part
-        dx_BxTxD = jnp.concatenate([dx_BxTxD, dx_tail], axis=1)
+    (total, dw_DxV), dx_BxTxD = _fold_time_chunks(add_chunk, zeros, x_BxTxD, targets_BxT, chunk)
     return total / (B * T), (dx_BxTxD.astype(x_BxTxD.dtype), dw_DxV.astype(w_DxV.dtype), targets_BxT)
 
 

@@ -82,7 +82,9 @@ def _activation(name, h_BxTxF, gate_BxTxF):
 def _activate_and_project(name, h_BxTxF, gate_BxTxF, down):
     """down(activation(h)), with the activation recomputed in the backward pass: only the pre-activations
     are kept for it, not the activation's output and its intermediates (tanh for GELU), each as large as h.
-    Elementwise work is cheap to redo; on XLA:CPU every saved byte is also a page faulted in each step."""
+    Elementwise work is cheap to redo; on XLA:CPU every saved byte is also a page faulted in each step.
+    `down` is inside the checkpoint because its backward needs its input, the activation's output: outside,
+    that output would be saved for it. Its matmul is not redone (its output is no residual)."""
 
     @jax.checkpoint
     def run(h_BxTxF, gate_BxTxF, down):
