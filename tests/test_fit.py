@@ -90,9 +90,14 @@ def test_approach2_recovers_the_optimum_exponent_and_flags_off_centre_profiles()
     assert fit["at_target"]["N"].value == pytest.approx(0.1 * 1e21**0.5, rel=1e-6)
     assert fit["at_target"]["D"].value == pytest.approx(1e21 / (6 * 0.1 * 1e21**0.5), rel=1e-6)
     assert [b["status"] for b in fit["budgets"]] == ["ok"] * 4
-    # Exact profiles: every resample keeps 3 sizes per profile (`sizes=`), so refits the same law.
-    exponent = fit["N_law"]["exponent"]
-    assert fit["n_bootstrap"] == 20 and exponent.high - exponent.low < 1e-9, exponent
+    # Resampling models, a resample that keeps only sizes on one side of a vertex cannot place it: it fails
+    # and is counted, never dropped.
+    assert fit["bootstrap"] == "cases" and fit["n_bootstrap"] == 20 and fit["n_failed"] > 0
+    # Exact profiles whose measured noise is zero: every parametric resample is the data, so refits the same law.
+    exact = F.fit_approach2([dict(r, eval_loss_se=0.0) for r in parabola_rows(budgets)], 1e21, n_bootstrap=20)
+    exponent = exact["N_law"]["exponent"]
+    assert exact["bootstrap"] == "parametric" and exact["n_failed"] == 0, exact["reason"]
+    assert exponent.high - exponent.low < 1e-9 and exact["identified"], exponent
 
     # A profile sampled entirely above its optimum has its vertex outside: flagged, clipped, left out.
     shifted = parabola_rows(budgets + [1e20], shift={1e20: 20.0})
@@ -107,14 +112,22 @@ def test_approach2_intervals_reflect_the_noise_and_cover_the_truth():
     # Sampling spread of the exponent here (100 noisy draws): sd 0.0026, central 95% width 0.0093.
     budgets = list(np.geomspace(1e16, 1e20, 5))
     rows = parabola_rows(budgets, ratios=tuple(np.geomspace(1 / 8, 8, 7)), noise=0.003, seed=1)
-    fit = F.fit_approach2(rows, target_flops=1e22, n_bootstrap=200, seed=0)
+    # Each run's measured eval-loss SE is the noise's size: a parametric bootstrap from it.
+    fit = F.fit_approach2([dict(r, eval_loss_se=0.003 * r["eval_loss"]) for r in rows], target_flops=1e22,
+                          n_bootstrap=200, seed=0)
     exponent = fit["N_law"]["exponent"]
+    assert fit["bootstrap"] == "parametric" and fit["identified"], fit["reason"]
     assert exponent.low <= 0.5 <= exponent.high, exponent
     assert 0.003 < exponent.high - exponent.low < 0.03, exponent  # not collapsed, within ~3x the true spread
     for v in fit["budgets"]:
         n_star, interval = 0.1 * v["C"] ** 0.5, v["N_opt_interval"]
         assert interval.low <= n_star <= interval.high and interval.high / interval.low < 1.3, (v["budget"], interval)
-    assert fit["n_bootstrap"] == 200
+    assert fit["n_bootstrap"] == 200 and fit["n_failed"] == 0
+    # Without a measured noise the models are resampled; the resamples whose profile kept sizes on one side
+    # of its vertex only (15% here) fail, are counted, and leave the laws unbounded and not identified.
+    cases = F.fit_approach2(rows, target_flops=1e22, n_bootstrap=200, seed=0)
+    assert cases["bootstrap"] == "cases" and cases["n_failed"] > 10 and not cases["identified"]
+    assert cases["N_law"]["exponent"].low is None and cases["N_law"]["exponent"].high is None
 
 
 def test_approach2_needs_three_budgets_with_three_models():
@@ -399,10 +412,15 @@ def test_residual_resamples_scatter_the_centred_scaled_residuals_about_the_curve
     assert residual_resamples(fitted[:3], fitted[:3], 500, seed=0).shape == (0, 3)
 
 
-def test_estimate_is_the_percentile_interval_of_the_finite_samples():
-    samples = np.concatenate([np.arange(1001.0), [np.nan, np.inf, -np.inf]])
+def test_estimate_counts_failed_and_non_finite_resamples_half_at_each_end():
+    samples = np.arange(1001.0)
     assert Estimate.from_samples(500.0, samples) == Estimate(500.0, 25.0, 975.0)
+    # A non-finite sample is a failure, as is each of n_failed: one of three at -inf, two at +inf.
+    with_nonfinite = Estimate.from_samples(500.0, np.concatenate([samples, [np.nan, np.inf, -np.inf]]))
+    assert with_nonfinite == Estimate.from_samples(500.0, samples, n_failed=3)
+    assert with_nonfinite.low == pytest.approx(24.075) and with_nonfinite.high == pytest.approx(976.925)
     assert Estimate.from_samples(np.float64(2.0), [np.nan]) == Estimate(2.0, None, None)
+    assert Estimate.from_samples(np.float64(2.0), [], n_failed=0) == Estimate(2.0, None, None)
     assert Estimate.from_samples(np.inf, [1.0, 2.0]).value is None
     assert to_json({"a": [Estimate(1.0, 0.5, None)], "b": 3}) == {"a": [{"value": 1.0, "low": 0.5, "high": None}],
                                                                    "b": 3}

@@ -112,3 +112,62 @@ def test_report_draws_an_estimate_outside_its_own_interval(tmp_path, sweep):
     with open(write_report(str(tmp_path), rows, shifted, 1e22), encoding="utf-8") as f:
         text = f.read()
     assert len(linked_images(str(tmp_path), text)) == 4
+
+
+def test_report_says_which_fits_are_identified_and_quotes_only_those(tmp_path, sweep):
+    rows, fits = sweep
+    approach3 = {**fits["approach3"], "identified": False, "reason": "Not identified: beta at the lower bound of its "
+                 "search box."}
+    noise = {"seed_sd": 0.0123, "seed_dof": 12, "n_seeded_settings": 6, "eval_se": 0.0021}
+    rec = {**fits["recommendation"], "loss": {"value": 2.5, "low": None, "high": 2.6, "source": "frontier"}}
+    changed = {**fits, "approach3": approach3, "noise": noise, "recommendation": rec}
+    with open(write_report(str(tmp_path), rows, changed, 1e22), encoding="utf-8") as f:
+        text = f.read()
+    assert text.index("## Which fits are identified") < text.index("## Backtest") < text.index("## Fits")
+    assert "| fit | identified | reason | bootstrap | resamples failed / attempted |" in text
+    for label, key in (("frontier", "frontier"), ("Approach 2", "approach2"), ("η* law (lr)", "lr")):
+        section = changed["hyperparameters"]["lr"] if key == "lr" else changed[key]
+        verdict = "yes" if section["identified"] else "no"
+        assert (f"| {label} | {verdict} | {section['reason']} | {section['bootstrap']} | "
+                f"{section['n_failed']} / {section['n_bootstrap']} |") in text, label
+    assert f"| Approach 3 | no | {approach3['reason']} | cases | 0 / 20 |" in text
+    assert "| B* law (batch size) | — | could not be fitted (see notes) |" in text
+    # Approach 3 is not identified: its parameters are not quoted.
+    assert "- Approach 3, L(N, D) = E + A/N^α + B/D^β: not identified" in text
+    assert format_value(approach3["params"]["alpha"]["value"]) not in text
+    # The noise, and an unbounded side of an interval, in words.
+    assert "seed SD of the eval loss 0.0123 (12 degrees of freedom over 6 settings" in text
+    assert "eval-loss SE 0.0021" in text
+    assert "| predicted loss | 2.5 | [unbounded, 2.6] | frontier |" in text
+
+
+VALIDATION = {
+    "target_flops": 1e20, "predicted_loss": {"value": 2.5, "low": 2.45, "high": 2.55}, "observed_loss": 2.53,
+    "error_fraction": (2.53 - 2.5) / 2.53, "observed_in_interval": True, "recommended_is_best": True,
+    "trials": [dict(role=role, N=1e7 * k, D=1e20 / (6e7 * k), C=1e20, n_layers=4, d_model=256, lr=1e-3,
+                    eval_loss=loss, eval_loss_se=0.002, status="ok")
+               for role, k, loss in (("recommended", 1, 2.53), ("half", 0.5, 2.56), ("double", 2, 2.571))],
+    "extrapolated": {"target_flops": 1e22, "N": {"value": 1e9, "low": 5e8, "high": 2e9},
+                     "D": {"value": 1e10, "low": None, "high": None}, "loss": {"value": 2.1, "low": 2.0, "high": 2.2},
+                     "checked": False},
+}
+
+
+def test_report_renders_the_validation_runs_and_is_byte_deterministic(tmp_path, sweep):
+    rows, fits = sweep
+    with_validation = {**fits, "validation": VALIDATION}
+    paths = [write_report(str(tmp_path / name), rows, with_validation, 1e22) for name in ("a", "b")]
+    texts = [open(p, encoding="utf-8").read() for p in paths]
+    assert texts[0] == texts[1]
+    text = texts[0]
+    assert text.index("## Validation") < text.index("## Backtest")
+    assert ("the predicted loss of the recommended run was 2.5 [2.45, 2.55], its observed loss 2.53: "
+            "error +1.19%") in text
+    assert "| run | N | D | C | shape | lr | eval loss | eval loss SE | status |" in text
+    assert "| recommended | 1e+07 | 1.667e+12 | 1e+20 | L4 d256 | 0.001 | 2.53 | 0.002 | ok |" in text
+    assert "| double | 2e+07 |" in text and "| half | 5e+06 |" in text
+    assert "Extrapolated to C = 1e+22 FLOPs: N* 1e+09 [5e+08, 2e+09], D* 1e+10 unbounded" in text
+    assert "not checked by any run" in text
+    assert len(linked_images(str(tmp_path / "a"), text)) == 4
+    with open(write_report(str(tmp_path / "c"), rows, fits, 1e22), encoding="utf-8") as f:
+        assert "## Validation" not in f.read()

@@ -5,8 +5,13 @@ import math
 import numpy as np
 from scipy import optimize
 
-from gptjax.scaling.fit.bootstrap import Estimate, band, curve_grid, one_blas_thread, residual_resamples
+from gptjax.scaling.fit.bootstrap import (Draws, Estimate, band, curve_grid, one_blas_thread, parametric_resamples,
+                                          residual_resamples, residual_scale)
+from gptjax.scaling.fit.identify import bound_hits, identification
+from gptjax.scaling.fit.noise import loss_sd, measure_noise
 from gptjax.scaling.fit.rows import FitError, model_arrays
+
+GAMMA_BOUNDS = (1e-4, 5.0)
 
 
 def frontier_points(budget, loss):
@@ -50,15 +55,25 @@ def fit_frontier_points(c, loss, start=None):
     else:
         e, c0, gamma = start
         starts = [(e, gamma, gamma * (math.log(c0) - ref))]
-    lower, upper = [0.0, 1e-4, -60.0], [e_max, 5.0, 60.0]
+    lower, upper = [0.0, GAMMA_BOUNDS[0], -60.0], [e_max, GAMMA_BOUNDS[1], 60.0]
     best = None
     for x0 in starts:
-        x0 = np.clip(x0, lower, [e_max * (1 - 1e-9), 5.0, 60.0])  # strictly inside, as least_squares needs
+        x0 = np.clip(x0, lower, [e_max * (1 - 1e-9), GAMMA_BOUNDS[1], 60.0])  # strictly inside, as least_squares needs
         result = optimize.least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac")
         if best is None or result.cost < best.cost:
             best = result
     e, gamma, s = best.x
     return e, math.exp(ref + s / gamma), gamma
+
+
+def frontier_bound_hits(e, gamma, min_loss, e_interval=None, gamma_interval=None) -> list[str]:
+    """`bound_hits` for the frontier's box: E in [0, the lowest frontier loss], gamma in GAMMA_BOUNDS."""
+    return bound_hits([("E", e, e_interval, (0.0, min_loss)), ("gamma", gamma, gamma_interval, GAMMA_BOUNDS)])
+
+
+def frontier_curve(p, c):
+    """L(C) = E + (C0/C)^gamma for p = (E, C0, gamma)."""
+    return p[0] + (p[1] / c) ** p[2]
 
 
 @one_blas_thread
@@ -68,35 +83,63 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
 
     Returns {"points": [{budget, C, loss, trial}], "params": {E, C0, gamma: Estimate}, "at_target":
     {"loss": Estimate} (with target_flops), "curve": band from the smallest budget to the target,
-    "n_bootstrap": resamples that fitted, "dropped": budgets not on the Pareto frontier}; the intervals
-    come from a residual bootstrap (`residual_resamples`; none with exactly 3 points, which the curve fits
-    exactly). Raises FitError with fewer than 3 frontier points.
+    "bootstrap": "parametric" | "residuals", "n_bootstrap": resamples drawn, "n_failed": of those, the ones
+    that could not be fitted, "dropped": budgets not on the Pareto frontier, "identified", "reason"
+    (identify.py; E, gamma and the loss at the target are the key quantities), "draws": the resamples'
+    (E, C0, gamma) as a Draws, which fits.json leaves out}.
+
+    The bootstrap is parametric where the rows measured their noise (noise.py): log L* = log L_hat + eps
+    with each point's measured noise or the residual scatter, whichever is larger
+    (`parametric_resamples`); otherwise it resamples the fit's residuals (`residual_resamples`; none with
+    exactly 3 points, which the curve fits exactly). Raises FitError with fewer than 3 frontier points.
     """
     m = model_arrays(rows)
     idx, dropped = frontier_points(m["budget"], m["loss"])
     if idx.size < 3:
         raise FitError(f"need >= 3 budgets on the loss frontier to fit E, C0 and gamma, got {idx.size}")
     front_c, front_loss = m["C"][idx], m["loss"][idx]
-    e, c0, gamma = fit_frontier_points(front_c, front_loss)
+    point = fit_frontier_points(front_c, front_loss)
     grid = curve_grid(m["C"], target_flops)
 
-    def curve(p, c):
-        return p[0] + (p[1] / c) ** p[2]
+    fitted = frontier_curve(point, front_c)
+    measured = loss_sd([m["rows"][i] for i in idx], measure_noise(rows))
+    if measured is None:
+        scheme, resamples = "residuals", residual_resamples(fitted, front_loss, n_bootstrap, seed)
+    else:  # the fit is least squares in log L, so the noise is drawn there: sd(log L) = sd(L) / L
+        scheme = "parametric"
+        resamples = np.exp(parametric_resamples(np.log(fitted), measured / front_loss,
+                                                residual_scale(np.log(front_loss / fitted), 3), n_bootstrap, seed))
+    samples = []
+    for loss in resamples:
+        # Warm start from the point estimate: a resampled frontier is a perturbation of the observed one.
+        try:
+            sample = fit_frontier_points(front_c, loss, point)
+        except (ValueError, FloatingPointError):  # least_squares on a degenerate resample
+            continue
+        if np.isfinite(sample).all():
+            samples.append(sample)
+    samples = np.array(samples, float).reshape(-1, 3)
+    n_failed = len(resamples) - len(samples)
 
-    # Warm start from the point estimate: a resampled frontier is a perturbation of the observed one.
-    resamples = residual_resamples(curve((e, c0, gamma), front_c), front_loss, n_bootstrap, seed)
-    samples = np.array([fit_frontier_points(front_c, loss, (e, c0, gamma)) for loss in resamples]).reshape(-1, 3)
-
+    params = {name: Estimate.from_samples(v, samples[:, k], n_failed)
+              for k, (name, v) in enumerate(zip(("E", "C0", "gamma"), point))}
     out = {
         "points": [{"budget": float(m["budget"][i]), "C": float(m["C"][i]), "loss": float(m["loss"][i]),
                     "trial": m["rows"][i].get("trial")} for i in idx],
-        "params": {name: Estimate.from_samples(v, samples[:, k])
-                   for k, (name, v) in enumerate((("E", e), ("C0", c0), ("gamma", gamma)))},
-        "curve": band(grid, curve((e, c0, gamma), grid), [curve(p, grid) for p in samples]),
-        "n_bootstrap": len(samples),
+        "params": params,
+        "curve": band(grid, frontier_curve(point, grid), [frontier_curve(p, grid) for p in samples], n_failed),
+        "bootstrap": scheme,
+        "n_bootstrap": len(resamples),
+        "n_failed": n_failed,
         "dropped": int(dropped),
     }
+    key = {"E": params["E"], "gamma": params["gamma"]}
     if target_flops:
-        out["at_target"] = {"loss": Estimate.from_samples(curve((e, c0, gamma), target_flops),
-                                                          [curve(p, target_flops) for p in samples])}
+        out["at_target"] = {"loss": Estimate.from_samples(frontier_curve(point, target_flops),
+                                                          [frontier_curve(p, target_flops) for p in samples], n_failed)}
+        key["the loss at the target"] = out["at_target"]["loss"]
+    hits = frontier_bound_hits(point[0], point[2], front_loss.min(), (params["E"].low, params["E"].high),
+                               (params["gamma"].low, params["gamma"].high))
+    out.update(identification(len(resamples), n_failed, hits, key))
+    out["draws"] = Draws(samples, n_failed)
     return out

@@ -6,7 +6,9 @@ import math
 import numpy as np
 
 from gptjax.scaling.fit.bootstrap import (Estimate, band, curve_grid, law_estimates, one_blas_thread,
-                                          stratified_resamples)
+                                          parametric_resamples, residual_scale, stratified_resamples)
+from gptjax.scaling.fit.identify import identification
+from gptjax.scaling.fit.noise import loss_sd, measure_noise
 from gptjax.scaling.fit.rows import FitError, model_arrays
 
 
@@ -48,14 +50,43 @@ def isoflop_vertices(budget, C, N, loss):
     return out
 
 
-def _laws(vertices):
-    """(N coef, N exponent, D coef, D exponent) from the "ok" vertices, or None with fewer than 3."""
+def _laws(vertices, budgets=None):
+    """(N coef, N exponent, D coef, D exponent) from the "ok" vertices, or None with fewer than 3; with
+    `budgets`, from exactly those budgets' vertices, or None unless every one of them is "ok"."""
     ok = [v for v in vertices if v["status"] == "ok"]
+    if budgets is not None:
+        ok = [v for v in ok if v["budget"] in budgets]
+        if len(ok) < len(budgets):
+            return None
     if len(ok) < 3:
         return None
     logc = np.log([v["C"] for v in ok])
     return (*fit_power_law(logc, np.log([v["N_opt"] for v in ok])),
             *fit_power_law(logc, np.log([v["D_opt"] for v in ok])))
+
+
+def _resampled_losses(m, vertices, noise, n_bootstrap, seed):
+    """(scheme, index arrays or None, loss arrays (n_bootstrap, models)) for Approach 2's bootstrap; `noise`
+    is `measure_noise` of the sweep's rows.
+
+    Parametric where the rows measured their noise: each model's loss is its profile's parabola plus
+    Normal noise of its measured SD or the profiles' pooled residual scatter (dof: models - 3 per
+    profile), whichever is larger; models outside a profile keep their loss. Otherwise models are
+    resampled within budgets, every profile keeping 3 sizes (`stratified_resamples`).
+    """
+    measured = loss_sd(m["rows"], noise)
+    if measured is None:
+        picks = stratified_resamples(m["budget"], n_bootstrap, seed, sizes=m["N"])
+        return "cases", picks, m["loss"][picks]
+    fitted, residuals, n_params = m["loss"].copy(), [], 0
+    for v in vertices:
+        sel = m["budget"] == v["budget"]
+        fitted[sel] = np.polyval(v["coef"], np.log(m["N"][sel]))
+        residuals.append(m["loss"][sel] - fitted[sel])
+        n_params += 3
+    residuals = np.concatenate(residuals)
+    return "parametric", None, parametric_resamples(fitted, measured, residual_scale(residuals, n_params),
+                                                    n_bootstrap, seed)
 
 
 @one_blas_thread
@@ -65,9 +96,16 @@ def fit_approach2(rows: list[dict], target_flops: float | None = None, n_bootstr
 
     Returns {"budgets": [{budget, C, N_opt, D_opt, status, N_range, n_models, coef, N_opt_interval}],
     "N_law", "D_law": {"coef", "exponent": Estimate}, "at_target": {N, D, tokens_per_param: Estimate},
-    "curve": {"N": band, "D": band}, "n_bootstrap"}; N_opt_interval is an Estimate. Models are resampled
-    within budgets, every profile keeping 3 sizes (`stratified_resamples`). Raises FitError unless >= 3
-    budgets with >= 3 models each have a convex parabola whose vertex lies inside the sampled sizes.
+    "curve": {"N": band, "D": band}, "bootstrap": "parametric" | "cases", "n_bootstrap" (resamples drawn),
+    "n_failed", "identified", "reason"}; N_opt_interval is an Estimate.
+
+    The bootstrap (`_resampled_losses`) is parametric where the rows measured their noise, else it resamples
+    models within budgets. A resample fails, and is counted (bootstrap.py), when a budget whose vertex
+    entered the laws has a clipped or non-convex parabola in it: its N_opt is then not determined, and
+    fitting the laws without it would report the interval of the resamples that happened to work. The
+    key quantities for identification (identify.py) are the two exponents and N, D at the target. Raises
+    FitError unless >= 3 budgets with >= 3 models each have a convex parabola whose vertex lies inside the
+    sampled sizes.
     """
     m = model_arrays(rows)
     vertices = isoflop_vertices(m["budget"], m["C"], m["N"], m["loss"])
@@ -78,32 +116,44 @@ def fit_approach2(rows: list[dict], target_flops: float | None = None, n_bootstr
         raise FitError(f"need >= 3 budgets with >= 3 models each and an interior parabola vertex for Approach 2, "
                        f"got models per budget {counts}" + (f" and flagged vertices {flagged}" if flagged else ""))
     grid = curve_grid(m["C"], target_flops)
+    in_laws = {v["budget"] for v in vertices if v["status"] == "ok"}
 
+    scheme, picks, losses = _resampled_losses(m, vertices, measure_noise(rows), n_bootstrap, seed)
     law_samples, vertex_samples = [], {v["budget"]: [] for v in vertices}
-    for resample in stratified_resamples(m["budget"], n_bootstrap, seed, sizes=m["N"]):
-        resampled = isoflop_vertices(m["budget"][resample], m["C"][resample], m["N"][resample], m["loss"][resample])
+    for k, loss in enumerate(losses):
+        pick = slice(None) if picks is None else picks[k]
+        resampled = isoflop_vertices(m["budget"][pick], m["C"][pick], m["N"][pick], loss)
         for v in resampled:
-            vertex_samples[v["budget"]].append(v["N_opt"])
-        sample = _laws(resampled)
+            if v["status"] == "ok":
+                vertex_samples[v["budget"]].append(v["N_opt"])
+        sample = _laws(resampled, in_laws)
         if sample is not None:
             law_samples.append(sample)
     law_samples = np.array(law_samples).reshape(-1, 4)
+    n_failed = len(losses) - len(law_samples)
 
     for v in vertices:
-        v["N_opt_interval"] = Estimate.from_samples(v["N_opt"], vertex_samples[v["budget"]])
+        drawn = vertex_samples[v["budget"]]
+        v["N_opt_interval"] = Estimate.from_samples(v["N_opt"], drawn, len(losses) - len(drawn))
     n_coef, n_exp, d_coef, d_exp = laws
     out = {
         "budgets": vertices,
-        "N_law": law_estimates(n_coef, n_exp, law_samples[:, 0], law_samples[:, 1]),
-        "D_law": law_estimates(d_coef, d_exp, law_samples[:, 2], law_samples[:, 3]),
-        "curve": {"N": band(grid, n_coef * grid**n_exp, [s[0] * grid ** s[1] for s in law_samples]),
-                  "D": band(grid, d_coef * grid**d_exp, [s[2] * grid ** s[3] for s in law_samples])},
-        "n_bootstrap": len(law_samples),
+        "N_law": law_estimates(n_coef, n_exp, law_samples[:, 0], law_samples[:, 1], n_failed),
+        "D_law": law_estimates(d_coef, d_exp, law_samples[:, 2], law_samples[:, 3], n_failed),
+        "curve": {"N": band(grid, n_coef * grid**n_exp, [s[0] * grid ** s[1] for s in law_samples], n_failed),
+                  "D": band(grid, d_coef * grid**d_exp, [s[2] * grid ** s[3] for s in law_samples], n_failed)},
+        "bootstrap": scheme,
+        "n_bootstrap": len(losses),
+        "n_failed": n_failed,
     }
+    key = {"the N* exponent": out["N_law"]["exponent"], "the D* exponent": out["D_law"]["exponent"]}
     if target_flops:
         n_t = law_samples[:, 0] * target_flops ** law_samples[:, 1]
         d_t = law_samples[:, 2] * target_flops ** law_samples[:, 3]
         n_hat, d_hat = n_coef * target_flops**n_exp, d_coef * target_flops**d_exp
-        out["at_target"] = {"N": Estimate.from_samples(n_hat, n_t), "D": Estimate.from_samples(d_hat, d_t),
-                            "tokens_per_param": Estimate.from_samples(d_hat / n_hat, d_t / n_t)}
+        out["at_target"] = {"N": Estimate.from_samples(n_hat, n_t, n_failed),
+                            "D": Estimate.from_samples(d_hat, d_t, n_failed),
+                            "tokens_per_param": Estimate.from_samples(d_hat / n_hat, d_t / n_t, n_failed)}
+        key.update({"N at the target": out["at_target"]["N"], "D at the target": out["at_target"]["D"]})
+    out.update(identification(len(losses), n_failed, (), key))
     return out

@@ -91,6 +91,22 @@ def usable_rows(rows: list[dict]) -> list[dict]:
     return kept
 
 
+def setting(row: dict) -> tuple:
+    """A row's setting, (budget, N, lr, batch_size): rows that share it differ only in their seed."""
+    return row.get("budget"), row.get("N"), row.get("lr"), row.get("batch_size")
+
+
+def setting_groups(rows: list[dict]) -> list[list[dict]]:
+    """The usable rows grouped by setting (`setting`), in first-seen order, leaving out every setting where
+    some seed diverged: such a setting is unstable, and its surviving seeds alone would be the lucky ones."""
+    unstable = {setting(row) for row in rows if row.get("status") == "diverged"}
+    groups = {}
+    for row in usable_rows(rows):
+        if setting(row) not in unstable:
+            groups.setdefault(setting(row), []).append(row)
+    return list(groups.values())
+
+
 def seed_means(rows: list[dict]) -> list[dict]:
     """The usable rows with the seeds of each setting (budget, N, lr, batch_size) averaged into one row.
 
@@ -98,20 +114,11 @@ def seed_means(rows: list[dict]) -> list[dict]:
     biases every fitted loss low, and most at settings that were run with more seeds. A merged row is the
     first seed's row with the mean eval_loss and "n_seeds"; a lone row is returned as it is. Rows that
     record no seed but share a setting (a CSV's repeated runs) count as seeds of it too. A setting with
-    a diverged seed is left out.
+    a diverged seed is left out (`setting_groups`).
     """
-    def setting(row):
-        return row.get("budget"), row.get("N"), row.get("lr"), row.get("batch_size")
-
-    # A setting where some seed diverged is unstable: its surviving seeds alone would be the lucky ones.
-    unstable = {setting(row) for row in rows if row.get("status") == "diverged"}
-    groups = {}
-    for row in usable_rows(rows):
-        if setting(row) not in unstable:
-            groups.setdefault(setting(row), []).append(row)
     return [group[0] if len(group) == 1 else
             {**group[0], "eval_loss": float(np.mean([r["eval_loss"] for r in group])), "n_seeds": len(group)}
-            for group in groups.values()]
+            for group in setting_groups(rows)]
 
 
 def best_per_model(rows: list[dict]) -> list[dict]:
