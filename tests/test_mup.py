@@ -1,5 +1,6 @@
 """μP (gptjax/model/mup.py): the coordinate check, equality with SP at the base width, the per-kind
-Adam learning rates, weight decay, sharding of the optimizer state, and config errors."""
+Adam learning rates (and `model.embed_lr_mult`), the zero-initialised readout, weight decay, sharding of
+the optimizer state, and config errors."""
 
 import math
 
@@ -95,9 +96,11 @@ def test_coordinate_check_mup_is_flat_in_width_sp_grows():
 @pytest.mark.parametrize("overrides", [
     pytest.param({}, id="tied"),
     pytest.param(dict(scan_layers=True, tie_embeddings=False), id="scan,untied", marks=pytest.mark.slow),
+    pytest.param(dict(tie_embeddings=False, readout_zero_init=True, embed_lr_mult=4.0), id="zero readout,embed lr x4"),
 ])
 def test_mup_at_the_base_width_is_sp_exactly(overrides):
-    """Every μP rule is the identity at m = 1: same init, forward, and AdamW (decay, clipping, warmup)."""
+    """Every μP rule is the identity at m = 1: same init, forward, and AdamW (decay, clipping, warmup),
+    with the zero readout and the embedding lr multiplier off (their defaults) or on (they act alike)."""
     batches = batches_of(3)
     runs = {}
     for p in ("sp", "mup"):
@@ -193,6 +196,43 @@ def test_adam_learning_rate_of_each_parameter_kind():
     np.testing.assert_allclose(np.abs(sp_updates["blocks"]["attn"]["query"]["kernel"]), 1e-2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("parametrization", ["mup", "sp"])
+def test_embed_lr_mult_scales_only_the_embedding_and_vector_updates(parametrization):
+    """Adam's first step with +-1 gradients: `embed_lr_mult` = 3 triples the update of embeddings, the
+    untied readout, biases and norm scales, and leaves every hidden kernel's update as it was."""
+    updates = {}
+    for mult in (1.0, 3.0):
+        cfg = mup_config(4 * BASE, parametrization, tie_embeddings=False, scan_layers=True, embed_lr_mult=mult)
+        cfg.optim.update(lr=1e-2, schedule="constant", warmup_steps=0, clip_norm=0.0, weight_decay=0.0)
+        params = init_params(cfg.model, jax.random.key(0))
+        optimizer, _ = make_optimizer(cfg.optim, 10, cfg.model)
+        updates[mult], _ = optimizer.update(random_signs_like(params, 1), optimizer.init(params), params)
+    kinds = param_kind.param_kinds(params)
+    seen = set()
+    for kind, one, three in zip(jax.tree.leaves(kinds), jax.tree.leaves(updates[1.0]), jax.tree.leaves(updates[3.0])):
+        factor = 1.0 if kind == param_kind.HIDDEN else 3.0
+        np.testing.assert_allclose(three, factor * one, rtol=1e-5, err_msg=kind)
+        seen.add(kind)
+    assert seen == set(param_kind.KINDS)
+    hidden_lr = 1e-2 / 4 if parametrization == "mup" else 1e-2
+    np.testing.assert_allclose(np.abs(updates[3.0]["blocks"]["mlp"]["up"]["kernel"]), hidden_lr, rtol=1e-3)
+    np.testing.assert_allclose(np.abs(updates[3.0]["token_embed"]["embedding"]), 3e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("parametrization", ["mup", "sp"])
+def test_zero_readout_starts_with_zero_logits(parametrization):
+    """`readout_zero_init`: the untied LM head is exactly zero at init, so every logit is 0 (a uniform
+    next-token distribution) at every width; the trunk keeps its random init. Without it they are not."""
+    tokens_BxT = batches_of(1)[0, :, :-1]
+    for zero in (True, False):
+        cfg = mup_config(4 * BASE, parametrization, tie_embeddings=False, readout_zero_init=zero).model
+        params = init_params(cfg, jax.random.key(0))
+        logits = nnx.merge(nnx.graphdef(abstract_model(cfg)), params)(tokens_BxT)
+        assert bool(jnp.all(params["lm_head"]["kernel"] == 0)) == zero
+        assert bool(jnp.all(logits == 0)) == zero
+        assert float(jnp.std(params["token_embed"]["embedding"])) == pytest.approx(cfg.init_std, rel=0.1)
+
+
 def test_only_hidden_kernels_get_the_width_scaled_learning_rate():
     """The kinds themselves are tested on the real trees in test_param_kind.py."""
     model_cfg = mup_config(4 * BASE).model
@@ -235,6 +275,9 @@ def test_mup_optimizer_state_is_sharded_like_the_params():
     ("mup_base_width", 0, ["model.mup_base_width=0", "positive"]),
     ("mup_base_width", -64, ["model.mup_base_width=-64"]),
     ("mup_base_head_dim", -8, ["model.mup_base_head_dim=-8", "head dim"]),
+    ("embed_lr_mult", 0.0, ["model.embed_lr_mult=0.0", "positive"]),
+    ("embed_lr_mult", float("nan"), ["model.embed_lr_mult=nan"]),
+    ("readout_zero_init", True, ["model.readout_zero_init=True", "tie_embeddings=False"]),
 ])
 def test_bad_mup_config_is_a_config_error(key, value, words):
     cfg = mup_config(64)

@@ -7,12 +7,14 @@ Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer", μTransfer)
 multiplier m = d_model / mup_base_width, relative to "sp" (GPT-2's standard parametrization):
 
     parameter kind                       init std               forward multiplier   Adam LR
-    input: token / position embeddings   init_std               1                    lr
+    input: token / position embeddings   init_std               1                    lr * e
     hidden: attn q,k,v,out, MLP kernels  init_std / sqrt(m)     1                    lr / m
-    vector: biases, norm scales          zeros / ones           1                    lr
-    readout: tied embedding, lm_head,    init_std               1 / m on the head's  lr
-             scalar_head                                        input
+    vector: biases, norm scales          zeros / ones           1                    lr * e
+    readout: tied embedding, lm_head,    init_std (lm_head: 0   1 / m on the head's  lr * e
+             scalar_head                 if readout_zero_init)  input
     attention logits q.k                 -                      1/sqrt(H) -> sqrt(H_base)/H
+
+(e = `model.embed_lr_mult`, default 1, and the zero readout apply under SP too: see below.)
 
 This is the output-multiplier form of μP in Tensor Programs V, the one that allows input and output
 embeddings to be shared, as implemented by the authors' `mup` package (MuReadout / MuSharedReadout
@@ -26,10 +28,16 @@ LR unscaled) and, through logits = x E^T, an output weight (μP: constant init, 
 logits multiplied by 1/m). The two rules agree on E's init and LR, so tying needs nothing beyond the
 1/m logit multiplier; E's LR is the unscaled lr.
 
-No zero init. The `mup` README recommends zero-initialising the readout and the query projection so
-that the logits and attention logits do not shrink (like 1/sqrt(m)) at initialisation; that shrinking
-is transient, the readout here is usually the (non-zero) token embedding, and keeping the SP init
-keeps μP identical to SP at the base width, so both keep their random init.
+Zero readout, optional. The `mup` README recommends zero-initialising the readout (and the query
+projection) so that the logits do not start as a width-dependent random function. With
+`model.tie_embeddings=False`, `model.readout_zero_init=True` starts the LM head at zero (under SP and
+μP alike, so μP still equals SP at the base width); by default the head keeps its random init.
+
+Embedding/vector learning rate. Tensor Programs V tunes, at the base width, not only the global lr but
+the ratio of the vector-like parameters' lr (embeddings, readout, biases, norm scales; width-independent
+under μP) to the hidden lr. `model.embed_lr_mult` multiplies the former (default 1, both
+parametrizations); the hidden kernels keep lr (SP) or lr / m (μP). μTransfer carries the tuned ratio to
+every width. (experiments/mup_transfer measures what it and the zero readout do.)
 
 Attention. μP's rule for the logits is 1/H rather than 1/sqrt(H), normalised to SP's at the base
 model's head dim H_base: sqrt(H_base)/H. A model can grow its heads (n_heads fixed: H grows like m) or
@@ -86,7 +94,20 @@ def output_multiplier(model_cfg) -> float:
     return 1.0 / width_mult(model_cfg)
 
 
+def embed_lr_mult(model_cfg) -> float:
+    """`model.embed_lr_mult`: the Adam learning rate of every non-hidden parameter (embeddings, readout,
+    biases, norm scales) relative to `optim.lr`, under SP and μP alike; 1 for configs saved before the key."""
+    return float(model_cfg.get("embed_lr_mult", 1.0))
+
+
 def adam_lr_multiplier(model_cfg, kind: str) -> float:
     """Factor on the Adam learning rate of a parameter of `kind` (model/param_kind.py): 1/m for HIDDEN
-    kernels under μP (both dims grow with width: "matrix-like"), 1 for every other kind."""
-    return 1.0 / width_mult(model_cfg) if kind == HIDDEN else 1.0
+    kernels under μP (both dims grow with width: "matrix-like"), `embed_lr_mult` for every other kind
+    (the "vector-like" parameters, whose μP learning rate does not depend on width)."""
+    return 1.0 / width_mult(model_cfg) if kind == HIDDEN else embed_lr_mult(model_cfg)
+
+
+def readout_init_std(model_cfg) -> float:
+    """Init std of the untied LM head: 0 with `model.readout_zero_init` (Tensor Programs V's zero readout:
+    the logits start at exactly zero at every width), else `init_std`."""
+    return 0.0 if model_cfg.get("readout_zero_init", False) else model_cfg.init_std

@@ -1,10 +1,11 @@
 """The GPT-style decoder, top to bottom in one file.
 
 tokens -> token embedding (+ learned or sinusoidal positions) -> L x Block -> final norm -> LM head
-(tied to the token embedding by default). Each Block is attention + MLP with residuals, the norms
-before (pre-norm, default) or after (post-norm) each sublayer. RoPE, if chosen, lives in attention.
-Under `parametrization="mup"` the hidden init, attention scale and readout multiplier come from
-gptjax/model/mup.py (at SP they are GPT-2's: init_std, 1/sqrt(head_dim), 1).
+(tied to the token embedding by default; untied, it may start at zero). Each Block is attention + MLP
+with residuals, the norms before (pre-norm, default) or after (post-norm) each sublayer. RoPE, if
+chosen, lives in attention. Under `parametrization="mup"` the hidden init, attention scale and readout
+multiplier come from gptjax/model/mup.py (at SP they are GPT-2's: init_std, 1/sqrt(head_dim), 1); so
+does the LM head's init (`readout_init_std`).
 
 Used functionally: `graphdef, params = nnx.split(model, nnx.Param)` and
 `nnx.merge(graphdef, params)(tokens)` inside pure loss functions (see gptjax/train/step.py). Decoding
@@ -20,7 +21,7 @@ from flax import nnx
 
 from gptjax.model.attention import Attention
 from gptjax.model.layers import DTYPES, MLP, Dense, dropout, make_norm, partitioned, sinusoidal_positions
-from gptjax.model.mup import hidden_init_std, output_multiplier
+from gptjax.model.mup import hidden_init_std, output_multiplier, readout_init_std
 from gptjax.parallel.mesh import constrain
 
 ACTIVATION_NAMES = ("batch", None, None)  # how x_BxTxD is sharded between blocks
@@ -117,9 +118,11 @@ class Transformer(nnx.Module):
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         # Post-norm blocks already end in a norm; pre-norm needs one before the head.
         self.final_norm = make_norm(cfg.d_model, cfg, rngs) if cfg.norm_position == "pre" else None
-        dense = dict(std=cfg.init_std, use_bias=False, cfg=cfg, rngs=rngs)
-        self.lm_head = None if cfg.tie_embeddings else Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), **dense)
-        self.scalar_head = Dense(cfg.d_model, 1, ("embed", "scalar"), **dense) if cfg.scalar_head else None
+        dense = dict(use_bias=False, cfg=cfg, rngs=rngs)
+        self.lm_head = None if cfg.tie_embeddings else Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"),
+                                                             std=readout_init_std(cfg), **dense)
+        self.scalar_head = (Dense(cfg.d_model, 1, ("embed", "scalar"), std=cfg.init_std, **dense)
+                            if cfg.scalar_head else None)
 
     def hidden(self, tokens_BxT, positions_BxT=None, dropout_key=None):
         """Final hidden states x_BxTxD (after the final norm). `dropout_key=None` means eval mode."""

@@ -1,5 +1,5 @@
-"""AdamW with warmup+cosine / WSD / constant schedules, clipping, a weight-decay mask, and μP's
-per-parameter-group learning rates."""
+"""AdamW with warmup+cosine / WSD / constant schedules, clipping, a weight-decay mask, and per-parameter-group
+learning rates (μP's 1/m on hidden kernels, `model.embed_lr_mult` on the others)."""
 
 import jax
 import optax
@@ -32,9 +32,10 @@ def weight_decay_mask(params, decay_embeddings: bool):
     return jax.tree.map(lambda kind: kind in decayed, param_kinds(params))
 
 
-def mup_adamw(o, schedule: optax.Schedule, model_cfg, decay_mask) -> optax.GradientTransformation:
-    """optax.adamw's chain (Adam direction -> decoupled weight decay -> learning rate) with μP's
-    per-kind factor (`mup.adam_lr_multiplier`: 1/m on hidden kernels) applied to the Adam direction.
+def per_kind_adamw(o, schedule: optax.Schedule, model_cfg, decay_mask) -> optax.GradientTransformation:
+    """optax.adamw's chain (Adam direction -> decoupled weight decay -> learning rate) with a per-kind
+    factor (`mup.adam_lr_multiplier`: 1/m on hidden kernels under μP, `model.embed_lr_mult` on every
+    other kind) applied to the Adam direction.
 
     The decay is added after that factor, so every decayed weight still shrinks by lr * weight_decay
     per step at every width, as under SP; the `mup` package's MuAdamW keeps lr * weight_decay
@@ -51,16 +52,17 @@ def mup_adamw(o, schedule: optax.Schedule, model_cfg, decay_mask) -> optax.Gradi
 
 
 def make_optimizer(o, total_steps: int, model_cfg=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer for `config.optim` and its learning-rate schedule (that of SP and of μP's
-    vector-like parameters). `model_cfg` (config.model) selects μP's per-group learning rates when
-    its parametrization is "mup"; without it, or under "sp", every parameter follows the schedule."""
+    """The optimizer for `config.optim` and its learning-rate schedule (optim.lr's; each parameter kind's
+    rate is it times `mup.adam_lr_multiplier`). `model_cfg` (config.model) selects those per-kind rates
+    when its parametrization is "mup" or its `embed_lr_mult` is not 1; without it every parameter follows
+    the schedule."""
     schedule = make_schedule(o, total_steps)
 
     def decay_mask(params):
         return weight_decay_mask(params, o.decay_embeddings)
 
-    if model_cfg is not None and mup.is_mup(model_cfg):
-        adamw = mup_adamw(o, schedule, model_cfg, decay_mask)
+    if model_cfg is not None and (mup.is_mup(model_cfg) or mup.embed_lr_mult(model_cfg) != 1.0):
+        adamw = per_kind_adamw(o, schedule, model_cfg, decay_mask)
     else:
         adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
     clip = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
