@@ -105,6 +105,10 @@ def default_config() -> ml_collections.ConfigDict:
             # muP: the base model's head dim, for its attention scale; 0 = mup_base_width / n_heads (n_heads
             # fixed across widths). Sweeps, whose family fixes sweep.head_dim and grows n_heads, set it.
             mup_base_head_dim=0,
+            # Adam lr of embeddings, readout, biases and norm scales relative to optim.lr (the hidden kernels'
+            # at the base width), under sp and mup alike: Tensor Programs V tunes this ratio at the base width.
+            embed_lr_mult=1.0,
+            readout_zero_init=False,  # start the untied LM head at zero (needs tie_embeddings=False)
         )
     )
     cfg.data = ml_collections.ConfigDict(
@@ -186,15 +190,32 @@ def default_config() -> ml_collections.ConfigDict:
             tokens_per_param=20.0,  # the prior optimum (Chinchilla) the profile is centred on
             learning_rates=(),  # () = optim.lr; several = a per-scale learning-rate sweep
             batch_sizes=(),  # () = data.batch_size; several = a batch-size sweep
+            # With batch_sizes=(): each budget's batch is the largest power of two <= data.batch_size that
+            # gives every model of its profile >= min_steps steps (small budgets get small batches).
+            batch_per_budget=False,
             seeds=(0,),
+            # Measured seed noise: after the lr search, each profile's noise_models best models are trained
+            # again at their best lr with each of these seeds (their losses averaged; the spread is the noise).
+            noise_seeds=(),
+            noise_models=3,
+            # A model whose best lr is at an edge of learning_rates gets two more lrs beyond that edge (the
+            # grid's own ratio), up to lr_widenings times, so every optimum ends inside its grid.
+            lr_widenings=2,
+            eval_windows=0,  # > 0: every trial evaluates these same validation windows (any batch size)
             warmup_fraction=0.05,  # of each trial's steps
             min_steps=20,  # a trial shorter than this cannot be trained meaningfully: its budget is refused
             max_epochs=4.0,  # warn when a trial reads the training text more often than this
             vectorize=True,  # train trials that share shapes (lr, seed) together under jax.vmap
             n_workers=0,  # 0 = trials in this process; N = N parallel subprocesses
             trial_index=-1,  # >= 0: run only trial K of plan.json (cluster array jobs), then stop
-            target_flops=1e15,  # the budget the recommendation extrapolates to
+            # After fitting, train the recommended N*, D* at this budget (and sizes 2x smaller and larger) and
+            # compare with the predicted loss. -1 = 10^0.5 x the largest budget; 0 = no validation.
+            validate_flops=-1.0,
+            target_flops=-1.0,  # the recommendation's budget; -1 = validate_flops (else 30x the largest budget)
             n_bootstrap=200,
+            # JAX's persistent compilation cache for every trial ("" = off): a rerun, a resumed sweep or a second
+            # seed compiles nothing it compiled before. XDG_CACHE_HOME is honoured.
+            compilation_cache="~/.cache/gptjax/jax",
         )
     )
     cfg.sample = ml_collections.ConfigDict(
@@ -338,8 +359,14 @@ def _validate_sweep(s) -> None:
         _fail("sweep.trial_index", s.trial_index, "must be -1 (all trials) or a trial's index in plan.json")
     if not 0 <= s.warmup_fraction < 1:
         _fail("sweep.warmup_fraction", s.warmup_fraction, "must be in [0, 1)")
-    if not s.target_flops > 0 or s.n_bootstrap < 0:
-        _fail("sweep.target_flops/n_bootstrap", (s.target_flops, s.n_bootstrap), "must be > 0 and >= 0")
+    for key in ("target_flops", "validate_flops"):
+        if not (s[key] > 0 or s[key] == -1 or (key == "validate_flops" and s[key] == 0)):
+            _fail(f"sweep.{key}", s[key], "must be > 0 FLOPs or -1 (automatic)" + (" or 0 (off)" if key[0] == "v" else ""))
+    if s.n_bootstrap < 0:
+        _fail("sweep.n_bootstrap", s.n_bootstrap, "must be >= 0")
+    for key in ("lr_widenings", "eval_windows", "noise_models"):
+        if s[key] < 0:
+            _fail(f"sweep.{key}", s[key], "must be >= 0")
 
 
 def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_count: int | None = None,
@@ -361,10 +388,24 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if cfg.mode in ALIGN_MODES:
         _validate_align(cfg, mesh[0] * mesh[1])
     if workdir is not None:
-        parent = os.path.dirname(os.path.abspath(workdir))
-        if not os.path.isdir(parent):
-            _fail("--workdir", workdir, f"its parent directory {parent} does not exist; create it first")
+        _validate_workdir(workdir)
     return mesh
+
+
+def _validate_workdir(workdir: str) -> None:
+    """The workdir and its missing parents are created by the run (os.makedirs); refuse only what cannot be:
+    a path through a file, or under a directory this user cannot write."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        _fail("--workdir", workdir, "is a file; give a directory (it is created if missing)")
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        _fail("--workdir", workdir, f"{ancestor} is a file, so the directory cannot be created under it; "
+              "choose another path")
+    if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
+        _fail("--workdir", workdir, f"cannot create it: {ancestor} is not writable; choose a path you can write")
 
 
 def _validate_model(cfg) -> None:
@@ -393,6 +434,12 @@ def _validate_model(cfg) -> None:
     if m.mup_base_head_dim < 0:
         _fail("model.mup_base_head_dim", m.mup_base_head_dim,
               "must be the base model's head dim (> 0), or 0 for mup_base_width / n_heads")
+    if not (isinstance(m.embed_lr_mult, (int, float)) and 0 < m.embed_lr_mult < float("inf")):
+        _fail("model.embed_lr_mult", m.embed_lr_mult,
+              "must be a positive finite factor on optim.lr for embeddings, readout, biases and norms (1 = off)")
+    if m.readout_zero_init and m.tie_embeddings:
+        _fail("model.readout_zero_init", m.readout_zero_init,
+              "zero-initialises the LM head, which is the token embedding when tied; set model.tie_embeddings=False")
 
 
 def _validate_data(cfg) -> None:

@@ -41,6 +41,8 @@ def _quiet_orbax_info(record) -> bool:
 
 def main(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax_info)
+    if not flags.FLAGS["verbosity"].present:  # quiet by default: progress and results only; --verbosity=0 for INFO
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; set options with --config.KEY=VALUE")
     cfg = _CONFIG.value

@@ -75,9 +75,13 @@ def test_rope_needs_even_head_dim():
         validate(cfg, device_count=8)
 
 
-def test_missing_workdir_parent(tmp_path):
-    with pytest.raises(ConfigError, match="parent directory .* does not exist"):
-        validate(tiny_config(), workdir=str(tmp_path / "no" / "such" / "run"), device_count=8)
+def test_a_missing_workdir_parent_is_fine_a_file_in_the_path_is_not(tmp_path):
+    validate(tiny_config(), workdir=str(tmp_path / "no" / "such" / "run"), device_count=8)  # created by the run
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; give a directory"):
+        validate(tiny_config(), workdir=str(tmp_path / "f"), device_count=8)
+    with pytest.raises(ConfigError, match="is a file, so the directory cannot be created"):
+        validate(tiny_config(), workdir=str(tmp_path / "f" / "run"), device_count=8)
 
 
 def test_multi_process_jobs_need_every_device_and_divisible_batches():

@@ -29,7 +29,7 @@ def sweep_config(**sweep_overrides):
     cfg.data.update(seq_len=16, batch_size=8, eval_batches=2)
     cfg.sweep.update(budgets=(2e8, 4e8, 8e8), family="depth", depths=(1, 2, 3, 4), width_per_layer=8, head_dim=8,
                      sizes_per_budget=3, size_spread=4.0, learning_rates=(3e-3, 1e-2), min_steps=10, n_bootstrap=20,
-                     target_flops=1e10)
+                     target_flops=1e10, lr_widenings=0, validate_flops=0, compilation_cache="")
     cfg.sweep.update(sweep_overrides)
     return cfg
 
@@ -268,7 +268,7 @@ def _lock_files(workdir):
 def test_a_trial_locked_by_a_live_process_is_refused_or_skipped(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("gptjax.scaling.vectorized.train_group", _fake_train_group(calls))
-    monkeypatch.setattr(sweep_lib, "fit_and_report", lambda cfg, workdir, rows=None: {"models": len(rows)})
+    monkeypatch.setattr(sweep_lib, "fit_and_report", lambda cfg, workdir, rows=None, **kw: {"models": len(rows)})
     workdir = str(tmp_path / "sweep")
     trials, _ = plan_sweep(sweep_config())
     locked = trials[2]
@@ -416,8 +416,13 @@ def test_sweep_configs_validate_and_plan():
     validate(small, device_count=1, process_count=1)
     trials, warnings = plan_sweep(small, train_tokens=2_868_736)  # Shakespeare's train split, 384-id BPE
     budgets = sorted({t.budget for t in trials})
-    assert len(budgets) >= 4 and math.log10(budgets[-1] / budgets[0]) >= 1.5
-    assert len(trials) == 16 and len(small.sweep.learning_rates) == 3 and warnings == []  # 48 models
+    assert len(budgets) >= 5 and math.log10(budgets[-1] / budgets[0]) >= 2  # >= 2 decades
+    for budget in budgets:  # >= 5 sizes per profile, every model >= 200 optimizer steps
+        profile = [t for t in trials if t.budget == budget]
+        assert len({t.N for t in profile}) >= 5 and min(t.steps for t in profile) >= 200
+    assert len(small.sweep.learning_rates) == 3 and warnings == []
+    validate_flops, target = plan_lib.resolved_flops(small.sweep)
+    assert 3 * budgets[-1] <= validate_flops <= 10 * budgets[-1] and target == validate_flops
 
     large = large_sweep()
     validate(large, device_count=8, process_count=1)
@@ -425,3 +430,108 @@ def test_sweep_configs_validate_and_plan():
     assert {t.budget for t in trials} == {1e17, 3e17, 1e18, 3e18, 1e19}
     assert all(t.steps >= 500 for t in trials) and min(t.N for t in trials) > 5e6
     assert len(trials) == 5 * 5 * 3  # sequential: one trial per learning rate
+
+
+# ---------------------------------------------------------------- adaptive trials and validation
+
+
+def _surface_loss(tcfg, lr, seed):
+    """A known truth for the fake trainers: Chinchilla's surface in the trial's N and D (E = 2), a parabola
+    in log lr around 0.03, and a small seed-dependent offset (the "seed noise")."""
+    N = flops.flops_per_token(tcfg.model, tcfg.data.seq_len)["with_attention"] / 6
+    D = tcfg.train.steps * tcfg.data.batch_size * tcfg.data.seq_len
+    return 2.0 + 300 / N**0.5 + 300 / D**0.5 + 0.05 * math.log(lr / 0.03) ** 2 + 0.002 * (seed % 3 - 1)
+
+
+def _fake_trainers(monkeypatch, calls):
+    def train_group(tcfg, members, directory):
+        calls.append((os.path.basename(directory), tuple(m["lr"] for m in members)))
+        return [dict(lr=m["lr"], seed=m["seed"], status="ok", reason="", eval_loss_se=0.001,
+                     eval_loss=_surface_loss(tcfg, m["lr"], m["seed"])) for m in members]
+
+    def train_one(tcfg, directory):
+        calls.append((os.path.basename(directory), (tcfg.optim.lr,)))
+        return dict(lr=tcfg.optim.lr, seed=tcfg.seed, status="ok", reason="", eval_loss_se=0.001,
+                    eval_loss=_surface_loss(tcfg, tcfg.optim.lr, tcfg.seed))
+
+    monkeypatch.setattr("gptjax.scaling.vectorized.train_group", train_group)
+    monkeypatch.setattr(sweep_lib, "_train_one", train_one)
+
+
+def test_the_lr_grid_widens_at_an_edge_until_the_optimum_is_inside(tmp_path, monkeypatch):
+    """The grid (1e-3, 3e-3) has every optimum at its upper edge: the sweep adds (9e-3, 2.7e-2), then
+    (8.1e-2, 0.243), and stops there (lr_widenings=2), the optimum (0.03) now inside every model's lrs.
+    Noise seeds then retrain each profile's 2 best models at their best lr; a rerun trains nothing."""
+    calls = []
+    _fake_trainers(monkeypatch, calls)
+    cfg = sweep_config(learning_rates=(1e-3, 3e-3), lr_widenings=2, noise_seeds=(1,), noise_models=2)
+    workdir = str(tmp_path / "sweep")
+    sweep_lib.run_sweep(cfg, workdir)
+    plan = json.load(open(os.path.join(workdir, "plan.json")))["trials"]
+    kinds = [t["kind"] for t in plan]
+    assert kinds == ["grid"] * 9 + ["lr_widen"] * 18 + ["noise_seed"] * 6
+    assert [t["index"] for t in plan] == list(range(len(plan)))
+    widened = sorted({tuple(t["learning_rates"]) for t in plan if t["kind"] == "lr_widen"})
+    assert widened == [pytest.approx((9e-3, 2.7e-2)), pytest.approx((8.1e-2, 0.243))]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    for trial in (t for t in plan if t["kind"] == "grid"):  # each model: best lr strictly inside its lrs
+        model = [r for r in rows if (r["budget"], r["n_layers"], r["seed"]) == (trial["budget"],
+                                                                                trial["shape"]["n_layers"], 0)]
+        best = min(model, key=lambda r: r["eval_loss"])["lr"]
+        assert min(r["lr"] for r in model) < best < max(r["lr"] for r in model)
+    noise = [t for t in plan if t["kind"] == "noise_seed"]
+    assert {t["seed"] for t in noise} == {1} and all(t["learning_rates"] == [pytest.approx(2.7e-2)] for t in noise)
+    fits = json.load(open(os.path.join(workdir, "fits.json")))
+    assert fits["noise"]["n_seeded_settings"] == 6 and fits["noise"]["seed_sd"] > 0
+    assert fits["noise"]["eval_se"] == pytest.approx(0.001)
+    n_calls = len(calls)
+    sweep_lib.run_sweep(cfg, workdir)  # the same decisions from the same results: nothing new to train
+    assert len(calls) == n_calls
+
+
+def test_validation_trains_three_sizes_and_checks_the_prediction(tmp_path, monkeypatch):
+    """After the fit, the sweep trains N*/2, N*, 2 N* at validate_flops (one lr: the recommended one) and
+    writes fits.json's "validation": on a known surface the prediction is within 2% and inside its interval.
+    Validation rows stay out of the fits."""
+    calls = []
+    _fake_trainers(monkeypatch, calls)
+    cfg = sweep_config(budgets=(4e8, 8e8, 1.6e9, 3.2e9), depths=(1, 2, 3, 4, 5, 6), sizes_per_budget=4,
+                       size_spread=8.0, learning_rates=(0.01, 0.03, 0.09), noise_seeds=(1,), validate_flops=1e10, min_steps=5,
+                       n_bootstrap=50)
+    workdir = str(tmp_path / "sweep")
+    summary = sweep_lib.run_sweep(cfg, workdir)
+    plan = json.load(open(os.path.join(workdir, "plan.json")))["trials"]
+    validation_trials = [t for t in plan if t["kind"] == "validation"]
+    assert len(validation_trials) == 3 and {t["budget"] for t in validation_trials} == {1e10}
+    assert all(t["id"].startswith("validate-") and len(t["learning_rates"]) == 1 for t in validation_trials)
+    fits = json.load(open(os.path.join(workdir, "fits.json")))
+    v = fits["validation"]
+    assert v == summary["validation"] and v["target_flops"] == 1e10 == fits["target_flops"]
+    assert [t["role"] for t in v["trials"]] == ["half", "recommended", "double"]
+    assert v["trials"][0]["N"] < v["trials"][1]["N"] < v["trials"][2]["N"]
+    assert all(t["status"] == "ok" and t["lr"] == v["lr"] for t in v["trials"])
+    assert v["observed_loss"] == v["trials"][1]["eval_loss"]
+    pred = v["predicted_loss"]
+    assert pred["low"] <= pred["value"] <= pred["high"]
+    assert v["error_fraction"] == pytest.approx((v["observed_loss"] - pred["value"]) / v["observed_loss"])
+    assert abs(v["error_fraction"]) < 0.02 and v["observed_in_interval"] is True
+    assert v["recommended_is_best"] == (v["observed_loss"] == min(t["eval_loss"] for t in v["trials"]))
+    assert v["extrapolated"]["target_flops"] == 1e12 and v["extrapolated"]["checked"] is False
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
+    assert fits["n_rows"]["total"] == sum(r["kind"] != "validation" for r in rows)
+    assert "## Validation" in open(os.path.join(workdir, "report.md")).read()
+    # sweep.mode=fit rebuilds the same validation from the results, training nothing.
+    n_calls = len(calls)
+    assert sweep_lib.run_sweep(sweep_config(**dict(cfg.sweep, mode="fit")), workdir)["validation"] == v
+    assert len(calls) == n_calls
+
+
+def test_the_workdir_and_its_parents_are_created_and_a_file_in_the_path_is_refused(tmp_path):
+    workdir = tmp_path / "a" / "b" / "sweep"
+    sweep_lib.run_sweep(sweep_config(mode="plan"), str(workdir))
+    assert (workdir / "plan.json").is_file()
+    (tmp_path / "file").write_text("x")
+    from gptjax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="is a file, so the directory cannot be created"):
+        sweep_lib.run_sweep(sweep_config(mode="plan"), str(tmp_path / "file" / "sweep"))

@@ -46,6 +46,7 @@ class Trial:
     params: dict  # flops.param_counts
     flops_per_token: dict  # all three accountings
     epochs: float | None  # passes over the training text; None for endless synthetic streams
+    kind: str = "grid"  # grid (the planned design) | lr_widen | noise_seed (sweep.py adds them) | validation
 
     def to_json(self) -> dict:
         row = dataclasses.asdict(self)
@@ -100,10 +101,50 @@ def _check(cfg) -> None:
                              "positive and there must be at least one seed")
 
 
+def resolved_flops(sweep) -> tuple[float, float]:
+    """(validate_flops, target_flops) with -1 resolved: validation at 10^0.5 x the largest budget, the
+    recommendation at the validated budget (else 30x the largest budget); validate_flops 0 = none."""
+    largest = max(sweep.budgets)
+    validate = 10**0.5 * largest if sweep.validate_flops == -1 else float(sweep.validate_flops)
+    target = float(sweep.target_flops) if sweep.target_flops != -1 else (validate or 30 * largest)
+    return validate, target
+
+
+def budget_batch(cfg, budget: float, n_max: float) -> int:
+    """The batch of a budget whose largest model has n_max compute parameters: data.batch_size, or with
+    sweep.batch_per_budget the largest power of two <= it that gives that model >= sweep.min_steps steps."""
+    if not cfg.sweep.batch_per_budget:
+        return cfg.data.batch_size
+    windows = budget / (6 * n_max) / cfg.data.seq_len / cfg.sweep.min_steps
+    batch = 1
+    while batch * 2 <= min(windows, cfg.data.batch_size):
+        batch *= 2
+    return batch
+
+
+def make_trial(cfg, index: int, budget: float, shape: ModelShape, batch_size: int, seed: int, learning_rates,
+               kind: str = "grid", train_tokens: int | None = None, cost: dict | None = None) -> Trial:
+    """One trial: `shape` trained on budget / (FLOPs per token) tokens in whole steps of batch_size windows."""
+    cost = cost or flops.flops_per_token(model_config(cfg.model, shape), cfg.data.seq_len)
+    tokens_per_step = batch_size * cfg.data.seq_len
+    steps = max(1, round(budget / cost["with_attention"] / tokens_per_step))
+    tokens = steps * tokens_per_step
+    N = cost["with_attention"] / 6
+    trial_id = f"c{budget:.6g}-L{shape.n_layers}-d{shape.d_model}-b{batch_size}-s{seed}"
+    if not cfg.sweep.vectorize or kind != "grid":
+        trial_id += "-lr" + "_".join(f"{lr:.6g}" for lr in learning_rates)
+    if kind == "validation":
+        trial_id = "validate-" + trial_id
+    return Trial(index=index, id=trial_id, budget=float(budget), shape=shape, batch_size=batch_size, seed=int(seed),
+                 learning_rates=tuple(float(x) for x in learning_rates), steps=steps, tokens=tokens, N=N,
+                 C=6 * N * tokens, params=flops.param_counts(model_config(cfg.model, shape)), flops_per_token=cost,
+                 epochs=tokens / train_tokens if train_tokens else None, kind=kind)
+
+
 def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[str]]:
-    """The sweep's trials and warnings. `train_tokens` is the size of the training text (None for an
-    endless synthetic stream), used for the epochs check. Raises SweepPlanError for a budget that
-    cannot be met: fewer than sweep.sizes_per_budget family models get >= sweep.min_steps steps."""
+    """The sweep's planned (grid) trials and warnings. `train_tokens` is the size of the training text
+    (None for an endless synthetic stream), used for the epochs check. Raises SweepPlanError for a budget
+    that cannot be met: fewer than sweep.sizes_per_budget family models get >= sweep.min_steps steps."""
     _check(cfg)
     s, seq_len = cfg.sweep, cfg.data.seq_len
     shapes = family_shapes(s)
@@ -112,7 +153,8 @@ def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[
     lr_groups = [learning_rates] if s.vectorize else [(lr,) for lr in learning_rates]
     trials, warnings = [], []
     for budget in s.budgets:
-        for batch_size in tuple(s.batch_sizes) or (cfg.data.batch_size,):
+        # With batch_per_budget the smallest batch (1) decides which models can get min_steps steps.
+        for batch_size in tuple(s.batch_sizes) or ((1,) if s.batch_per_budget else (cfg.data.batch_size,)):
             tokens_per_step = batch_size * seq_len
             feasible = [sh for sh in shapes
                         if round(budget / costs[sh]["with_attention"] / tokens_per_step) >= s.min_steps]
@@ -122,27 +164,19 @@ def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[
                     f">= sweep.min_steps={s.min_steps} steps of {batch_size}x{seq_len} tokens, fewer than "
                     f"sweep.sizes_per_budget={s.sizes_per_budget}; raise the budget, lower data.batch_size, "
                     "or add smaller models to the family")
-            for shape in _profile(feasible, costs, budget, s):
-                cost = costs[shape]
-                steps = round(budget / cost["with_attention"] / tokens_per_step)
-                tokens = steps * tokens_per_step
-                epochs = tokens / train_tokens if train_tokens else None
+            profile = _profile(feasible, costs, budget, s)
+            if s.batch_per_budget and not s.batch_sizes:
+                batch_size = budget_batch(cfg, budget, costs[profile[-1]]["with_attention"] / 6)
+            for shape in profile:
                 for seed in s.seeds:
                     for lrs in lr_groups:
-                        trial_id = f"c{budget:.6g}-L{shape.n_layers}-d{shape.d_model}-b{batch_size}-s{seed}"
-                        if not s.vectorize:
-                            trial_id += f"-lr{lrs[0]:.6g}"
-                        N = cost["with_attention"] / 6
-                        trials.append(Trial(
-                            index=len(trials), id=trial_id, budget=float(budget), shape=shape,
-                            batch_size=batch_size, seed=int(seed), learning_rates=tuple(float(x) for x in lrs),
-                            steps=steps, tokens=tokens, N=N, C=6 * N * tokens,
-                            params=flops.param_counts(model_config(cfg.model, shape)), flops_per_token=cost,
-                            epochs=epochs))
-                if epochs is not None and epochs > s.max_epochs:
-                    warnings.append(f"trial {trial_id} reads the training text {epochs:.1f} times (> sweep.max_epochs="
-                                    f"{s.max_epochs}); repeated data bends the scaling law — use a larger corpus "
-                                    "or smaller budgets")
+                        trial = make_trial(cfg, len(trials), budget, shape, batch_size, seed, lrs,
+                                           train_tokens=train_tokens, cost=costs[shape])
+                        trials.append(trial)
+                if trial.epochs is not None and trial.epochs > s.max_epochs:
+                    warnings.append(f"trial {trial.id} reads the training text {trial.epochs:.1f} times (> "
+                                    f"sweep.max_epochs={s.max_epochs}); repeated data bends the scaling law — use a "
+                                    "larger corpus or smaller budgets")
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
@@ -178,7 +212,11 @@ def trial_config(cfg, trial: Trial, tokenizer_path: str | None):
     t.optim.lr = trial.learning_rates[0]
     t.optim.warmup_steps = max(1, round(cfg.sweep.warmup_fraction * trial.steps))
     t.train.steps = trial.steps
-    t.train.eval_every = max(1, trial.steps // 4)
+    if cfg.sweep.eval_windows:  # the same validation windows whatever the trial's batch size
+        t.data.eval_batches = max(1, cfg.sweep.eval_windows // trial.batch_size)
+        t.train.eval_every = trial.steps  # the final model's loss is what the fits use
+    else:
+        t.train.eval_every = max(1, trial.steps // 4)
     t.train.log_every = max(1, trial.steps // 20)
     t.train.checkpoint_every = max(1, trial.steps // 2)
     t.train.max_to_keep = 1

@@ -1,10 +1,12 @@
 """The sweep's human-readable report: WORKDIR/report.md and its plots under WORKDIR/plots/.
 
-Drawn from the trial rows and `fit.fit_all`'s dict (the runner writes that dict to WORKDIR/fits.json);
-nothing is refitted here. Each plot whose fit is missing is replaced by a sentence saying so, so a sweep
-with failed trials or too few budgets still gets a report. matplotlib is imported inside `write_report`
-and draws on an Agg canvas without pyplot, so importing this module, or a notebook's own backend, is
-unaffected.
+Drawn from the trial rows and `fit.fit_all`'s dict (the runner writes that dict to WORKDIR/fits.json,
+with the validation runs under "validation" when the sweep trained them); nothing is refitted here. A table
+near the top says which fits are identified; a fit that is not is neither quoted nor drawn as a curve.
+report.md is byte-deterministic for the same inputs (no timestamps). Each plot whose fit is missing is
+replaced by a sentence saying so, so a sweep with failed trials or too few budgets still gets a report.
+matplotlib is imported inside `write_report` and draws on an Agg canvas without pyplot, so importing this
+module, or a notebook's own backend, is unaffected.
 """
 
 import math
@@ -25,9 +27,18 @@ def format_value(x, digits: int = 4) -> str:
 
 
 def _interval(estimate) -> str:
-    if not estimate or estimate.get("low") is None:
+    """"[low, high]"; an end that is None (too many failed resamples, or none drawn) as "unbounded"."""
+    if not estimate:
         return "—"
-    return f"[{format_value(estimate['low'])}, {format_value(estimate['high'])}]"
+    low, high = estimate.get("low"), estimate.get("high")
+    if low is None and high is None:
+        return "unbounded"
+    low, high = ("unbounded" if x is None else format_value(x) for x in (low, high))
+    return f"[{low}, {high}]"
+
+
+def _identified(section) -> bool:
+    return bool(section) and section.get("identified", False)
 
 
 def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float) -> str:
@@ -54,6 +65,8 @@ def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float
     lines = ["# Scaling sweep report", "",
              f"Target compute: **{format_value(target_flops)} FLOPs**. {_rows_summary(fits)}", ""]
     lines += _recommendation_section(fits, target_flops)
+    lines += _identification_section(fits)
+    lines += _validation_section(fits.get("validation"))
     lines += _backtest_section(fits.get("backtest"))
     lines += _fits_section(fits)
     lines += ["## Plots", "", "### Loss vs compute", "",
@@ -89,13 +102,98 @@ _QUANTITIES = (("N", "N* (compute parameters)"), ("D", "D* (tokens)"), ("tokens_
 def _recommendation_section(fits, target_flops):
     rec = fits.get("recommendation") or {}
     lines = [f"## Recommendation at C = {format_value(target_flops)} FLOPs", "",
+             "Each number comes from the first identified fit that gives it (Approach 3, then Approach 2 for N*, D* "
+             "and tokens per parameter or the frontier for the loss; the η* and B* laws); a fit that is not "
+             "identified gives nothing.", "",
              "| quantity | value | 95% interval | from |", "| --- | --- | --- | --- |"]
     for key, label in _QUANTITIES:
         est = rec.get(key)
         if est:
             lines.append(f"| {label} | {format_value(est['value'])} | {_interval(est)} | {est['source']} |")
         else:
-            lines.append(f"| {label} | — | — | no fit (see notes) |")
+            lines.append(f"| {label} | — | — | no identified fit (see notes) |")
+    return lines + [""]
+
+
+def _fit_entries(fits):
+    """(label, section) of every fit the identification table lists, in report order; section None when the
+    fit could not be made."""
+    hyper = fits.get("hyperparameters") or {}
+    entries = [("frontier", fits.get("frontier")), ("Approach 2", fits.get("approach2")),
+               ("Approach 3", fits.get("approach3")), ("η* law (lr)", hyper.get("lr")),
+               ("B* law (batch size)", hyper.get("batch_size"))]
+    back = fits.get("backtest") or {}
+    for key, label in (("frontier", "backtest: frontier"), ("approach3", "backtest: Approach 3")):
+        if back.get(key) and "identified" in back[key]:
+            entries.append((label, back[key]))
+    return entries
+
+
+def _identification_section(fits):
+    lines = ["## Which fits are identified", "",
+             "A fit is identified when the rows pin it down: at most 5% of its bootstrap resamples failed, no key "
+             "parameter (or end of its interval) sits at a bound of its search box, and its key intervals are "
+             "bounded. Only identified fits are quoted below and feed the recommendation.", "",
+             "| fit | identified | reason | bootstrap | resamples failed / attempted |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, section in _fit_entries(fits):
+        if not section:
+            lines.append(f"| {label} | — | could not be fitted (see notes) | — | — |")
+            continue
+        if "identified" not in section:  # a fits.json written before fits said so
+            lines.append(f"| {label} | unknown | not assessed: these fits predate identification; refit them "
+                         "(sweep.mode=fit) | — | — |")
+            continue
+        failed = (f"{section['n_failed']} / {section['n_bootstrap']}" if "n_failed" in section else "—")
+        reason = str(section["reason"]).replace("|", "/")
+        lines.append(f"| {label} | {'yes' if section['identified'] else 'no'} | {reason} | "
+                     f"{section.get('bootstrap', 'none')} | {failed} |")
+    return lines + ["", _noise_sentence(fits.get("noise")), ""]
+
+
+def _noise_sentence(noise):
+    if not noise:
+        return "Measured noise: not recorded in these fits."
+    if noise["seed_sd"] is None and noise["eval_se"] is None:
+        return ("Measured noise: none (no setting was run with two or more seeds, and no run recorded its eval-loss "
+                "standard error), so the intervals resample cases and residuals instead.")
+    seed = ("seed SD not measured (no setting has two seeds)" if noise["seed_sd"] is None else
+            f"seed SD of the eval loss {format_value(noise['seed_sd'])} ({noise['seed_dof']} degrees of freedom over "
+            f"{noise['n_seeded_settings']} settings with two or more seeds)")
+    evals = ("eval-loss SE not recorded" if noise["eval_se"] is None else
+             f"eval-loss SE {format_value(noise['eval_se'])} (median over runs)")
+    return (f"Measured noise: {seed}; {evals}. The parametric bootstraps redraw each point with this noise or the "
+            "fit's residual scatter, whichever is larger.")
+
+
+def _validation_section(validation):
+    if not validation:
+        return []
+    if "predicted_loss" not in validation or validation.get("observed_loss") is None:
+        why = validation.get("skipped") or "the recommended run did not finish with a finite loss"
+        return ["## Validation", "", f"No validation: {why}.", ""]
+    pred = validation["predicted_loss"]
+    yes_no = {True: "yes", False: "no"}
+    lines = ["## Validation", "",
+             f"Runs trained after the fit at C = {format_value(validation['target_flops'])} FLOPs: the predicted loss "
+             f"of the recommended run was {format_value(pred['value'])} {_interval(pred)}, its observed loss "
+             f"{format_value(validation['observed_loss'])}: error {100 * validation['error_fraction']:+.2f}% "
+             "((observed − predicted) / observed). Observed inside the interval: "
+             f"{yes_no[bool(validation['observed_in_interval'])]}. The recommended run is the best of the three: "
+             f"{yes_no[bool(validation['recommended_is_best'])]}.", "",
+             "| run | N | D | C | shape | lr | eval loss | eval loss SE | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for t in validation.get("trials", []):
+        cells = [t.get("role", "—"), format_value(t.get("N")), format_value(t.get("D")), format_value(t.get("C")),
+                 _shape(t), format_value(t.get("lr")), format_value(t.get("eval_loss")),
+                 format_value(t.get("eval_loss_se")), t.get("status", "—")]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    ext = validation.get("extrapolated")
+    if ext:
+        parts = ", ".join(f"{label} {format_value(ext[key]['value'])} {_interval(ext[key])}"
+                          for key, label in (("N", "N*"), ("D", "D*"), ("loss", "loss")) if ext.get(key))
+        lines += ["", f"Extrapolated to C = {format_value(ext['target_flops'])} FLOPs: {parts}; "
+                      f"{'checked by a run' if ext.get('checked') else 'not checked by any run'}."]
     return lines + [""]
 
 
@@ -107,7 +205,8 @@ def _backtest_section(back):
     for name, label in (("frontier", "frontier"), ("approach3", "Approach 3")):
         entry = back.get(name) or {}
         if "predicted" in entry:
-            parts.append(f"{label} predicted {format_value(entry['predicted'])} (error {entry['error']:+.4g}, "
+            flag = "" if entry.get("identified", True) else " (not identified)"
+            parts.append(f"{label}{flag} predicted {format_value(entry['predicted'])} (error {entry['error']:+.4g}, "
                          f"{100 * entry['rel_error']:+.2f}%)")
         else:
             parts.append(f"{label} skipped ({entry.get('skipped', 'no fit')})")
@@ -118,20 +217,27 @@ def _backtest_section(back):
 
 def _fits_section(fits):
     lines = ["## Fits", ""]
+    unquoted = "not identified (see the table above); its numbers are in fits.json but not quoted here."
     frontier = fits.get("frontier")
-    if frontier:
+    if frontier and not _identified(frontier):
+        lines.append(f"- Frontier L(C) = E + (C0/C)^γ: {unquoted}")
+    elif frontier:
         p = frontier["params"]
         lines.append(f"- Frontier L(C) = E + (C0/C)^γ: E = {format_value(p['E']['value'])} {_interval(p['E'])}, "
                      f"C0 = {format_value(p['C0']['value'])} {_interval(p['C0'])}, "
                      f"γ = {format_value(p['gamma']['value'])} {_interval(p['gamma'])}.")
     a2 = fits.get("approach2")
-    if a2:
+    if a2 and not _identified(a2):
+        lines.append(f"- Approach 2 (IsoFLOP parabolas): {unquoted}")
+    elif a2:
         n_law, d_law = a2["N_law"], a2["D_law"]
         lines.append(f"- Approach 2 (IsoFLOP parabolas): N*(C) = {format_value(n_law['coef']['value'])} · "
                      f"C^{format_value(n_law['exponent']['value'])} (exponent {_interval(n_law['exponent'])}), "
                      f"D*(C) ∝ C^{format_value(d_law['exponent']['value'])} {_interval(d_law['exponent'])}.")
     a3 = fits.get("approach3")
-    if a3:
+    if a3 and not _identified(a3):
+        lines.append(f"- Approach 3, L(N, D) = E + A/N^α + B/D^β: {unquoted}")
+    elif a3:
         p = a3["params"]
         terms = ", ".join(f"{name} = {format_value(p[key]['value'])} {_interval(p[key])}"
                           for key, name in (("E", "E"), ("A", "A"), ("B", "B"), ("alpha", "α"), ("beta", "β")))
@@ -139,7 +245,9 @@ def _fits_section(fits):
                      f"N_opt ∝ C^{format_value(p['a']['value'])}, D_opt ∝ C^{format_value(p['b']['value'])}.")
     for key, label in (("lr", "η*(C)"), ("batch_size", "B*(C)")):
         law = (fits.get("hyperparameters") or {}).get(key)
-        if law:
+        if law and not _identified(law):
+            lines.append(f"- {label}: {unquoted}")
+        elif law:
             lines.append(f"- {label} = {format_value(law['law']['coef']['value'])} · "
                          f"C^{format_value(law['law']['exponent']['value'])} "
                          f"(exponent {_interval(law['law']['exponent'])}), from {len(law['budgets'])} budgets.")
@@ -217,17 +325,39 @@ def _plot_loss_vs_compute(usable, fits, target_flops, new_figure, save):
     if frontier:
         ax.scatter([p["C"] for p in frontier["points"]], [p["loss"] for p in frontier["points"]], s=40,
                    facecolors="none", edgecolors="black", label="frontier points")
+    if _identified(frontier):
         _draw_band(ax, frontier["curve"], "black", "frontier fit (95% band)")
         at = frontier.get("at_target", {}).get("loss")
         if at and at["value"] is not None:
             ax.errorbar([target_flops], [at["value"]], yerr=_error_bar(at), fmt="*", color="crimson", markersize=10,
                         label=f"frontier at target: {format_value(at['value'])}")
+    elif frontier:
+        sentence = "\n\nThe frontier is not identified, so its curve is not drawn (see the identification table)."
     else:
         sentence = "\n\nThe frontier could not be fitted, so only the trials are shown (see notes)."
+    _draw_validation(ax, fits.get("validation"))
     ax.axvline(target_flops, color="gray", linestyle=":", linewidth=1)
     ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="eval loss", title="Loss vs compute")
     ax.legend(fontsize=8)
     return save(fig, "loss_vs_compute.png") + sentence
+
+
+_ROLE_MARKERS = {"recommended": "D", "half": "<", "double": ">"}
+
+
+def _draw_validation(ax, validation):
+    """The validation runs (one marker per role) and the loss predicted for the recommended run, with its
+    interval, at the validation's compute."""
+    if not validation or "predicted_loss" not in validation:
+        return
+    for t in validation.get("trials", []):
+        if t.get("eval_loss") is not None and t.get("C"):
+            ax.plot([t["C"]], [t["eval_loss"]], marker=_ROLE_MARKERS.get(t.get("role"), "o"), color="tab:red",
+                    markerfacecolor="none", linestyle="none", markersize=8, label=f"validation: {t.get('role')}")
+    pred = validation["predicted_loss"]
+    if pred.get("value") is not None:
+        ax.errorbar([validation["target_flops"]], [pred["value"]], yerr=_error_bar(pred), fmt="_", color="tab:red",
+                    markersize=14, capsize=4, label=f"predicted for validation: {format_value(pred['value'])}")
 
 
 def _plot_isoflops(usable, fits, new_figure, save):
@@ -249,7 +379,7 @@ def _plot_isoflops(usable, fits, new_figure, save):
         ax.plot(n, np.polyval(v["coef"], x), color=color, linewidth=1)
         ax.plot([v["N_opt"]], [np.polyval(v["coef"], math.log(v["N_opt"]))], marker="v" if v["status"] == "ok" else "x",
                 color=color, markersize=8, linestyle="none")
-    if a3:
+    if _identified(a3):
         for b, color in colors.items():
             c = np.exp(np.mean([math.log(m["C"]) for m in models if m["budget"] == b]))
             ns = [m["N"] for m in models if m["budget"] == b]
@@ -260,6 +390,8 @@ def _plot_isoflops(usable, fits, new_figure, save):
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     sentence = "" if a2 else "\n\nNo IsoFLOP parabolas: Approach 2 could not be fitted (see notes)."
+    if a3 and not _identified(a3):
+        sentence += "\n\nApproach 3 is not identified, so its curves are not drawn."
     return save(fig, "isoflop_profiles.png") + sentence
 
 
@@ -267,6 +399,8 @@ def _plot_allocation(fits, target_flops, new_figure, save):
     a2, a3 = fits.get("approach2"), fits.get("approach3")
     if not (a2 or a3):
         return "Skipped: neither Approach 2 nor Approach 3 could be fitted (see notes)."
+    if not (a2 or _identified(a3)):
+        return "Skipped: Approach 2 could not be fitted and Approach 3 is not identified (see notes)."
     fig, axes = new_figure(2)
     for ax, key, label in ((axes[0], "N", "N* (compute parameters)"), (axes[1], "D", "D* (tokens)")):
         if a2:
@@ -280,10 +414,13 @@ def _plot_allocation(fits, target_flops, new_figure, save):
                 value = np.array([v["D_opt"] for v in pts])
                 low = c / (6 * np.array([v["N_opt_interval"]["high"] or v["N_opt"] for v in pts]))
                 high = c / (6 * np.array([v["N_opt_interval"]["low"] or v["N_opt"] for v in pts]))
-            ax.errorbar(c, value, yerr=[value - low, high - value], fmt="o", color="tab:blue",
+            # A percentile interval need not contain its point (`_error_bar`): such a side draws no bar.
+            ax.errorbar(c, value, yerr=[np.maximum(value - low, 0), np.maximum(high - value, 0)], fmt="o",
+                        color="tab:blue",
                         label="Approach 2 vertices")
-            _draw_band(ax, a2["curve"][key], "tab:blue", "Approach 2 law")
-        if a3:
+            if _identified(a2):
+                _draw_band(ax, a2["curve"][key], "tab:blue", "Approach 2 law")
+        if _identified(a3):
             _draw_band(ax, a3["curve"][key], "tab:orange", "Approach 3")
         rec = (fits.get("recommendation") or {}).get(key)
         if rec:
@@ -304,7 +441,8 @@ def _plot_hyperparameters(fits, target_flops, new_figure, save):
     for ax, (key, law) in zip(axes, laws):
         ax.scatter([o["C"] for o in law["budgets"]], [o["value"] for o in law["budgets"]], color="tab:green",
                    label="per-budget optimum", zorder=3)
-        _draw_band(ax, law["curve"], "tab:green", "power law (95% band)")
+        if _identified(law):
+            _draw_band(ax, law["curve"], "tab:green", "power law (95% band)")
         at = law.get("at_target")
         if at and at["value"] is not None:
             ax.plot([target_flops], [at["value"]], "*", color="crimson", markersize=10,

@@ -21,6 +21,7 @@ same host (and pid namespace) is stale and taken over; from another host livenes
 error names the lock file to delete if its process is gone.
 """
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -36,8 +37,8 @@ from absl import logging
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import default_config, validate
 from gptjax.data.sources import parse_source
-from gptjax.scaling import trial_lock
-from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, trial_config
+from gptjax.scaling import adaptive, trial_lock
+from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
 from gptjax.train.loop import TrainingDivergedError, json_config, train
 
@@ -60,6 +61,7 @@ def run_sweep(cfg, workdir: str) -> dict:
     """The sweep job; returns a summary (counts, the recommendation, where the report is)."""
     validate(cfg, workdir)
     os.makedirs(workdir, exist_ok=True)
+    enable_compilation_cache(cfg.sweep.compilation_cache)
     if cfg.sweep.mode == "fit":
         return fit_and_report(cfg, workdir)
     trials, warnings = prepare(cfg, workdir)
@@ -76,22 +78,46 @@ def run_sweep(cfg, workdir: str) -> dict:
             raise TrialFailedError(f"trial {trial.id} failed ({failed[0]['reason']}); its result is recorded in "
                                    f"{trial_dir(workdir, trial)} and a rerun retries it")
         return {"trial": trial.id, "results": rows}
-    todo = [t for t in trials if not _finished(cfg, workdir, t)]
-    logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
-    progress = SweepProgress(len(trials), len(trials) - len(todo), cfg.train.progress_bar)
+    progress = SweepProgress(0, 0, cfg.train.progress_bar)
     try:
-        if cfg.sweep.n_workers > 0:
-            skipped = _run_in_subprocesses(cfg, todo, workdir, progress)
-        else:
-            skipped = _run_in_process(cfg, todo, workdir, progress)
+        skipped = _train_pending(cfg, trials, workdir, progress)
+        trials, more_skipped = _adaptive_rounds(cfg, workdir, trials, progress)
+        skipped += more_skipped
+        rows = load_rows(workdir)
+        print_summary([r for r in rows if r.get("kind") != "validation"])
+        summary = fit_and_report(cfg, workdir, rows, progress=progress, trials=trials, skipped=skipped)
     finally:
         progress.close()
     if skipped:
         logging.warning("sweep: %d trial(s) are being trained by other processes and are left out of this fit "
                         "(%s); run --config.sweep.mode=fit once they finish", len(skipped), ", ".join(skipped))
-    rows = load_rows(workdir)
-    print_summary(rows)
-    return dict(fit_and_report(cfg, workdir, rows), skipped=skipped)
+    return dict(summary, skipped=skipped)
+
+
+def enable_compilation_cache(path: str) -> None:
+    """Turns on JAX's persistent compilation cache at `path` (~ expanded, XDG_CACHE_HOME honoured) for this
+    process and, through the environment, for the sweep's worker subprocesses; "" leaves it off."""
+    if not path:
+        return
+    if path.startswith("~/.cache/") and os.environ.get("XDG_CACHE_HOME"):
+        path = os.path.join(os.environ["XDG_CACHE_HOME"], path[len("~/.cache/"):])
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"  # the default 1 s skips most trials'
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _train_pending(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> list[str]:
+    """Trains the unfinished `trials` (in process or in sweep.n_workers subprocesses); returns the ids of
+    those skipped as locked by another process."""
+    todo = [t for t in trials if not _finished(cfg, workdir, t)]
+    progress.add(len(trials), len(trials) - len(todo))
+    logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
+    if cfg.sweep.n_workers > 0:
+        return _run_in_subprocesses(cfg, todo, workdir, progress)
+    return _run_in_process(cfg, todo, workdir, progress)
 
 
 def _run_in_process(cfg, trials: list[Trial], workdir: str, progress: "SweepProgress") -> list[str]:
@@ -106,22 +132,62 @@ def _run_in_process(cfg, trials: list[Trial], workdir: str, progress: "SweepProg
     return skipped
 
 
+def _adaptive_rounds(cfg, workdir: str, trials: list[Trial], progress) -> tuple[list[Trial], list[str]]:
+    """After the grid: sweep.lr_widenings rounds of lr widening, then the noise-seed trials (adaptive.py),
+    each round added to plan.json and trained. Returns every trial and the ids skipped as locked."""
+    train_tokens = _read_plan(workdir)["train_tokens"]
+    skipped = []
+    rounds = [adaptive.lr_widening_trials] * cfg.sweep.lr_widenings + [adaptive.noise_seed_trials]
+    for derive in rounds:
+        planned = [t for t in trials if t.kind != "validation"]
+        new = derive(cfg, planned, collect_results(workdir, planned), train_tokens)
+        new = [t for t in new if t.id not in {p.id for p in planned}]
+        if not new:
+            continue
+        trials = _renumber(planned + new)
+        _write_plan(workdir, trials, train_tokens)
+        skipped += _train_pending(cfg, trials[len(planned):], workdir, progress)
+    return trials, skipped
+
+
+def _renumber(trials: list[Trial]) -> list[Trial]:
+    return [dataclasses.replace(t, index=i) for i, t in enumerate(trials)]
+
+
 def prepare(cfg, workdir: str) -> tuple[list[Trial], list[str]]:
     """Builds the shared tokenizer and token caches once, plans, checks every trial's config, and
-    writes plan.json."""
+    writes plan.json: the grid, then the trials an earlier run of this sweep added (lr widening, noise
+    seeds, validation), so their indices stay valid for sweep.trial_index."""
     from gptjax.data.pipeline import make_streams  # the data stack is only needed to plan or train
 
     data = make_streams(cfg, workdir)
     train_tokens = (round(data.batches_per_epoch * cfg.data.batch_size * cfg.data.seq_len)
                     if data.batches_per_epoch else None)
     trials, warnings = plan_sweep(cfg, train_tokens)
+    grid_ids = {t.id for t in trials}
+    trials += [t for t in (_plan_trials(workdir) or []) if t.kind != "grid" and t.id not in grid_ids]
+    trials = _renumber(trials)
     for trial in trials:  # a trial config that cannot run is a config error now, not a failed trial later
         validate(trial_config(cfg, trial, _tokenizer_path(cfg, workdir)))
     for warning in warnings:
         logging.warning("sweep plan: %s", warning)
+    _write_plan(workdir, trials, train_tokens, warnings)
+    return trials, warnings
+
+
+def _write_plan(workdir: str, trials: list[Trial], train_tokens, warnings=None) -> None:
+    if warnings is None:
+        warnings = _read_plan(workdir).get("warnings", [])
     write_json_atomic(os.path.join(workdir, "plan.json"),
                       {"train_tokens": train_tokens, "warnings": warnings, "trials": [t.to_json() for t in trials]})
-    return trials, warnings
+
+
+def _read_plan(workdir: str) -> dict:
+    path = os.path.join(workdir, "plan.json")
+    if not os.path.isfile(path):
+        return {"train_tokens": None, "warnings": [], "trials": []}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _tokenizer_path(cfg, workdir: str) -> str | None:
@@ -272,7 +338,7 @@ def _train_one(tcfg, directory: str) -> dict:
         return dict(base, status="diverged", reason=str(e), eval_loss=math.nan,
                     wall_seconds=time.perf_counter() - start)
     # A run killed after its last checkpoint comes back with eval metrics only: train metrics are NaN.
-    return dict(base, status="ok", reason="", eval_loss=final["eval_loss"],
+    return dict(base, status="ok", reason="", eval_loss=final["eval_loss"], eval_loss_se=final.get("eval_loss_se"),
                 eval_bits_per_byte=final.get("eval_bits_per_byte"), train_loss=final.get("loss", math.nan),
                 tokens_per_sec=final.get("tokens_per_sec", math.nan), compile_seconds=final["compile_seconds"],
                 wall_seconds=time.perf_counter() - start, epochs=final.get("epochs"))
@@ -317,17 +383,31 @@ def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "Swee
     return skipped
 
 
+def progress_bar_wanted(progress_bar: bool) -> bool:
+    return bool(progress_bar) and sys.stderr.isatty()
+
+
 class SweepProgress:
     """The sweep-level display: a tqdm bar over trials on a terminal (each trial's own step bar shows
     below it), and one line per finished trial either way."""
 
     def __init__(self, total: int, done: int, progress_bar: bool):
-        self.total, self.done = total, done
-        self._bar = None
-        if progress_bar and sys.stderr.isatty():
+        self.total, self.done = 0, 0
+        self._bar, self._want_bar = None, progress_bar
+        self.add(total, done)
+
+    def add(self, trials: int, finished: int) -> None:
+        """Counts `trials` more trials, `finished` of them already done (a resumed run or a new round)."""
+        self.total += trials
+        self.done += finished
+        if self._bar is None and progress_bar_wanted(self._want_bar):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=done, unit="trial", desc="sweep", dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, initial=self.done, unit="trial", desc="sweep", dynamic_ncols=True)
+        elif self._bar is not None:
+            self._bar.total = self.total
+            self._bar.n = self.done
+            self._bar.refresh()
 
     def trial_done(self, trial: Trial, rows: list[dict]) -> None:
         self.done += 1
@@ -356,13 +436,13 @@ def result_rows(trial: Trial, results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         rows.append(dict(
-            trial=trial.id, index=trial.index, budget=trial.budget, n_layers=shape.n_layers,
+            trial=trial.id, index=trial.index, kind=trial.kind, budget=trial.budget, n_layers=shape.n_layers,
             d_model=shape.d_model, n_heads=shape.n_heads, d_ff=shape.d_ff, batch_size=trial.batch_size,
             seq_len=round(trial.tokens / trial.steps / trial.batch_size), lr=r["lr"], seed=r["seed"],
             steps=trial.steps, tokens=trial.tokens, N=trial.N, D=trial.tokens, C=trial.C, params=trial.params,
             flops_per_token=trial.flops_per_token,
             flops={k: v * trial.tokens for k, v in trial.flops_per_token.items()},
-            **{k: r.get(k) for k in ("eval_loss", "eval_bits_per_byte", "train_loss", "tokens_per_sec",
+            **{k: r.get(k) for k in ("eval_loss", "eval_loss_se", "eval_bits_per_byte", "train_loss", "tokens_per_sec",
                                      "wall_seconds", "compile_seconds", "group_size", "epochs", "status",
                                      "reason")}))
     return rows
@@ -384,16 +464,10 @@ def _plan_trials(workdir: str) -> list[Trial] | None:
     """The trials of WORKDIR/plan.json, or None when there is no plan (results from elsewhere)."""
     from gptjax.scaling.plan import ModelShape
 
-    path = os.path.join(workdir, "plan.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(workdir, "plan.json")):
         return None
-    with open(path, encoding="utf-8") as f:
-        plan = json.load(f)
-    trials = []
-    for t in plan["trials"]:
-        t = dict(t, shape=ModelShape(**t["shape"]), learning_rates=tuple(t["learning_rates"]))
-        trials.append(Trial(**t))
-    return trials
+    return [Trial(**dict(t, shape=ModelShape(**t["shape"]), learning_rates=tuple(t["learning_rates"])))
+            for t in _read_plan(workdir)["trials"]]
 
 
 def load_rows(workdir: str) -> list[dict]:
@@ -411,19 +485,33 @@ def load_rows(workdir: str) -> list[dict]:
                          "run the sweep first (sweep.mode=run) or point --workdir at a finished sweep")
 
 
-def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None) -> dict:
-    """Fits the scaling laws to `rows` (default: WORKDIR's results, see `load_rows`) and writes
-    fits.json, report.md and plots/."""
+def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None, progress: "SweepProgress | None" = None,
+                   trials: list[Trial] | None = None, skipped: list[str] | None = None) -> dict:
+    """Fits the scaling laws to `rows` (default: WORKDIR's results, see `load_rows`) at sweep.target_flops,
+    checks the recommendation (adaptive.py: trains the validation runs when `progress` is given, i.e. in a
+    sweep run; `sweep.mode=fit` uses the validation results already there) and writes fits.json, report.md
+    and plots/. Validation rows never enter the fits."""
     from gptjax.scaling.fit import fit_all
     from gptjax.scaling.report import write_report
 
     rows = load_rows(workdir) if rows is None else rows
-    fits = fit_all(rows, cfg.sweep.target_flops, n_bootstrap=cfg.sweep.n_bootstrap, seed=cfg.seed)
+    fit_rows = [r for r in rows if r.get("kind") != "validation"]
+    _, target = resolved_flops(cfg.sweep)
+    fits = fit_all(fit_rows, target, n_bootstrap=cfg.sweep.n_bootstrap, seed=cfg.seed)
+    planned = [t for t in (trials if trials is not None else _plan_trials(workdir) or []) if t.kind != "validation"]
+    train_tokens = _read_plan(workdir)["train_tokens"]
+    validation, info = adaptive.validation_plan(cfg, fits, fit_rows, len(planned), train_tokens)
+    if validation and progress is not None:
+        _write_plan(workdir, planned + validation, train_tokens)
+        (skipped if skipped is not None else []).extend(_train_pending(cfg, validation, workdir, progress))
+        rows = collect_results(workdir, planned + validation)
+    fits["validation"] = adaptive.validation_summary(fits, validation, rows, info)
     write_json_atomic(os.path.join(workdir, "fits.json"), fits)
-    report = write_report(workdir, rows, fits, cfg.sweep.target_flops)
-    statuses = [r["status"] for r in rows]
-    return {"models": len(rows), "ok": statuses.count("ok"), "diverged": statuses.count("diverged"),
-            "failed": statuses.count("failed"), "recommendation": fits.get("recommendation"), "report": report}
+    report = write_report(workdir, fit_rows, fits, target)
+    statuses = [r["status"] for r in fit_rows]
+    return {"models": len(fit_rows), "ok": statuses.count("ok"), "diverged": statuses.count("diverged"),
+            "failed": statuses.count("failed"), "recommendation": fits.get("recommendation"),
+            "validation": fits["validation"], "report": report}
 
 
 def print_summary(rows: list[dict]) -> None:

@@ -177,14 +177,18 @@ def jit_eval_step(job: Job):
 
 
 def evaluate(job: Job, eval_step) -> list[dict]:
-    """Per member: the mean validation loss (nats/token) over the fixed validation batches, and bits
-    per byte of the validation text when the source is text."""
+    """Per member: the mean validation loss (nats/token) over the fixed validation batches, its standard
+    error over those batches ("loss_se"), and bits per byte of the validation text when the source is text."""
     sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
     losses = [eval_step(job.state["params"], host_local_batch(b, sharding)) for b in job.data.val_batches]
     losses_NxK = np.reshape(jax.device_get(losses), (len(losses), job.members.size))
     results = []
+    n = len(losses)
     for k in range(job.members.size):
         result = {"loss": float(np.mean(losses_NxK[:, k]))}
+        # The eval set's sampling noise: the spread of per-batch losses over sqrt(batches). Sweeps compare
+        # it with the loss gaps they fit (batches are consecutive text, so this is a block estimate).
+        result["loss_se"] = float(np.std(losses_NxK[:, k], ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         if job.data.tokens_per_byte is not None:
             result["bits_per_byte"] = result["loss"] / math.log(2) * job.data.tokens_per_byte
         results.append(result)
@@ -242,8 +246,11 @@ def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
                 row.update(speed, batch_crc32=checksum)
                 if job.data.batches_per_epoch:
                     row["epoch"] = s / job.data.batches_per_epoch
-                writer.write(s, members.split(k), row)
+                writer.write(s, members.split(k), row, show=K == 1 and s == step)
                 finals[k].update(row)
+        if K > 1 and rows:  # one line per interval for the whole group, not one per member per step
+            alive = [k for k in range(K) if k not in job.diverged]
+            writer.show(step, "train", {**{f"loss_m{k}": finals[k].get("loss", math.nan) for k in alive}, **speed})
         writer.advance(step - clock_step)
         pending.clear()
         clock, clock_step = time.perf_counter(), step

@@ -1,15 +1,13 @@
 """Metrics sinks: JSONL in the workdir (always), TensorBoard events, and a progress display.
 
 Files: WORKDIR/metrics.jsonl (one JSON object per logged step and split), WORKDIR/tensorboard/.
-On a terminal a tqdm bar shows progress; otherwise absl.logging prints one line per log interval.
+On a terminal a tqdm bar shows progress; otherwise one line per log interval goes to stderr (`show`).
 """
 
 import json
 import math
 import os
 import sys
-
-from absl import logging
 
 
 class MetricsWriter:
@@ -30,7 +28,8 @@ class MetricsWriter:
 
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
-    def write(self, step: int, split: str, values: dict) -> None:
+    def write(self, step: int, split: str, values: dict, show: bool = True) -> None:
+        """Records one row (JSONL and TensorBoard) and, with `show`, displays it."""
         if not self.enabled:
             return
         row = {"step": step, "split": split, **{k: _plain(v) for k, v in values.items()}}
@@ -39,11 +38,18 @@ class MetricsWriter:
         for key, value in row.items():
             if key not in ("step", "split") and isinstance(value, float) and math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{key}", value, step)
-        summary = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+        if show:
+            self.show(step, split, values)
+
+    def show(self, step: int, split: str, values: dict) -> None:
+        """The progress bar's postfix on a terminal, else one line on stderr."""
+        if not self.enabled:
+            return
+        summary = " ".join(f"{k}={_plain(v):.4g}" for k, v in values.items() if isinstance(_plain(v), float))
         if self._bar is not None:
             self._bar.set_postfix_str(f"{split} {summary}", refresh=False)
         else:
-            logging.info("step %d %s %s", step, split, summary)
+            print(f"step {step} {split} {summary}", file=sys.stderr, flush=True)
 
     def advance(self, steps: int) -> None:
         if self.enabled and self._bar is not None:
