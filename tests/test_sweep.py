@@ -16,7 +16,7 @@ from conftest import tiny_config
 from gptjax.scaling import plan as plan_lib
 from gptjax.scaling import sweep as sweep_lib
 from gptjax.scaling import trial_lock
-from gptjax.scaling.plan import SweepPlanError, plan_sweep
+from gptjax.scaling.plan import SweepPlanError, plan_sweep, trial_config
 from gptjax.scaling.vectorized import train_group
 from gptjax.train import flops
 from gptjax.train.loop import train
@@ -63,6 +63,17 @@ def test_plan_without_vectorization_has_one_trial_per_learning_rate():
     assert len(trials) == 3 * 3 * 2
     assert len({t.id for t in trials}) == len(trials)
     assert all(len(t.learning_rates) == 1 for t in trials)
+
+
+def test_the_jobs_seed_gives_every_trial_a_fresh_seed():
+    """--config.seed=1 reruns the sweep with other initialisations and data orders (not the seed-0 trials again)."""
+    seed0, _ = plan_sweep(sweep_config(seeds=(0, 1)))
+    cfg = sweep_config(seeds=(0, 1))
+    cfg.seed = 1
+    seed1, _ = plan_sweep(cfg)
+    assert [t.seed for t in seed0] == [0, 1] * 9 and [t.seed for t in seed1] == [1000, 1001] * 9
+    assert not {t.id for t in seed0} & {t.id for t in seed1}
+    assert trial_config(cfg, seed1[1], None).seed == 1001
 
 
 def test_plan_refuses_a_budget_it_cannot_meet_and_warns_on_epochs():

@@ -17,7 +17,8 @@ and finds them finished (trial ids name budget, shape, batch, seed and lrs).
 
 import math
 
-from gptjax.scaling.plan import Trial, budget_batch, family_shapes, make_trial, model_config, resolved_flops
+from gptjax.scaling.plan import (Trial, budget_batch, family_shapes, job_seed, make_trial, model_config,
+                                 resolved_flops)
 from gptjax.train import flops
 
 VALIDATION_ROLES = ("half", "recommended", "double")  # N*/2, N*, 2 N*
@@ -85,7 +86,7 @@ def noise_seed_trials(cfg, trials: list[Trial], rows: list[dict], train_tokens=N
     s = cfg.sweep
     if not s.noise_seeds or not rows:
         return []
-    first_seed = s.seeds[0]
+    first_seed = job_seed(cfg, s.seeds[0])
     by_trial = {t.id: t for t in trials}
     best: dict[tuple, dict] = {}  # model key -> its best ok row
     for r in rows:
@@ -101,7 +102,8 @@ def noise_seed_trials(cfg, trials: list[Trial], rows: list[dict], train_tokens=N
         for r in profile[: s.noise_models]:
             t = by_trial[r["trial"]]
             for seed in s.noise_seeds:
-                new.append(make_trial(cfg, len(trials) + len(new), t.budget, t.shape, t.batch_size, seed, (r["lr"],),
+                new.append(make_trial(cfg, len(trials) + len(new), t.budget, t.shape, t.batch_size,
+                                      job_seed(cfg, seed), (r["lr"],),
                                       kind="noise_seed", train_tokens=train_tokens))
     return new
 
@@ -133,7 +135,8 @@ def validation_plan(cfg, fits: dict, rows: list[dict], start_index: int, train_t
         free = [sh for sh in shapes if sh not in chosen.values()]
         chosen[role] = min(free, key=lambda sh: abs(log_n[sh] - math.log(factor * n_star)))
     batch = budget_batch(cfg, validate_flops, max(costs[sh]["with_attention"] / 6 for sh in chosen.values()))
-    trials = [make_trial(cfg, start_index + i, validate_flops, chosen[role], batch, cfg.sweep.seeds[0], (lr,),
+    seed = job_seed(cfg, cfg.sweep.seeds[0])
+    trials = [make_trial(cfg, start_index + i, validate_flops, chosen[role], batch, seed, (lr,),
                          kind="validation", train_tokens=train_tokens, cost=costs[chosen[role]])
               for i, role in enumerate(VALIDATION_ROLES)]
     return trials, {"target_flops": validate_flops, "lr": lr, "lr_source": lr_source, "N_star": n_star}

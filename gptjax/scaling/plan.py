@@ -122,6 +122,12 @@ def budget_batch(cfg, budget: float, n_max: float) -> int:
     return batch
 
 
+def job_seed(cfg, seed: int) -> int:
+    """A trial's init and shuffle seed: a seed of sweep.seeds (or noise_seeds) shifted by the job's `seed`,
+    so that `--config.seed=1` reruns the whole sweep with fresh initialisations and data orders."""
+    return int(seed) + 1000 * int(cfg.seed)
+
+
 def make_trial(cfg, index: int, budget: float, shape: ModelShape, batch_size: int, seed: int, learning_rates,
                kind: str = "grid", train_tokens: int | None = None, cost: dict | None = None) -> Trial:
     """One trial: `shape` trained on budget / (FLOPs per token) tokens in whole steps of batch_size windows."""
@@ -170,7 +176,7 @@ def plan_sweep(cfg, train_tokens: int | None = None) -> tuple[list[Trial], list[
             for shape in profile:
                 for seed in s.seeds:
                     for lrs in lr_groups:
-                        trial = make_trial(cfg, len(trials), budget, shape, batch_size, seed, lrs,
+                        trial = make_trial(cfg, len(trials), budget, shape, batch_size, job_seed(cfg, seed), lrs,
                                            train_tokens=train_tokens, cost=costs[shape])
                         trials.append(trial)
                 if trial.epochs is not None and trial.epochs > s.max_epochs:
