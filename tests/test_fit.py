@@ -148,6 +148,20 @@ def frontier_rows(budgets, E=1.8, C0=3e12, gamma=0.15, noise=0.0, seed=0):
     return rows
 
 
+def test_a_frontier_with_no_offset_is_fitted_as_a_pure_power_law_and_identified():
+    """E = 0 truly: the free fit puts E at its lower bound, so the frontier is refitted with E fixed at 0,
+    says so, and is identified (gamma recovered, bounded intervals); with an offset it stays free."""
+    budgets = list(np.geomspace(1e14, 1e19, 6))
+    fit = F.fit_frontier(frontier_rows(budgets, E=0.0, C0=3e20, gamma=0.1, noise=0.003, seed=1), 1e21,
+                         n_bootstrap=100)
+    assert fit["form"] == F.frontier.ZERO_E and fit["identified"], fit["reason"]
+    assert "E is fixed at 0" in fit["reason"] and fit["params"]["E"].value == 0.0
+    assert fit["params"]["gamma"].low < 0.1 < fit["params"]["gamma"].high
+    assert fit["at_target"]["loss"].low < (3e20 / 1e21) ** 0.1 < fit["at_target"]["loss"].high
+    free = F.fit_frontier(frontier_rows(budgets, noise=0.003, seed=1), 1e21, n_bootstrap=20)
+    assert free["form"] == F.frontier.FREE_E and free["params"]["E"].value > 1.0
+
+
 def test_frontier_recovers_E_and_gamma():
     budgets = list(np.geomspace(1e14, 1e19, 6))
     fit = F.fit_frontier(frontier_rows(budgets), target_flops=1e21, n_bootstrap=20)

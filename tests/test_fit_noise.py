@@ -86,11 +86,11 @@ def failing_frontier_fits(monkeypatch, every):
     """Make every `every`-th resample's frontier fit raise (the point fit, the first call, is kept)."""
     real, calls = frontier_module.fit_frontier_points, []
 
-    def flaky(c, loss, start=None):
+    def flaky(c, loss, start=None, form=frontier_module.FREE_E):
         calls.append(start)
         if start is not None and len(calls) % every == 0:
             raise ValueError("planted failure")
-        return real(c, loss, start)
+        return real(c, loss, start, form)
 
     monkeypatch.setattr(frontier_module, "fit_frontier_points", flaky)
 

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from gptjax.scaling import fit as fitlib
+from gptjax.scaling.fit.frontier import ZERO_E
 
 PLOTS_DIR = "plots"
 
@@ -223,7 +224,9 @@ def _fits_section(fits):
         lines.append(f"- Frontier L(C) = E + (C0/C)^γ: {unquoted}")
     elif frontier:
         p = frontier["params"]
-        lines.append(f"- Frontier L(C) = E + (C0/C)^γ: E = {format_value(p['E']['value'])} {_interval(p['E'])}, "
+        offset = (f"E = {format_value(p['E']['value'])} {_interval(p['E'])}, " if frontier.get("form") != ZERO_E
+                  else "E fixed at 0 (a free offset did not improve the fit significantly: a pure power law), ")
+        lines.append(f"- Frontier L(C) = E + (C0/C)^γ: {offset}"
                      f"C0 = {format_value(p['C0']['value'])} {_interval(p['C0'])}, "
                      f"γ = {format_value(p['gamma']['value'])} {_interval(p['gamma'])}.")
     a2 = fits.get("approach2")

@@ -5,7 +5,7 @@ fits, and returns fits.json's dict."""
 import numpy as np
 
 from gptjax.scaling.fit.bootstrap import one_blas_thread, to_json
-from gptjax.scaling.fit.frontier import fit_frontier, fit_frontier_points, frontier_bound_hits, frontier_points
+from gptjax.scaling.fit.frontier import fit_frontier, fit_frontier_form, frontier_bound_hits, frontier_points
 from gptjax.scaling.fit.hyper import edge_budgets, fit_hyperparameter_law
 from gptjax.scaling.fit.isoflop import fit_approach2
 from gptjax.scaling.fit.noise import measure_noise
@@ -59,9 +59,9 @@ def backtest(rows: list[dict], n_starts: int | None = 100) -> dict:
         idx, _ = frontier_points(t["budget"], t["loss"])
         if idx.size < 3:
             raise FitError(f"need >= 3 frontier budgets below the held-out one, got {idx.size}")
-        e, c0, gamma = fit_frontier_points(t["C"][idx], t["loss"][idx])
-        out["frontier"] = {**entry(e + (c0 / m["C"][best]) ** gamma),
-                           **_bound_verdict(frontier_bound_hits(e, gamma, t["loss"][idx].min()))}
+        (e, c0, gamma), form = fit_frontier_form(t["C"][idx], t["loss"][idx])
+        out["frontier"] = {**entry(e + (c0 / m["C"][best]) ** gamma), "form": form,
+                           **_bound_verdict(frontier_bound_hits(e, gamma, t["loss"][idx].min(), form=form))}
     except FitError as err:
         out["frontier"] = {"skipped": str(err)}
     try:

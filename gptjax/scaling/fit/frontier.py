@@ -1,9 +1,16 @@
-"""The loss frontier: each budget's best loss against its realised compute, L(C) = E + (C0/C)^gamma."""
+"""The loss frontier: each budget's best loss against its realised compute, L(C) = E + (C0/C)^gamma.
+
+An offset E is kept only when it improves the fit significantly (an F-test of the nested models): otherwise,
+as when the free fit puts E at its lower bound 0, the data cannot tell an offset from none, and the frontier
+is the nested pure power law L(C) = (C0/C)^gamma (Kaplan et al. 2020's form), whose two parameters the
+points can pin down; "form" says which. Over the 3-10x a sweep validates, the
+two forms differ by less than the noise; further out a pure power law is optimistic (it never levels off).
+"""
 
 import math
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 from gptjax.scaling.fit.bootstrap import (Draws, Estimate, band, curve_grid, one_blas_thread, parametric_resamples,
                                           residual_resamples, residual_scale)
@@ -30,8 +37,12 @@ def frontier_points(budget, loss):
     return np.array(kept, int), len(best) - len(kept)
 
 
-def fit_frontier_points(c, loss, start=None):
-    """(E, C0, gamma) minimising the squared log-loss residuals, E in [0, min loss).
+FREE_E, ZERO_E = "E + (C0/C)^gamma", "(C0/C)^gamma, E fixed at 0"
+
+
+def fit_frontier_points(c, loss, start=None, form=FREE_E):
+    """(E, C0, gamma) minimising the squared log-loss residuals, E in [0, min loss) (or E = 0 with
+    form=ZERO_E: a straight line in log L against log C).
 
     Parametrised as L = E + exp(s - gamma u), u = log C - mean log C, which keeps exp() in range. Bounded
     least squares runs from `start` (an (E, C0, gamma)) or else from a few guesses of E, each with gamma
@@ -40,6 +51,9 @@ def fit_frontier_points(c, loss, start=None):
     logc, logl = np.log(c), np.log(loss)
     ref = logc.mean()
     u = logc - ref
+    if form == ZERO_E:
+        slope, s = np.polyfit(u, logl, 1)
+        return 0.0, math.exp(ref + s / -slope), float(-slope)
     e_max = loss.min() * (1 - 1e-9)
 
     def residuals(p):
@@ -66,9 +80,28 @@ def fit_frontier_points(c, loss, start=None):
     return e, math.exp(ref + s / gamma), gamma
 
 
-def frontier_bound_hits(e, gamma, min_loss, e_interval=None, gamma_interval=None) -> list[str]:
-    """`bound_hits` for the frontier's box: E in [0, the lowest frontier loss], gamma in GAMMA_BOUNDS."""
-    return bound_hits([("E", e, e_interval, (0.0, min_loss)), ("gamma", gamma, gamma_interval, GAMMA_BOUNDS)])
+def frontier_bound_hits(e, gamma, min_loss, e_interval=None, gamma_interval=None, form=FREE_E) -> list[str]:
+    """`bound_hits` for the frontier's box: E in [0, the lowest frontier loss] (unless fixed), gamma in
+    GAMMA_BOUNDS."""
+    gamma_check = ("gamma", gamma, gamma_interval, GAMMA_BOUNDS)
+    if form == ZERO_E:
+        return bound_hits([gamma_check])
+    return bound_hits([("E", e, e_interval, (0.0, min_loss)), gamma_check])
+
+
+def fit_frontier_form(c, loss):
+    """(point (E, C0, gamma), form): the free fit, or the pure power law unless the offset E improves the
+    fit significantly (an F-test of the nested models on the log-loss residuals, 5% level). A free E at
+    its lower bound improves nothing, so it always gives the pure power law."""
+    free, zero = fit_frontier_points(c, loss), fit_frontier_points(c, loss, form=ZERO_E)
+
+    def sse(p):
+        return float(np.sum((np.log(frontier_curve(p, c)) - np.log(loss)) ** 2))
+
+    dof = len(c) - 3  # the free fit's residual degrees of freedom
+    if dof > 0 and (sse(zero) - sse(free)) * dof <= stats.f.ppf(0.95, 1, dof) * sse(free):
+        return zero, ZERO_E
+    return free, FREE_E
 
 
 def frontier_curve(p, c):
@@ -81,7 +114,8 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
                  seed: int = 0) -> dict:
     """The loss frontier L(C) = E + (C0/C)^gamma through each budget's best loss (at its realised C).
 
-    Returns {"points": [{budget, C, loss, trial}], "params": {E, C0, gamma: Estimate}, "at_target":
+    Returns {"form": FREE_E or ZERO_E (module docstring), "points": [{budget, C, loss, trial}], "params":
+    {E, C0, gamma: Estimate}, "at_target":
     {"loss": Estimate} (with target_flops), "curve": band from the smallest budget to the target,
     "bootstrap": "parametric" | "residuals", "n_bootstrap": resamples drawn, "n_failed": of those, the ones
     that could not be fitted, "dropped": budgets not on the Pareto frontier, "identified", "reason"
@@ -98,7 +132,7 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
     if idx.size < 3:
         raise FitError(f"need >= 3 budgets on the loss frontier to fit E, C0 and gamma, got {idx.size}")
     front_c, front_loss = m["C"][idx], m["loss"][idx]
-    point = fit_frontier_points(front_c, front_loss)
+    point, form = fit_frontier_form(front_c, front_loss)
     grid = curve_grid(m["C"], target_flops)
 
     fitted = frontier_curve(point, front_c)
@@ -113,7 +147,7 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
     for loss in resamples:
         # Warm start from the point estimate: a resampled frontier is a perturbation of the observed one.
         try:
-            sample = fit_frontier_points(front_c, loss, point)
+            sample = fit_frontier_points(front_c, loss, point, form)
         except (ValueError, FloatingPointError):  # least_squares on a degenerate resample
             continue
         if np.isfinite(sample).all():
@@ -124,6 +158,7 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
     params = {name: Estimate.from_samples(v, samples[:, k], n_failed)
               for k, (name, v) in enumerate(zip(("E", "C0", "gamma"), point))}
     out = {
+        "form": form,
         "points": [{"budget": float(m["budget"][i]), "C": float(m["C"][i]), "loss": float(m["loss"][i]),
                     "trial": m["rows"][i].get("trial")} for i in idx],
         "params": params,
@@ -133,13 +168,16 @@ def fit_frontier(rows: list[dict], target_flops: float | None = None, n_bootstra
         "n_failed": n_failed,
         "dropped": int(dropped),
     }
-    key = {"E": params["E"], "gamma": params["gamma"]}
+    key = {"gamma": params["gamma"]} if form == ZERO_E else {"E": params["E"], "gamma": params["gamma"]}
     if target_flops:
         out["at_target"] = {"loss": Estimate.from_samples(frontier_curve(point, target_flops),
                                                           [frontier_curve(p, target_flops) for p in samples], n_failed)}
         key["the loss at the target"] = out["at_target"]["loss"]
     hits = frontier_bound_hits(point[0], point[2], front_loss.min(), (params["E"].low, params["E"].high),
-                               (params["gamma"].low, params["gamma"].high))
+                               (params["gamma"].low, params["gamma"].high), form)
     out.update(identification(len(resamples), n_failed, hits, key))
+    if form == ZERO_E:
+        out["reason"] += (" A free offset E did not improve the fit significantly, so E is fixed at 0 (a pure power "
+                          "law).")
     out["draws"] = Draws(samples, n_failed)
     return out
