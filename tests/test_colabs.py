@@ -41,11 +41,18 @@ def check_quickstart(nb, text):
 
 def check_scaling_sweep(nb, text):
     [(trained, total)] = numbers(rf"{NUMBER} of {NUMBER} models trained", text)
-    assert trained == total == 36
+    assert trained == total == 51  # 3 budgets x 5 sizes x 3 lrs, then 2 per budget with a second seed
     [(a,)] = numbers(rf"Approach 3    N\*\(C\) ~ C\^a, a = {NUMBER} \(95%", text)
     assert 0 < a < 1
-    [(n_target,)] = numbers(rf"\n +N = {NUMBER} \(95%", text)
-    assert math.isfinite(n_target) and n_target > 0
+    # The recommended N: a number with its interval from an identified fit, or none, said so, when no fit is.
+    if re.search(r"\n +N = none: no identified fit gives it", text):
+        assert re.search(r"(Approach 3|Approach 2) +Not identified: ", text)
+    else:
+        [(n_target,)] = numbers(rf"\n +N = {NUMBER} \(95%", text)
+        assert math.isfinite(n_target) and n_target > 0
+    # The committed main job: seed 0's Approach-2 exponent and whether that fit is identified.
+    committed = r"committed main job \(seed 0\), Approach 2: a = [-\d.]+ \(95%: [^)]*\) - (Identified|Not identified)"
+    assert re.search(committed, text)
     # The Chinchilla CSV: the fit recovers the published exponents and the optimum they imply.
     [(alpha, low, high)] = numbers(rf"alpha: fitted {NUMBER} \(95%: {NUMBER} \.\. {NUMBER}\), published 0.34", text)
     assert abs(alpha - 0.34) < 0.02 and low < 0.34 + 0.01 and high > 0.34 - 0.01

@@ -7,17 +7,21 @@ against each proxy, and the gold and proxy rewards are tracked against d = sqrt(
 Fits: R_bon(d) = d (alpha - beta d), R_rl(d) = d (alpha - beta log d), with bootstrap intervals.
 
     .venv/bin/python experiments/rm_overoptimization/run.py [--root=/tmp/exp_rmo] [--force=STAGE,...]
+    .venv/bin/python experiments/rm_overoptimization/run.py --report-only [--out PATH]
 
 Stages (each reused on a rerun when its result marker exists; --force=bon,rl_400 redoes some):
 pretrain -> sft -> label (gold-judged SFT samples) -> split (nested RM training sets + a common
 test set) -> rm_<n> -> bon (samples of the SFT policy scored by gold and every proxy) -> rl_<n>
--> analysis (results.json, *.png, report.md next to this file). Everything runs on CPU.
+-> analysis (results.json with the commit and command, *.png, then report.md next to this file, written from
+results.json alone: `--report-only` rebuilds it byte for byte, tests/test_experiment_reports.py). Everything runs
+on CPU.
 """
 
 import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -26,6 +30,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+RESULTS = os.path.join(HERE, "results.json")
+SCRIPT = ".venv/bin/python experiments/rm_overoptimization/run.py"
 
 # ------------------------------------------------------------------------------------------ settings
 SEED = 0
@@ -49,6 +55,10 @@ N_BOOT = 1000
 
 
 # ------------------------------------------------------------------------------------------ plumbing
+def _git(*args) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+
 def marker(root, name):
     return os.path.join(root, "done", f"{name}.json")
 
@@ -298,7 +308,8 @@ def analyse(root, results_meta):
         proxy0 = float(proxy.mean())
         flat_g, flat_p = gold.ravel(), proxy.ravel()
         rm_info = dict(test_accuracy=float(np.mean((test[:, 0] > test[:, 1]) + 0.5 * (test[:, 0] == test[:, 1]))),
-                       accuracy_on_bon_samples=pairwise_accuracy(proxy, gold), initial_proxy_mean=proxy0, spearman_gold_proxy_on_sft_samples=spearman(flat_g, flat_p),
+                       accuracy_on_bon_samples=pairwise_accuracy(proxy, gold), initial_proxy_mean=proxy0,
+                       spearman_gold_proxy_on_sft_samples=spearman(flat_g, flat_p),
                        train_pairs=n_rm)
         done = load_marker(root, f"rm_{n_rm}") or {}
         rm_info.update(heldout_accuracy_own_split=done.get("eval_accuracy"), train_seconds=done.get("seconds"))
@@ -356,7 +367,8 @@ def analyse(root, results_meta):
         third = max(len(sp) // 3, 1)
         out["rl"][str(n_rm)] = dict(
             step=steps.tolist(), kl=kl.tolist(), d=d.tolist(), gold=rg.tolist(), proxy=rp.tolist(),
-            response_length=[r.get("response_length") for r in rows], eos_fraction=[r.get("eos_fraction") for r in rows],
+            response_length=[r.get("response_length") for r in rows],
+            eos_fraction=[r.get("eos_fraction") for r in rows],
             gold_fit=dict(alpha=ag, beta=bg, alpha_ci=interval(boot_g[:, 0]), beta_ci=interval(boot_g[:, 1]),
                           d_peak=math.exp(ag / bg - 1) if bg > 0 else None,
                           r_peak=bg * math.exp(ag / bg - 1) if bg > 0 else None),
@@ -364,7 +376,8 @@ def analyse(root, results_meta):
             smoothed=dict(window=w, d=sd.tolist(), gold=sg.tolist(), proxy=sp.tolist()),
             measured_gold_peak=dict(step=int(steps[pk]), d=float(sd[pk]), gold=float(sg[pk]),
                                     gold_final=float(sg[-1]), d_final=float(sd[-1])),
-            proxy_rho_vs_step=spearman(steps, rp), proxy_rho_vs_d=spearman(d, rp), gold_rho_vs_d=spearman(d, rg), d_final=float(sd[-1]), kl_final=float(smooth(kl, w)[-1]),
+            proxy_rho_vs_step=spearman(steps, rp), proxy_rho_vs_d=spearman(d, rp), gold_rho_vs_d=spearman(d, rg),
+            d_final=float(sd[-1]), kl_final=float(smooth(kl, w)[-1]),
             proxy_first_third=float(sp[:third].mean()), proxy_last_third=float(sp[-third:].mean()),
             seconds=(load_marker(root, f"rl_{n_rm}") or {}).get("seconds"))
     return out
@@ -468,7 +481,8 @@ NOTES = """**Verdict: half of Gao et al.'s picture reproduced.** The proxy side 
 proxy rises monotonically with n for every proxy. RL: against every proxy the proxy reward climbs steeply (by
 about +2 to +3 logits by d = 3) and then saturates, with no decline in its moving average; d(alpha - beta log d)
 fits it with tight intervals. The automatic rank check fails for the 45- and 180-pair runs only because most of
-their steps sit on that plateau (d around 3-6), where per-step noise dominates Spearman(d, proxy). The gold side only partly held. Gold
+their steps sit on that plateau (d around 3-6), where per-step noise dominates Spearman(d, proxy).
+The gold side only partly held. Gold
 rises with d for the 180- and 720-pair proxies (BoN up to +0.13 / +0.16 at n = 64; RL up to about +0.1 to +0.27),
 and barely moves for the 45-pair proxy, which is near chance (54% accuracy): a worse proxy buys less gold per
 nat of KL, as in Gao. But **no run showed a significant gold peak followed by a fall**:
@@ -495,19 +509,47 @@ per-step noise. To resolve the peak: more labelled pairs (more prompts or sample
 """
 
 
+LIBRARY_NOTES = """## Library notes
+
+- While this study was built, `rl.kl_coef=0` skipped loading the reference and logged `kl_k1`/`kl_k3` as 0 instead of
+  the KL to pi_init; the study therefore sets kl_coef=1e-9. Fixed since in gptjax/align/rl.py: with kl_coef 0 the
+  reference is still held for the KL metrics unless `rl.track_kl=False` (then no KL is logged at all).
+- The RL intervals resample training steps as if independent; successive steps are correlated, so those intervals
+  are too narrow (a block bootstrap over contiguous steps would be more honest).
+- RL's baselines (initial mean gold / proxy) come from the BoN held-out prompts while RL trains on the labelling
+  prompts: a small offset.
+"""
+
+
+def _recorded(res, key):
+    """A provenance field of results.json; results written before run.py recorded it say so instead."""
+    return f"`{res[key]}`" if key in res else "not recorded in results.json"
+
+
 def fmt_ci(f, key):
     lo, hi = f[f"{key}_ci"]
     return f"{f[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def report(res, total_stage_seconds, this_run_seconds):
+def proxy_fit(size, result):
+    return f"{size}: alpha {fmt_ci(result['proxy_fit'], 'alpha')}, beta {fmt_ci(result['proxy_fit'], 'beta')}"
+
+
+def write_report(res, out):
+    """report.md from the contents of results.json (a full run's and --report-only's one writer), written to `out`."""
     L = []
     L.append("# Reward-model over-optimisation at tiny scale (Gao, Schulman & Hilton 2022)\n")
-    L.append("Regenerate: `.venv/bin/python experiments/rm_overoptimization/run.py` (stages are cached under "
+    L.append(f"Regenerate: `{SCRIPT}` (stages are cached under "
              f"{res['root']}; delete that directory for a full rerun).\n")
-    L.append(f"Wall time: all stages from scratch took **{total_stage_seconds / 60:.1f} min** of measured stage time on "
-             f"a shared 2-core CPU; this invocation took {this_run_seconds / 60:.1f} min.\n")
+    # Stages are reused from earlier invocations, so the commit is that of the analysis, not of every stage.
+    L.append(f"Written by `run.py` from `results.json` (rebuild: `{SCRIPT} --report-only`), never by hand. Commit "
+             f"of the invocation that wrote results.json (reused stages may have run earlier): "
+             f"{_recorded(res, 'commit')}. Command: {_recorded(res, 'command')}.\n")
+    L.append(f"Wall time: all stages from scratch took **{res['wall_seconds_all_stages'] / 60:.1f} min** of measured "
+             f"stage time on a shared 2-core CPU; this invocation took {res['wall_seconds_this_invocation'] / 60:.1f} "
+             "min.\n")
     s = res["settings"]
+    sizes = [str(n) for n in s["rm_sizes"]]  # results.json's own, as this file's constants may have changed since
     L.append("## Setup\n")
     L.append(f"- Policy: 4-layer d=128 decoder, pretrained {s['pretrain_steps']} steps on the embedded Shakespeare "
              f"corpus, then SFT {s['sft_steps']} steps on `Continue: <4 words>` -> rest of the line.")
@@ -527,8 +569,8 @@ def report(res, total_stage_seconds, this_run_seconds):
              "(BoN n=1 samples) and each proxy's mean on those samples are subtracted, for BoN and RL alike. "
              f"Fit intervals: 95% bootstrap ({s['n_boot']} resamples; prompts for BoN, steps for RL).\n")
     L.append("## Proxy reward models\n")
-    L.append(f"| train pairs | test accuracy ({s['n_test_pairs']} labelled pairs) | accuracy on BoN samples (all same-prompt"
-             " pairs with different gold) | own 5% held-out acc | Spearman(gold, proxy) on SFT samples |")
+    L.append(f"| train pairs | test accuracy ({s['n_test_pairs']} labelled pairs) | accuracy on BoN samples (all "
+             "same-prompt pairs with different gold) | own 5% held-out acc | Spearman(gold, proxy) on SFT samples |")
     L.append("|---|---|---|---|---|")
     for k, r in res["rm"].items():
         own = r["heldout_accuracy_own_split"]
@@ -536,24 +578,22 @@ def report(res, total_stage_seconds, this_run_seconds):
                  f"{own if own is None else f'{own:.3f}'} | "
                  f"{r['spearman_gold_proxy_on_sft_samples']:.3f} |")
     L.append("\n## Best-of-n\n![bon](bon.png)\n")
-    L.append("| RM pairs | gold alpha | gold beta | fitted d* (gold peak) | measured gold peak (n, d, R) | gold at n=max |"
-             " proxy rises monotonically |")
+    L.append("| RM pairs | gold alpha | gold beta | fitted d* (gold peak) | measured gold peak (n, d, R) "
+             "| gold at n=max | proxy rises monotonically |")
     L.append("|---|---|---|---|---|---|---|")
-    for k in map(str, RM_SIZES):
+    for k in sizes:
         b = res["bon"][k]
         f, m = b["gold_fit"], b["measured_gold_peak"]
         dpk = "none (beta<=0)" if f["d_peak"] is None else f"{f['d_peak']:.2f}"
         L.append(f"| {k} | {fmt_ci(f, 'alpha')} | {fmt_ci(f, 'beta')} | {dpk} | n={m['n']}, d={m['d']:.2f}, "
                  f"{m['gold']:+.3f} | {m['gold_at_n_max']:+.3f} | {b['proxy_monotone']} |")
-    L.append("\nProxy fits (BoN): " + "; ".join(
-        f"{k}: alpha {fmt_ci(res['bon'][k]['proxy_fit'], 'alpha')}, beta {fmt_ci(res['bon'][k]['proxy_fit'], 'beta')}"
-        for k in map(str, RM_SIZES)) + "\n")
+    L.append("\nProxy fits (BoN): " + "; ".join(proxy_fit(k, res["bon"][k]) for k in sizes) + "\n")
     if res["rl"]:
         L.append("## RL (GRPO)\n![rl](rl.png)\n")
-        L.append("| RM pairs | gold alpha | gold beta | fitted d* | measured gold peak (step, d, R) | final (d, R gold) |"
-                 " proxy first/last third | Spearman(d, proxy) | Spearman(d, gold) | run time |")
+        L.append("| RM pairs | gold alpha | gold beta | fitted d* | measured gold peak (step, d, R) "
+                 "| final (d, R gold) | proxy first/last third | Spearman(d, proxy) | Spearman(d, gold) | run time |")
         L.append("|---|---|---|---|---|---|---|---|---|---|")
-        for k in map(str, RM_SIZES):
+        for k in sizes:
             if k not in res["rl"]:
                 continue
             r = res["rl"][k]
@@ -564,48 +604,47 @@ def report(res, total_stage_seconds, this_run_seconds):
                      f"{r['proxy_first_third']:+.3f} / {r['proxy_last_third']:+.3f} | {r['proxy_rho_vs_d']:.2f} | "
                      f"{r['gold_rho_vs_d']:.2f} | "
                      f"{(r['seconds'] or 0) / 60:.1f} min |")
-        L.append("\nProxy fits (RL): " + "; ".join(
-            f"{k}: alpha {fmt_ci(res['rl'][k]['proxy_fit'], 'alpha')}, beta {fmt_ci(res['rl'][k]['proxy_fit'], 'beta')}"
-            for k in map(str, RM_SIZES) if k in res["rl"]) + "\n")
+        L.append("\nProxy fits (RL): " + "; ".join(proxy_fit(k, res["rl"][k]) for k in sizes if k in res["rl"]) + "\n")
     L.append("![coefficients](coefficients.png)\n")
     L.append("## Did the shapes hold?\n")
     L.append("Automatic checks. Proxy rises: BoN, the expected proxy of the pick increases at every n; RL, the mean "
-             "proxy of the last third of steps exceeds the first third's and Spearman(d, proxy) > 0.5 over steps. Gold peaks "
-             "and falls: the measured gold maximum lies before the last point, is > 0, and the last point is lower by "
-             "more than 0.02 (BoN: by more than 2 standard errors).\n")
+             "proxy of the last third of steps exceeds the first third's and Spearman(d, proxy) > 0.5 over steps. "
+             "Gold peaks and falls: the measured gold maximum lies before the last point, is > 0, and the last point "
+             "is lower by more than 0.02 (BoN: by more than 2 standard errors).\n")
     L.append("| method | RM pairs | proxy rises | gold peaks then falls | peak gold | last gold |")
     L.append("|---|---|---|---|---|---|")
     for method in ("bon", "rl"):
-        for k in map(str, RM_SIZES):
+        for k in sizes:
             if k not in res[method] or not isinstance(res[method][k], dict):
                 continue
             r, m = res[method][k], res[method][k]["measured_gold_peak"]
             if method == "bon":
                 rises = r["proxy_monotone"]
                 last = m["gold_at_n_max"]
-                falls = m["n"] < BON_NS[-1] and m["gold"] > 0 and m["gold"] - last > 2 * r["gold_se"][-1]
+                falls = m["n"] < res["bon"]["n"][-1] and m["gold"] > 0 and m["gold"] - last > 2 * r["gold_se"][-1]
             else:
                 rises = r["proxy_last_third"] > r["proxy_first_third"] and r["proxy_rho_vs_d"] > 0.5
                 last = m["gold_final"]
                 falls = m["step"] < r["step"][-1] and m["gold"] > 0 and m["gold"] - last > 0.02
             L.append(f"| {method.upper()} | {k} | {rises} | {falls} | {m['gold']:+.3f} | {last:+.3f} |")
-    L.append("")
-    L.append(NOTES if NOTES else "(see results.json)")
-    L.append("\n## Library notes\n")
-    L.append("- `rl.kl_coef=0` makes the RL step skip loading the reference and use the policy's own logprobs as "
-             "`ref_logp` (gptjax/align/rl.py, `score`: `out[\"logp\"] if ref_params is None`), so the logged `kl_k1`/"
-             "`kl_k3` are identically 0 instead of KL to pi_init. This study sets kl_coef=1e-9 to get a real KL.")
-    with open(os.path.join(HERE, "report.md"), "w") as f:
-        f.write("\n".join(L) + "\n")
+    L += ["", NOTES, LIBRARY_NOTES]
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(L))
 
 
 # ------------------------------------------------------------------------------------------ main
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", default="/tmp/exp_rmo")
-    parser.add_argument("--force", default="", help="comma-separated stages to redo")
-    parser.add_argument("--until", default="", help="stop after this stage (for timing)")
-    args = parser.parse_args()
+def rebuild_report(out):
+    """report.md from results.json alone (what --report-only does, and a full run's last step)."""
+    with open(RESULTS, encoding="utf-8") as f:
+        write_report(json.load(f), out)
+    print(f"wrote {out}")
+
+
+def run(args):
+    """Runs (or reuses) every stage up to --until; after the last, writes results.json, the plots and the report."""
+    # The analysis runs the code checked out now; "-dirty" marks uncommitted changes to tracked files.
+    commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), REPO), *sys.argv[1:]])
     root, force = args.root, set(filter(None, args.force.split(",")))
     os.makedirs(root, exist_ok=True)
     start = time.time()
@@ -657,19 +696,34 @@ def main():
     stages = ["pretrain", "sft", "label", "split"] + [f"rm_{n}" for n in RM_SIZES] + ["bon"] + \
         [f"rl_{n}" for n in RM_SIZES]
     stage_seconds = {s: (load_marker(root, s) or {}).get("seconds") for s in stages}
-    meta = dict(root=root, split=split, bon_stage=bon, stage_seconds=stage_seconds,
+    meta = dict(commit=commit, command=command, root=root, split=split, bon_stage=bon, stage_seconds=stage_seconds,
                 label=load_marker(root, "label"), sft=load_marker(root, "sft"), pretrain=load_marker(root, "pretrain"))
     res = to_float(analyse(root, meta))
     total = float(sum(v for v in stage_seconds.values() if v))
     res["wall_seconds_all_stages"] = total
     plots(res)
     res["wall_seconds_this_invocation"] = time.time() - start
-    with open(os.path.join(HERE, "results.json"), "w") as f:
+    with open(RESULTS, "w") as f:
         json.dump(res, f, indent=1)
-    report(res, total, res["wall_seconds_this_invocation"])
+    # From the file, as --report-only does, so that it rebuilds this very report.
+    rebuild_report(args.out)
     print(json.dumps(dict(rm={k: v["test_accuracy"] for k, v in res["rm"].items()},
                           bon={k: res["bon"][k]["gold_fit"] for k in map(str, RM_SIZES)},
                           rl={k: v["gold_fit"] for k, v in res["rl"].items()}, wall_s=total), default=str)[:3000])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/tmp/exp_rmo")
+    parser.add_argument("--force", default="", help="comma-separated stages to redo")
+    parser.add_argument("--until", default="", help="stop after this stage (for timing)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild report.md from results.json, run nothing")
+    parser.add_argument("--out", default=os.path.join(HERE, "report.md"), help="where to write the report")
+    args = parser.parse_args()
+    if args.report_only:
+        rebuild_report(args.out)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

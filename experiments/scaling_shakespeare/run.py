@@ -3,6 +3,7 @@
     python experiments/scaling_shakespeare/run.py              # both seeds (~2 x 20 min on 2 CPU cores)
     python experiments/scaling_shakespeare/run.py --seeds 1    # one seed; README.md compares what is there
     python experiments/scaling_shakespeare/run.py --report-only [--out DIR]
+    python experiments/scaling_shakespeare/run.py --refit      # refit the finished runs with the current code
 
 Each seed runs `python -m gptjax.main --config=configs/sweep.py --workdir=WORK/seed<S> --config.seed=<S>` (the
 README's command 1 with another seed) and copies its plan.json, results.jsonl, fits.json, report.md and plots/
@@ -37,26 +38,35 @@ def _cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def run_seed(seed: int, work: str) -> None:
-    """Runs the main job with `seed` and copies its outputs to seed<seed>/ with run.json."""
+def run_seed(seed: int, work: str, refit: bool = False) -> None:
+    """Runs the main job with `seed` and copies its outputs to seed<seed>/ with run.json. With `refit`, the
+    same command on the finished workdir of an earlier run trains nothing and refits with the code checked
+    out now: run.json keeps the training run's commit, command and wall time and adds "refit" (its commit,
+    command, wall time and date)."""
     import jax
 
     workdir = os.path.join(work, f"seed{seed}")
+    out = os.path.join(HERE, f"seed{seed}")
+    if refit and not (os.path.isfile(os.path.join(out, "run.json")) and os.path.isdir(workdir)):
+        sys.exit(f"--refit: needs seed{seed}/run.json here and the run's workdir {workdir}; run without --refit")
     command = [sys.executable, "-m", "gptjax.main", "--config=configs/sweep.py", f"--workdir={workdir}",
                f"--config.seed={seed}"]
     commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
-    wall = time.perf_counter() - start
-    out = os.path.join(HERE, f"seed{seed}")
+    this_run = {"commit": commit, "command": " ".join(["python"] + command[1:]),
+                "wall_seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d")}
+    if refit:
+        with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+            meta = {**json.load(f), "refit": this_run}
+    else:
+        meta = {"seed": seed, **this_run, "cpu": _cpu_model(), "python": platform.python_version(),
+                "jax": jax.__version__}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     for name in COPIED:
         shutil.copy(os.path.join(workdir, name), out)
     shutil.copytree(os.path.join(workdir, "plots"), os.path.join(out, "plots"))
-    meta = {"seed": seed, "commit": commit, "command": " ".join(["python"] + command[1:]),
-            "wall_seconds": round(wall, 1), "cpu": _cpu_model(), "python": platform.python_version(),
-            "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
     with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
@@ -83,7 +93,8 @@ def _inside(e, x) -> bool | None:
 
 
 def _seed_dirs(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root) if d.startswith("seed") and os.path.isfile(os.path.join(root, d, "fits.json")))
+    return sorted(d for d in os.listdir(root)
+                  if d.startswith("seed") and os.path.isfile(os.path.join(root, d, "fits.json")))
 
 
 def _load(root: str, d: str) -> tuple[dict, dict]:
@@ -127,10 +138,15 @@ def write_readme(root: str, out: str) -> str:
     lines = ["# The main job, run with two seeds", "",
              f"Written by `{SCRIPT}` from the files in `seed*/` (rebuild: `{SCRIPT} --report-only`); never edited by "
              "hand. Each `seed*/report.md` is that run's own report (written by the sweep).", ""]
-    lines += ["| seed | commit | command | wall | CPU | Python / jax | date |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| seed | commit | command | wall | CPU | Python / jax | date | refitted at |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d, (_, meta) in zip(dirs, runs):
-        lines.append(f"| {meta['seed']} | `{meta['commit'][:12]}` | `{meta['command']}` | {meta['wall_seconds'] / 60:.1f} min "
-                     f"| {meta['cpu']} | {meta['python']} / {meta['jax']} | {meta['date']} |")
+        refit = meta.get("refit")
+        refitted = (f"`{refit['commit'][:12]}` ({refit['date']}, {refit['wall_seconds']:.0f} s, nothing retrained)"
+                    if refit else "—")
+        lines.append(f"| {meta['seed']} | `{meta['commit'][:12]}` | `{meta['command']}` | "
+                     f"{meta['wall_seconds'] / 60:.1f} min | {meta['cpu']} | {meta['python']} / {meta['jax']} | "
+                     f"{meta['date']} | {refitted} |")
     lines += ["", "## Fits", "", "| quantity | " + " | ".join(f"seed {m['seed']}" for _, m in runs) + " |",
               "| --- |" + " --- |" * len(runs)]
 
@@ -172,7 +188,8 @@ def write_readme(root: str, out: str) -> str:
         eb = ((b.get("approach2") or {}).get("N_law") or {}).get("exponent")
         both = ea and eb and _inside(ea, eb["value"]) and _inside(eb, ea["value"])
         lines += ["", f"The two runs' Approach-2 N* exponents fall inside each other's intervals: "
-                      f"{'yes' if both else 'no'} (seed {ma['seed']}: {_interval(ea)}; seed {mb['seed']}: {_interval(eb)})."]
+                      f"{'yes' if both else 'no'} (seed {ma['seed']}: {_interval(ea)}; "
+                      f"seed {mb['seed']}: {_interval(eb)})."]
     text = "\n".join(lines) + "\n"
     with open(out, "w", encoding="utf-8") as f:
         f.write(text)
@@ -185,10 +202,12 @@ def main():
     parser.add_argument("--work", default="/tmp/gptjax/scaling_shakespeare", help="where the sweeps run")
     parser.add_argument("--report-only", action="store_true", help="rebuild README.md from the committed files")
     parser.add_argument("--out", default=None, help="write README.md here instead (with --report-only)")
+    parser.add_argument("--refit", action="store_true",
+                        help="rerun each seed's command on its finished workdir: refit with the current code")
     args = parser.parse_args()
     if not args.report_only:
         for seed in args.seeds:
-            run_seed(seed, args.work)
+            run_seed(seed, args.work, args.refit)
     write_readme(HERE, args.out or os.path.join(HERE, "README.md"))
 
 
