@@ -123,11 +123,11 @@ def targets(fits: dict) -> dict:
     v = fits.get("validation") or {}
     if v.get("error_fraction") is not None:
         err = v["error_fraction"]
-        out["validation |error_fraction| ≤ 0.02"] = (f"{err:+.4f}", abs(err) <= 0.02)
+        out["validation: abs(error_fraction) ≤ 0.02"] = (f"{err:+.4f}", abs(err) <= 0.02)
         out["validation: observed loss inside the predicted interval"] = (
             "yes" if v["observed_in_interval"] else "no", bool(v["observed_in_interval"]))
     else:
-        out["validation |error_fraction| ≤ 0.02"] = (v.get("skipped", "not run"), False)
+        out["validation: abs(error_fraction) ≤ 0.02"] = (v.get("skipped", "not run"), False)
     return out
 
 
