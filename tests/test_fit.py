@@ -160,6 +160,9 @@ def test_a_frontier_with_no_offset_is_fitted_as_a_pure_power_law_and_identified(
     assert fit["at_target"]["loss"].low < (3e20 / 1e21) ** 0.1 < fit["at_target"]["loss"].high
     free = F.fit_frontier(frontier_rows(budgets, noise=0.003, seed=1), 1e21, n_bootstrap=20)
     assert free["form"] == F.frontier.FREE_E and free["params"]["E"].value > 1.0
+    # Three points leave no residuals for the F-test: the pure power law still when the free E lands on 0.
+    three = F.fit_frontier(frontier_rows([1e14, 1e16, 1e18], E=0.0, C0=3e20, gamma=0.1), 1e21, n_bootstrap=20)
+    assert three["form"] == F.frontier.ZERO_E and three["params"]["gamma"].value == pytest.approx(0.1, rel=1e-6)
 
 
 def test_frontier_recovers_E_and_gamma():

@@ -98,8 +98,9 @@ def fit_frontier_form(c, loss):
     def sse(p):
         return float(np.sum((np.log(frontier_curve(p, c)) - np.log(loss)) ** 2))
 
-    dof = len(c) - 3  # the free fit's residual degrees of freedom
-    if dof > 0 and (sse(zero) - sse(free)) * dof <= stats.f.ppf(0.95, 1, dof) * sse(free):
+    gain, dof = sse(zero) - sse(free), len(c) - 3  # dof: the free fit's residual degrees of freedom
+    no_gain = gain <= 1e-9 * max(sse(zero), 1e-12)  # E at 0: the two fits coincide (3 points included)
+    if no_gain or (dof > 0 and gain * dof <= stats.f.ppf(0.95, 1, dof) * sse(free)):
         return zero, ZERO_E
     return free, FREE_E
 
