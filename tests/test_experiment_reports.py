@@ -8,16 +8,17 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (experiment, the report its run.py writes from the committed files)
-REBUILDABLE = [("scaling_shakespeare", "README.md"), ("arithmetic_rl", "report.md"),
-               ("rm_overoptimization", "report.md")]
+# (experiment, the report its run.py writes from the committed files, whether --out names its directory)
+REBUILDABLE = [("scaling_shakespeare", "README.md", False), ("arithmetic_rl", "report.md", False),
+               ("rm_overoptimization", "report.md", False), ("mup_transfer", "README.md", True)]
 
 
-@pytest.mark.parametrize("experiment,report", REBUILDABLE)
-def test_report_rebuilds_byte_for_byte_from_the_committed_results(experiment, report, tmp_path):
+@pytest.mark.parametrize("experiment,report,out_is_dir", REBUILDABLE)
+def test_report_rebuilds_byte_for_byte_from_the_committed_results(experiment, report, out_is_dir, tmp_path):
     out = tmp_path / report
     script = os.path.join(REPO, "experiments", experiment, "run.py")
-    subprocess.run([sys.executable, script, "--report-only", "--out", str(out)], check=True, cwd=REPO, timeout=120)
+    subprocess.run([sys.executable, script, "--report-only", "--out", str(tmp_path if out_is_dir else out)],
+                   check=True, cwd=REPO, timeout=120)
     with open(os.path.join(REPO, "experiments", experiment, report), encoding="utf-8") as f:
         assert out.read_text(encoding="utf-8") == f.read()
 

@@ -110,7 +110,8 @@ class Runner:
         self.groups[key] = group
         self.config = json.loads(cfg.to_json())
         best = min((r["eval_loss"] for r in runs if r["eval_loss"] is not None), default=math.nan)
-        print(f"{name}: best eval loss {best:.4f} ({group['wall_seconds']:.0f} s wall, {group['cpu_seconds']:.0f} s CPU)",
+        print(f"{name}: best eval loss {best:.4f} ({group['wall_seconds']:.0f} s wall, "
+              f"{group['cpu_seconds']:.0f} s CPU)",
               flush=True)
         return group
 
@@ -354,7 +355,7 @@ def report(results) -> str:
     out += ["## 3. What makes the wider μP model better", "",
             f"μP, seed 0, best loss over the lr grid (its lr) at d_model = {base} and {widest}; "
             f"Δ = loss({widest}) − loss({base}); 'every lr': the wider model is lower at every lr of the grid.", "",
-            "| readout | embed_lr_mult | steps | d_model " + str(base) + " | d_model " + str(widest) + " | Δ | every lr |",
+            f"| readout | embed_lr_mult | steps | d_model {base} | d_model {widest} | Δ | every lr |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     cause_rows = [("tied", 1.0, d["cause_steps"]), ("tied", e, d["cause_steps"]), ("zero", 1.0, d["cause_steps"]),
                   ("zero", e, d["cause_steps"]), ("tied", 1.0, d["steps"]), ("zero", e, d["steps"])]
