@@ -1,4 +1,4 @@
-"""The main job: a scaling-law sweep on the embedded Shakespeare corpus, ~20 minutes on a 2-core CPU from cold.
+"""The main job: a scaling-law sweep on the embedded Shakespeare corpus, ~27 min on a 2-core CPU from cold.
 
 python -m gptjax.main --config=configs/sweep.py --workdir=/tmp/gptjax/sweep
 Five IsoFLOP profiles (4e9 .. 4e11 training FLOPs, 2 decades) of five sizes each from a family of two-layer
