@@ -4,6 +4,7 @@ Parses flags, validates the config, and dispatches on `config.mode`. Library cod
 """
 
 import json
+import re
 import sys
 
 from absl import app, flags, logging
@@ -63,5 +64,23 @@ def main(argv):
     print(json.dumps(result))
 
 
+def _parse_flags(argv):
+    """absl's flag parsing, but a bad flag is one line: a config file that raises (an unknown variant, a
+    typo) comes back from ml_collections as its whole traceback, whose last line is the error itself."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        print(f"error: {lines[-1] if lines else e}", file=sys.stderr)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have
+        text = str(e.args[0]).replace("\\n", "\n").replace("\\", "")  # nested reprs of "'key'\nDid you mean ..."
+        name = re.search(r"\w+", text).group()
+        hint = " ".join(line.strip(" '\"") for line in text.splitlines()[1:]) or "its keys are in gptjax/config.py"
+        flag = next((a.split("=", 1)[0] for a in argv[1:]
+                     if a.startswith("--config.") and a.split("=", 1)[0].endswith("." + name)), "--config")
+        print(f"error: {flag}: the config has no key {name!r}; {hint}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -132,6 +132,23 @@ def test_cli_reports_bad_override_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_reports_a_config_file_that_raises_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptjax.main", "--config=configs/sweep.py:bogus", f"--workdir={tmp_path / 'w'}"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: ValueError: configs/sweep.py:bogus: unknown variant; use configs/sweep.py"]
+    typo = subprocess.run(
+        [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_synthetic.py", f"--workdir={tmp_path / 'w'}",
+         "--config.train.stepz=5"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        timeout=120)
+    assert typo.returncode == 2
+    [line] = typo.stderr.strip().splitlines()  # ml_collections adds its "Did you mean" hint where it has one
+    assert line.startswith("error: --config.train.stepz: the config has no key 'stepz';")
+
+
 BAD_ALIGN_CONFIGS = [  # (mode, {path: value}, words the error must contain)
     ("ppo", {}, ["align.init_from=''", "mode=ppo starts from a trained policy"]),
     ("grpo", {"align.init_from": "/nonexistent/run"}, ["align.init_from='/nonexistent/run'", "not a directory"]),
