@@ -16,13 +16,13 @@ from gptjax.align.dpo import dpo
 from gptjax.align.label import label
 from gptjax.align.reward import reward
 from gptjax.align.rl import rl
+from gptjax.align.sample_job import sample_checkpoint
 from gptjax.align.sft import sft
 from gptjax.align.stage import AlignError
 from gptjax.config import ConfigError
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
 from gptjax.parallel.mesh import maybe_initialize_distributed
-from gptjax.sample.job import sample_checkpoint
 from gptjax.sample.strategies import SampleError
 from gptjax.scaling.sweep import TrialFailedError, run_sweep
 from gptjax.train.checkpoint import CheckpointError

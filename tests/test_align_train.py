@@ -365,7 +365,7 @@ def test_label_with_the_self_judge(tmp_path):
 
 
 def test_best_of_n_from_the_cli_ranks_by_the_reward_model(sft_dir, rm_dir, tmp_path):
-    from gptjax.sample.job import sample_checkpoint
+    from gptjax.align.sample_job import sample_checkpoint
 
     cfg = tiny_config()
     cfg.mode = "sample"

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_config
 from gptjax.config import ConfigError, default_config, validate
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
-from gptjax.sample.job import sample_checkpoint
+from gptjax.align.sample_job import sample_checkpoint
 from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import train
