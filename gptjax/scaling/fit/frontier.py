@@ -3,8 +3,8 @@
 An offset E is kept only when it improves the fit significantly (an F-test of the nested models): otherwise,
 as when the free fit puts E at its lower bound 0, the data cannot tell an offset from none, and the frontier
 is the nested pure power law L(C) = (C0/C)^gamma (Kaplan et al. 2020's form), whose two parameters the
-points can pin down; "form" says which. Over the 3-10x a sweep validates, the
-two forms differ by less than the noise; further out a pure power law is optimistic (it never levels off).
+points can pin down; "form" says which. Far beyond the swept budgets a pure power law is optimistic (it
+never levels off); the sweep's validation run checks it at 3-10x.
 """
 
 import math
@@ -98,9 +98,10 @@ def fit_frontier_form(c, loss):
     def sse(p):
         return float(np.sum((np.log(frontier_curve(p, c)) - np.log(loss)) ** 2))
 
-    gain, dof = sse(zero) - sse(free), len(c) - 3  # dof: the free fit's residual degrees of freedom
-    no_gain = gain <= 1e-9 * max(sse(zero), 1e-12)  # E at 0: the two fits coincide (3 points included)
-    if no_gain or (dof > 0 and gain * dof <= stats.f.ppf(0.95, 1, dof) * sse(free)):
+    sse_free, sse_zero = sse(free), sse(zero)
+    gain, dof = sse_zero - sse_free, len(c) - 3  # dof: the free fit's residual degrees of freedom
+    no_gain = gain <= 1e-9 * max(sse_zero, 1e-12)  # E at 0: the two fits coincide (3 points included)
+    if no_gain or (dof > 0 and gain * dof <= stats.f.ppf(0.95, 1, dof) * sse_free):
         return zero, ZERO_E
     return free, FREE_E
 
