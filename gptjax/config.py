@@ -161,6 +161,7 @@ def default_config() -> ml_collections.ConfigDict:
             max_to_keep=3,
             cpu_peak_flops=0.0,  # 0 = measure once with a matmul calibration
             progress_bar=True,  # tqdm when stderr is a terminal
+            show_steps=True,  # False: no bar and no per-interval lines (sweep workers: their parent reports)
             # Resuming a checkpoint written for another train.steps moves the LR schedule's horizon
             # (warmup/cosine/WSD are laid out over train.steps), so it is refused unless this is True;
             # then it resumes with a warning. Other optim changes are always refused on resume.
@@ -198,15 +199,15 @@ def default_config() -> ml_collections.ConfigDict:
             # again at their best lr with each of these seeds (their losses averaged; the spread is the noise).
             noise_seeds=(),
             noise_models=3,
-            # A model whose best lr is at an edge of learning_rates gets two more lrs beyond that edge (the
-            # grid's own ratio), up to lr_widenings times, so every optimum ends inside its grid.
+            # A model whose best lr is at an edge of the lrs it was trained at gets one more beyond that edge
+            # (the grid's own ratio), in up to lr_widenings rounds, so every optimum ends inside its grid.
             lr_widenings=2,
             eval_windows=0,  # > 0: every trial evaluates these same validation windows (any batch size)
             warmup_fraction=0.05,  # of each trial's steps
             min_steps=20,  # a trial shorter than this cannot be trained meaningfully: its budget is refused
             max_epochs=4.0,  # warn when a trial reads the training text more often than this
             vectorize=True,  # train trials that share shapes (lr, seed) together under jax.vmap
-            n_workers=0,  # 0 = trials in this process; N = N parallel subprocesses
+            n_workers=0,  # 0 = trials in this process; N = N parallel subprocesses (CPU hosts)
             trial_index=-1,  # >= 0: run only trial K of plan.json (cluster array jobs), then stop
             # After fitting, train the recommended N*, D* at this budget (and sizes 2x smaller and larger) and
             # compare with the predicted loss. -1 = 10^0.5 x the largest budget; 0 = no validation.

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from absl import logging
 from conftest import tiny_config
 
 from gptjax.scaling import plan as plan_lib
@@ -470,20 +472,21 @@ def _fake_trainers(monkeypatch, calls):
 
 
 def test_the_lr_grid_widens_at_an_edge_until_the_optimum_is_inside(tmp_path, monkeypatch):
-    """The grid (1e-3, 3e-3) has every optimum at its upper edge: the sweep adds (9e-3, 2.7e-2), then
-    (8.1e-2, 0.243), and stops there (lr_widenings=2), the optimum (0.03) now inside every model's lrs.
-    Noise seeds then retrain each profile's 2 best models at their best lr; a rerun trains nothing."""
+    """The grid (1e-3, 3e-3) has every optimum at its upper edge: the sweep adds 9e-3, then 2.7e-2 (still
+    the best: an edge), then 8.1e-2, and stops there (lr_widenings=3), the optimum (0.03) now inside every
+    model's lrs. Noise seeds then retrain each profile's 2 best models at their best lr; a rerun trains
+    nothing."""
     calls = []
     _fake_trainers(monkeypatch, calls)
-    cfg = sweep_config(learning_rates=(1e-3, 3e-3), lr_widenings=2, noise_seeds=(1,), noise_models=2)
+    cfg = sweep_config(learning_rates=(1e-3, 3e-3), lr_widenings=3, noise_seeds=(1,), noise_models=2)
     workdir = str(tmp_path / "sweep")
     sweep_lib.run_sweep(cfg, workdir)
     plan = json.load(open(os.path.join(workdir, "plan.json")))["trials"]
     kinds = [t["kind"] for t in plan]
-    assert kinds == ["grid"] * 9 + ["lr_widen"] * 18 + ["noise_seed"] * 6
+    assert kinds == ["grid"] * 9 + ["lr_widen"] * 27 + ["noise_seed"] * 6
     assert [t["index"] for t in plan] == list(range(len(plan)))
     widened = sorted({tuple(t["learning_rates"]) for t in plan if t["kind"] == "lr_widen"})
-    assert widened == [pytest.approx((9e-3, 2.7e-2)), pytest.approx((8.1e-2, 0.243))]
+    assert widened == [pytest.approx((9e-3,)), pytest.approx((2.7e-2,)), pytest.approx((8.1e-2,))]
     rows = [json.loads(line) for line in open(os.path.join(workdir, "results.jsonl"))]
     for trial in (t for t in plan if t["kind"] == "grid"):  # each model: best lr strictly inside its lrs
         model = [r for r in rows if (r["budget"], r["n_layers"], r["seed"]) == (trial["budget"],
@@ -498,6 +501,43 @@ def test_the_lr_grid_widens_at_an_edge_until_the_optimum_is_inside(tmp_path, mon
     n_calls = len(calls)
     sweep_lib.run_sweep(cfg, workdir)  # the same decisions from the same results: nothing new to train
     assert len(calls) == n_calls
+
+
+def test_workers_start_the_largest_trials_first_and_show_no_steps(tmp_path, monkeypatch):
+    """sweep.n_workers > 0: trials start in decreasing FLOPs (longest-processing-time order, so no worker
+    is left with a long trial at the end), and a worker trains with its step display off."""
+    started, shown = [], []
+
+    def run_trial(cfg, trial, workdir):  # what a worker calls: records the display setting, writes a result
+        shown.append(cfg.train.show_steps)
+        rows = [dict(lr=lr, seed=trial.seed, status="ok", reason="", eval_loss=1.0) for lr in trial.learning_rates]
+        sweep_lib.write_json_atomic(os.path.join(sweep_lib.trial_dir(workdir, trial), sweep_lib.RESULT_FILE), rows)
+
+    monkeypatch.setattr(sweep_lib, "run_trial", run_trial)
+
+    class InlineProcess:  # runs the worker at start(), in this process
+        def __init__(self, target, args, daemon):
+            self.target, self.args, self.pid, self.exitcode = target, args, os.getpid(), 0
+
+        def start(self):
+            started.append(self.args[1])
+            os.makedirs(sweep_lib.trial_dir(self.args[2], self.args[1]), exist_ok=True)
+            self.target(*self.args)
+
+        def is_alive(self):
+            return False
+
+    monkeypatch.setattr(sweep_lib.multiprocessing, "get_context", lambda method: SimpleNamespace(Process=InlineProcess))
+    verbosity = logging.get_verbosity()
+    try:
+        cfg = sweep_config(n_workers=2, learning_rates=(3e-3,))
+        trials, _ = plan_sweep(cfg)
+        sweep_lib._run_in_subprocesses(cfg, trials, str(tmp_path), sweep_lib.SweepProgress(len(trials), 0, False))
+    finally:
+        logging.set_verbosity(verbosity)
+    costs = [sweep_lib.trial_cost(t) for t in started]
+    assert len(started) == len(trials) and costs == sorted(costs, reverse=True) and costs[0] > costs[-1]
+    assert shown == [False] * len(trials)
 
 
 def test_validation_trains_three_sizes_and_checks_the_prediction(tmp_path, monkeypatch):

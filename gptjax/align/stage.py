@@ -270,7 +270,8 @@ def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
         _check_resumable(meta, spec, spec.tokenizer.hash, checkpointer.directory)
         check_optimizer(meta, optimizer, checkpointer.directory, t.allow_steps_change)
         items, start = checkpointer.restore_items(latest, spec.abstract), latest
-    writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
+                           display=t.show_steps)
     final, pending = {}, []
 
     def meta_for(step):

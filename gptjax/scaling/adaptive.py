@@ -1,9 +1,12 @@
 """The trials a sweep adds after its planned grid, decided from the results so far, and the check of its own
 extrapolation.
 
-  lr widening   a model whose best learning rate is at an edge of the lrs it was trained at gets two more
-                beyond that edge, at the grid's own ratio (sweep.lr_widenings rounds at most), so that every
-                optimum ends inside its grid and the lr law is fitted to interior optima.
+  lr widening   a model whose best learning rate is at an edge of the lrs it was trained at gets one more
+                beyond that edge, at the grid's own ratio, in each of sweep.lr_widenings rounds at most, so
+                that every optimum ends inside its grid and the lr law is fitted to interior optima. One lr a
+                round, not two: in the main job's 2026-12-06 runs (two seeds, 30 widened models) the second lr
+                beyond an edge was never the best and the first was the best twice, so a second lr at once
+                was mostly wasted compute.
   noise seeds   each profile's sweep.noise_models best models are trained again at their best lr with each
                 seed of sweep.noise_seeds: the spread between seeds is the noise the fits' parametric
                 bootstrap draws (fit/noise.py), measured where it matters, near each optimum.
@@ -40,7 +43,7 @@ def grid_ratio(learning_rates) -> float | None:
 
 def lr_widening_trials(cfg, trials: list[Trial], rows: list[dict], train_tokens=None) -> list[Trial]:
     """New trials for the models (of the grid's seeds) whose best lr, over every lr they were trained at, is
-    the smallest or largest of them: two lrs beyond that edge at the grid's ratio, unless that side was
+    the smallest or largest of them: one lr beyond that edge at the grid's ratio, unless that side was
     widened sweep.lr_widenings times already or the model has no finished result yet."""
     s = cfg.sweep
     ratio = grid_ratio(s.learning_rates)
@@ -64,9 +67,9 @@ def lr_widening_trials(cfg, trials: list[Trial], rows: list[dict], train_tokens=
         tried = sorted({lr for t in model_trials for lr in t.learning_rates})
         best = min(ok, key=lambda r: r["eval_loss"])["lr"]
         if best == tried[0]:
-            lrs, side = (tried[0] / ratio**2, tried[0] / ratio), "low"
+            lrs, side = (tried[0] / ratio,), "low"
         elif best == tried[-1]:
-            lrs, side = (tried[-1] * ratio, tried[-1] * ratio**2), "high"
+            lrs, side = (tried[-1] * ratio,), "high"
         else:
             continue
         grid = [lr for t in model_trials if t.kind == "grid" for lr in t.learning_rates]

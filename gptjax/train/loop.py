@@ -223,7 +223,8 @@ def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
     flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"]
     peak = peak_flops_total(cfg, job.mesh)
     start_step = int(np.ravel(jax.device_get(job.state["step"]))[0])  # every member's counter is the same
-    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar, enabled=jax.process_index() == 0,
+                           display=t.show_steps)
     pending = []  # (step, device metrics, batch checksum) not yet read back to the host
     clock, clock_step = time.perf_counter(), start_step
     finals = [{"compile_seconds": compile_seconds} for _ in range(K)]  # each member's latest metrics

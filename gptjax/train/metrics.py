@@ -11,11 +11,12 @@ import sys
 
 
 class MetricsWriter:
-    """Writes metrics; `enabled=False` (every process but the first of a multi-host job) writes nothing."""
+    """Writes metrics; `enabled=False` (every process but the first of a multi-host job) writes nothing;
+    `display=False` writes the files but shows nothing (no bar, no lines)."""
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int, progress_bar: bool = True,
-                 enabled: bool = True):
-        self.enabled = enabled
+                 enabled: bool = True, display: bool = True):
+        self.enabled, self.display = enabled, display
         if not enabled:
             return
         from tensorboardX import SummaryWriter  # deferred: only jobs that write metrics pay the import
@@ -23,7 +24,7 @@ class MetricsWriter:
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._bar = None
-        if progress_bar and sys.stderr.isatty():
+        if display and progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
@@ -43,7 +44,7 @@ class MetricsWriter:
 
     def show(self, step: int, split: str, values: dict) -> None:
         """The progress bar's postfix on a terminal, else one line on stderr."""
-        if not self.enabled:
+        if not (self.enabled and self.display):
             return
         summary = " ".join(f"{k}={_plain(v):.4g}" for k, v in values.items() if isinstance(_plain(v), float))
         if self._bar is not None:
