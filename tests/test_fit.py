@@ -441,3 +441,23 @@ def test_estimate_counts_failed_and_non_finite_resamples_half_at_each_end():
     assert Estimate.from_samples(np.inf, [1.0, 2.0]).value is None
     assert to_json({"a": [Estimate(1.0, 0.5, None)], "b": 3}) == {"a": [{"value": 1.0, "low": 0.5, "high": None}],
                                                                    "b": 3}
+
+
+def test_known_truth_compares_each_free_e_with_the_entropy_rate():
+    """Each fit with a free E is compared with H on its own; a frontier with E fixed at 0 has no E to compare."""
+    from gptjax.scaling.fit.frontier import FREE_E, ZERO_E
+
+    def section(value, low, high, identified, form=None):
+        return {"params": {"E": {"value": value, "low": low, "high": high}}, "identified": identified,
+                **({"form": form} if form else {})}
+
+    fits = {"approach3": section(2.31, 2.25, 2.36, True), "frontier": section(0.0, 0.0, 0.0, True, ZERO_E)}
+    truth = F.known_truth(fits, 2.29)
+    assert truth["entropy_rate"] == 2.29 and list(truth["fits"]) == ["approach3"]
+    assert truth["fits"]["approach3"]["error"] == pytest.approx(0.02) and truth["fits"]["approach3"]["truth_in_interval"]
+    fits = {"approach3": section(1.5, None, 2.0, False), "frontier": section(2.4, 2.35, 2.5, True, FREE_E)}
+    truth = F.known_truth(fits, 2.29)["fits"]
+    assert truth["frontier"]["error"] == pytest.approx(0.11) and truth["frontier"]["identified"]
+    assert not truth["frontier"]["truth_in_interval"] and not truth["approach3"]["truth_in_interval"]
+    assert not truth["approach3"]["identified"]
+    assert F.known_truth({"approach3": None, "frontier": None}, 2.29)["fits"] == {}

@@ -123,11 +123,17 @@ def _process_shard() -> dict:
     return dict(process_index=jax.process_index(), process_count=jax.process_count())
 
 
+def markov_chain(cfg) -> MarkovChain:
+    """The chain of a synthetic:markov config: its transition table is drawn from data.split_seed."""
+    d = cfg.data
+    alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
+    return MarkovChain(alphabet, d.markov_order, d.markov_concentration, d.split_seed)
+
+
 def synthetic_streams(cfg) -> DataStreams:
     """Markov-chain token batches: the chain and validation batches from split_seed, training from seed."""
     d, shard = cfg.data, _process_shard()
-    alphabet = d.markov_alphabet or cfg.model.vocab_size - NUM_SPECIAL_TOKENS
-    chain = MarkovChain(alphabet, d.markov_order, d.markov_concentration, d.split_seed)
+    chain = markov_chain(cfg)
     train = SyntheticBatches(chain, d.batch_size, d.seq_len, cfg.seed, "train", **shard)
     val = SyntheticBatches(chain, d.batch_size, d.seq_len, d.split_seed, "val", **shard)
     val_batches = [np.asarray(val.batch(i)) for i in range(d.eval_batches)]

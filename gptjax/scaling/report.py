@@ -68,6 +68,7 @@ def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float
     lines += _recommendation_section(fits, target_flops)
     lines += _identification_section(fits)
     lines += _validation_section(fits.get("validation"))
+    lines += _known_truth_section(fits.get("known_truth"))
     lines += _backtest_section(fits.get("backtest"))
     lines += _fits_section(fits)
     lines += ["## Plots", "", "### Loss vs compute", "",
@@ -195,6 +196,23 @@ def _validation_section(validation):
                           for key, label in (("N", "N*"), ("D", "D*"), ("loss", "loss")) if ext.get(key))
         lines += ["", f"Extrapolated to C = {format_value(ext['target_flops'])} FLOPs: {parts}; "
                       f"{'checked by a run' if ext.get('checked') else 'not checked by any run'}."]
+    return lines + [""]
+
+
+def _known_truth_section(truth):
+    """Synthetic data: each free E against the source's exact entropy rate."""
+    if not truth:
+        return []
+    lines = ["## Known truth", "", f"The data is a Markov chain whose entropy rate, the best loss any model can reach, "
+             f"is {format_value(truth['entropy_rate'])} nats/token.", ""]
+    labels = {"approach3": "Approach 3", "frontier": "The frontier"}
+    for name, entry in truth["fits"].items():
+        flag = "" if entry["identified"] else " (not identified)"
+        inside = "inside" if entry["truth_in_interval"] else "outside"
+        lines.append(f"- {labels[name]}{flag}: E = {format_value(entry['E']['value'])} {_interval(entry['E'])}, "
+                     f"E − H = {entry['error']:+.4f} nats; the entropy rate is {inside} the interval.")
+    if not truth["fits"]:
+        lines.append("- No fit has a free E (Approach 3 failed and the frontier fixed E at 0).")
     return lines + [""]
 
 

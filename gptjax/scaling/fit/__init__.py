@@ -37,7 +37,7 @@ convergence, bootstrap intervals); DeepSeek-AI 2024, "DeepSeek LLM" Sec. 3.1 (hy
 """
 
 from gptjax.scaling.fit.bootstrap import Draws, Estimate
-from gptjax.scaling.fit.combine import Fits, backtest, fit_all
+from gptjax.scaling.fit.combine import Fits, backtest, fit_all, known_truth
 from gptjax.scaling.fit.frontier import fit_frontier
 from gptjax.scaling.fit.hyper import fit_hyperparameter_law
 from gptjax.scaling.fit.isoflop import fit_approach2
@@ -50,5 +50,6 @@ from gptjax.scaling.fit.rows import FitError, best_per_model, load_csv, load_res
 __all__ = [
     "Draws", "Estimate", "FitError", "Fits", "HUBER_DELTA", "backtest", "best_per_model", "compute_optimal",
     "fit_all", "fit_approach2", "fit_approach3", "fit_frontier", "fit_hyperparameter_law", "fit_loss_surface",
-    "load_csv", "load_results", "loss_sd", "measure_noise", "predict_loss", "predict_with_interval", "usable_rows",
+    "known_truth", "load_csv", "load_results", "loss_sd", "measure_noise", "predict_loss", "predict_with_interval",
+    "usable_rows",
 ]
