@@ -207,7 +207,9 @@ def default_config() -> ml_collections.ConfigDict:
             min_steps=20,  # a trial shorter than this cannot be trained meaningfully: its budget is refused
             max_epochs=4.0,  # warn when a trial reads the training text more often than this
             vectorize=True,  # train trials that share shapes (lr, seed) together under jax.vmap
-            n_workers=0,  # 0 = trials in this process; N = N parallel subprocesses (CPU hosts)
+            # 0 = trials in this process; N = N parallel subprocesses on a CPU backend (on an accelerator trials
+            # always run in this process: each subprocess would claim most of the device's memory).
+            n_workers=0,
             trial_index=-1,  # >= 0: run only trial K of plan.json (cluster array jobs), then stop
             # After fitting, train the recommended N*, D* at this budget (and sizes 2x smaller and larger) and
             # compare with the predicted loss. -1 = 10^0.5 x the largest budget; 0 = no validation.

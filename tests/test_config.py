@@ -139,7 +139,7 @@ def test_cli_reports_a_config_file_that_raises_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: ValueError: configs/sweep.py:bogus: unknown variant; use configs/sweep.py"]
+        "error: ValueError: configs/sweep.py:bogus: unknown variant; use configs/sweep.py or configs/sweep.py:synthetic"]
     typo = subprocess.run(
         [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_synthetic.py", f"--workdir={tmp_path / 'w'}",
          "--config.train.stepz=5"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),

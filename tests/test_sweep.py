@@ -15,6 +15,7 @@ import pytest
 from absl import logging
 from conftest import tiny_config
 
+from gptjax.data.synthetic import MarkovChain
 from gptjax.scaling import plan as plan_lib
 from gptjax.scaling import sweep as sweep_lib
 from gptjax.scaling import trial_lock
@@ -344,6 +345,27 @@ def test_a_trial_json_from_before_newer_config_keys_still_matches(tmp_path):
     assert sweep_lib._with_keys_added_since({"seed": 1, "data": {"split_seed": 0}})["data"]["split_seed"] == 0
     # A text trial from before was split and tokenized another way: it must not match.
     assert "tokenizer_sample_bytes" not in sweep_lib._with_keys_added_since({"data": {"source": "text:x"}})["data"]
+
+
+@pytest.mark.slow
+def test_the_synthetic_sweep_recovers_the_chains_entropy_rate(tmp_path):
+    """Known truth: `configs/sweep.py:synthetic` (the main job's machinery on an order-1 Markov chain) fits a
+    frontier whose irreducible loss E is within 0.05 nats of the chain's exact entropy rate, identified and
+    with the truth inside its interval, and the report says so. (Approach 3 is reported beside it but not
+    asserted: on this chain its Chinchilla form misses H by -0.14 nats, see fit/combine.py `known_truth`.)"""
+    workdir = tmp_path / "synthetic"
+    command = [sys.executable, "-m", "gptjax.main", "--config=configs/sweep.py:synthetic", f"--workdir={workdir}",
+               "--config.sweep.compilation_cache="]  # as the README runs it, on this process's one CPU device
+    result = subprocess.run(command, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
+                            text=True, timeout=1500, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    truth = json.loads((workdir / "fits.json").read_text())["known_truth"]
+    chain = MarkovChain(64 - 7, 1, 0.1, 0)  # 64 ids less the 7 special ones; the table from data.split_seed 0
+    assert truth["entropy_rate"] == pytest.approx(chain.entropy_rate())
+    frontier = truth["fits"]["frontier"]
+    assert frontier["identified"] and frontier["truth_in_interval"], truth
+    assert abs(frontier["error"]) <= 0.05, truth
+    assert "## Known truth" in (workdir / "report.md").read_text()
 
 
 def test_fit_mode_without_results_is_a_clear_error(tmp_path):

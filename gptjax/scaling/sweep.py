@@ -36,6 +36,7 @@ from absl import logging
 
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import default_config, validate
+from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
 from gptjax.scaling import adaptive, trial_lock
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
@@ -115,7 +116,7 @@ def _train_pending(cfg, trials: list[Trial], workdir: str, progress: "SweepProgr
     todo = [t for t in trials if not _finished(cfg, workdir, t)]
     progress.add(len(trials), len(trials) - len(todo))
     logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
-    if cfg.sweep.n_workers > 0:
+    if cfg.sweep.n_workers > 0 and jax.default_backend() == "cpu":  # elsewhere each would claim the device
         return _run_in_subprocesses(cfg, todo, workdir, progress)
     return _run_in_process(cfg, todo, workdir, progress)
 
@@ -502,7 +503,7 @@ def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None, progress: 
     checks the recommendation (adaptive.py: trains the validation runs when `progress` is given, i.e. in a
     sweep run; `sweep.mode=fit` uses the validation results already there) and writes fits.json, report.md
     and plots/. Validation rows never enter the fits."""
-    from gptjax.scaling.fit import fit_all
+    from gptjax.scaling.fit import fit_all, known_truth
     from gptjax.scaling.report import write_report
 
     rows = load_rows(workdir) if rows is None else rows
@@ -517,6 +518,8 @@ def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None, progress: 
         (skipped if skipped is not None else []).extend(_train_pending(cfg, validation, workdir, progress))
         rows = collect_results(workdir, planned + validation)
     fits["validation"] = adaptive.validation_summary(fits, validation, rows, info)
+    if parse_source(cfg.data.source).kind == "synthetic":  # the truth is known: how close did E come?
+        fits["known_truth"] = known_truth(fits, markov_chain(cfg).entropy_rate())
     write_json_atomic(os.path.join(workdir, "fits.json"), fits)
     report = write_report(workdir, fit_rows, fits, target)
     statuses = [r["status"] for r in fit_rows]
