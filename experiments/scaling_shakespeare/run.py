@@ -1,6 +1,6 @@
 """The main job, run twice with different seeds, and the comparison of the two runs.
 
-    python experiments/scaling_shakespeare/run.py              # both seeds (~2 x 27 min on 2 CPU cores)
+    python experiments/scaling_shakespeare/run.py              # both seeds (~2 x 20 min on 2 CPU cores)
     python experiments/scaling_shakespeare/run.py --seeds 1    # one seed; README.md compares what is there
     python experiments/scaling_shakespeare/run.py --report-only [--out DIR]
     python experiments/scaling_shakespeare/run.py --refit      # refit the finished runs with the current code
