@@ -81,8 +81,10 @@ def test_bf16_compute_tracks_recomputation():
     completion = generate(m, params, [prompt], max_new_tokens=24, strategy=GREEDY, stop_tokens=())[0]
     logprobs = full_forward_logprobs(m, params, prompt + completion.tokens)[len(prompt) - 1:-1]
     chosen = logprobs[np.arange(24), completion.tokens]
-    assert np.all(chosen >= logprobs.max(-1) - 0.1)  # each pick is the argmax up to bf16 noise
-    np.testing.assert_allclose(completion.logprobs, chosen, atol=0.1)
+    # The logits are float32 (model/transformer.py); what differs is the bf16 hidden state, cached vs recomputed:
+    # 0.011-0.012 nats at most here (measured 2026-12-07), so 0.03 leaves room for another CPU, not for bf16 logits.
+    assert np.all(chosen >= logprobs.max(-1) - 0.03)  # each pick is the argmax up to that noise
+    np.testing.assert_allclose(completion.logprobs, chosen, atol=0.03)
 
 
 def test_logprobs_are_the_unfiltered_model_logprobs():

@@ -150,9 +150,13 @@ class Transformer(nnx.Module):
         return (self.final_norm(x_BxTxD) if self.final_norm is not None else x_BxTxD), caches
 
     def logits(self, x_BxTxD):
-        """LM head on hidden states; the matmul runs on a 2-D view (fast on XLA:CPU)."""
+        """LM head on hidden states: float32 logits whatever the compute dtype. The matmul accumulates in
+        float32 (`preferred_element_type`), so sampling, log-probs, DPO margins and beam scores carry no bf16
+        rounding of the logits (a bf16 result would round them to ~3 significant digits). It runs on a 2-D
+        view (fast on XLA:CPU)."""
         B, T, D = x_BxTxD.shape
-        return (self.readout_input(x_BxTxD).reshape(B * T, D) @ self.readout_DxV()).reshape(B, T, -1)
+        x_NxD = self.readout_input(x_BxTxD).reshape(B * T, D)
+        return jnp.dot(x_NxD, self.readout_DxV(), preferred_element_type=jnp.float32).reshape(B, T, -1)
 
     def readout_input(self, x_BxTxD):
         """What the LM head multiplies: the hidden states times μP's output multiplier, in the compute dtype."""
@@ -166,7 +170,7 @@ class Transformer(nnx.Module):
         return self.token_embed.embedding[...].astype(self.compute_dtype).T
 
     def __call__(self, tokens_BxT, positions_BxT=None, dropout_key=None):
-        """Next-token logits_BxTxV (compute dtype)."""
+        """Next-token logits_BxTxV (float32)."""
         return self.logits(self.hidden(tokens_BxT, positions_BxT, dropout_key))
 
     def scalar(self, tokens_BxT, positions_BxT=None):
