@@ -4,6 +4,7 @@ Parses flags, validates the config, and dispatches on `config.mode`. Library cod
 """
 
 import json
+import os
 import re
 import sys
 
@@ -58,15 +59,22 @@ def main(argv):
         result = MODES[cfg.mode](cfg, _WORKDIR.value)  # each mode validates cfg first (as from a notebook)
     except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
             TrialFailedError, AlignError, AlignDataError, ChatError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # one line: not also an absl log line saying the same
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     print(json.dumps(result))
 
 
 def _parse_flags(argv):
-    """absl's flag parsing, but a bad flag is one line: a config file that raises (an unknown variant, a
-    typo) comes back from ml_collections as its whole traceback, whose last line is the error itself."""
+    """absl's flag parsing, but a bad flag is one line: a config file that does not exist (ml_collections
+    loads it lazily and would raise at first use, with two tracebacks), or one that raises (an unknown
+    variant, a typo: ml_collections returns its whole traceback, whose last line is the error itself)."""
+    for arg, following in zip(argv[1:], argv[2:] + [""]):
+        if arg.startswith("--config=") or arg == "--config":
+            path = (arg.split("=", 1)[1] if "=" in arg else following).split(":", 1)[0]
+            if not os.path.isfile(path):
+                print(f"error: --config={path}: no such file (from {os.getcwd()}); give a config file, e.g. "
+                      "--config=configs/pretrain_synthetic.py from the repository root", file=sys.stderr)
+                sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

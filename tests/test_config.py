@@ -132,6 +132,22 @@ def test_cli_reports_bad_override_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_reports_a_missing_config_file_and_a_file_as_workdir_in_one_line(tmp_path):
+    root = os.path.dirname(os.path.dirname(__file__))
+    (tmp_path / "a_file").write_text("")
+    for args, message in (
+            (["--config=configs/nope.py", f"--workdir={tmp_path / 'w'}"], "error: --config=configs/nope.py: no such file"),
+            (["--config", "configs/nope.py:variant", f"--workdir={tmp_path / 'w'}"],
+             "error: --config=configs/nope.py: no such file"),
+            (["--config=configs/pretrain_synthetic.py", f"--workdir={tmp_path / 'a_file'}"],
+             f"error: --workdir='{tmp_path / 'a_file'}': is a file; give a directory")):
+        result = subprocess.run([sys.executable, "-m", "gptjax.main", *args], capture_output=True, text=True,
+                                cwd=root, timeout=120)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(message), line
+
+
 def test_cli_reports_a_config_file_that_raises_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gptjax.main", "--config=configs/sweep.py:bogus", f"--workdir={tmp_path / 'w'}"],
