@@ -367,10 +367,11 @@ def _run_in_subprocesses(cfg, trials: list[Trial], workdir: str, progress: "Swee
     """Runs each trial in its own spawned process (its own JAX runtime), sweep.n_workers at a time.
     A process that dies without a result (e.g. killed for memory) gets its trial recorded as failed and
     its lock removed; the others go on. Returns the ids of trials skipped as locked by another process.
-    Meant for CPU hosts: on one GPU, each process would claim most of its memory. On the 2-core CPU two
-    workers train 1.31x the tokens/s of one process (bench/RESULTS.md): the main job's tiny ops keep one
-    process's two threads from splitting its steps well. The largest trials go first, so that no worker
-    is left with a long one at the end (longest-processing-time order)."""
+    Used on a CPU backend only (`_train_pending`: on an accelerator each process would claim most of the
+    device's memory). On the 2-core CPU two workers train 1.31x the tokens/s of one process
+    (bench/RESULTS.md): the main job's tiny ops keep one process's two threads from splitting its steps
+    well. The largest trials go first, so that no worker is left with a long one at the end
+    (longest-processing-time order)."""
     context = multiprocessing.get_context("spawn")
     queue, running, skipped = sorted(trials, key=trial_cost, reverse=True), {}, []
     while queue or running:
