@@ -49,13 +49,15 @@ from flax import nnx
 from gptjax.align.rl import rl, task_prompts
 from gptjax.align.rollout import sample_rollouts
 from gptjax.align.sft import sft
-from gptjax.align.stage import bucket, load_trained
+from gptjax.align.stage import bucket
 from gptjax.align.tasks import get_task
 from gptjax.config import default_config, validate
 from gptjax.interop.hf_gpt2 import save_gpt2
 from gptjax.parallel.mesh import make_mesh
-from gptjax.sample.generate import PROMPT_BUCKET, generate, model_graphdef
+from gptjax.model.build import model_graphdef
+from gptjax.sample.generate import PROMPT_BUCKET, generate
 from gptjax.sample.strategies import Strategy
+from gptjax.train.network import load_network
 from timing import fastest_threads, timed
 
 PHASES = ("rollout", "score", "train")
@@ -135,7 +137,7 @@ def rollout_vs_hf(args, sft_dir: str, tmp: str) -> dict:
 
     cfg = rl_config(args, "grpo", sft_dir)
     mesh, rules = make_mesh(cfg.parallel), tuple(cfg.parallel.rules)
-    trained = load_trained(sft_dir, mesh, rules, "bench sft")
+    trained = load_network(sft_dir, mesh, rules, what="bench sft")
     model_cfg, params = trained.model_cfg, jax.device_get(trained.params)
     hf_dir = os.path.join(tmp, "hf_gpt2")
     save_gpt2(model_cfg, params, hf_dir)

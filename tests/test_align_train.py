@@ -18,14 +18,15 @@ from gptjax.align.reward import RewardModel, reward
 from gptjax.align.rl import rl
 from gptjax.align.sft import masked_lm_loss, sft, to_arrays
 from gptjax.align import stage as stage_lib
-from gptjax.align.stage import AlignError, load_trained
+from gptjax.align.stage import AlignError
 from gptjax.config import validate
 from gptjax.data.tokenizer import PAD_ID
 from gptjax.align.stage import param_norm
 from gptjax.parallel.mesh import make_mesh
-from gptjax.sample.generate import model_graphdef
+from gptjax.model.build import model_graphdef
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError
+from gptjax.train.network import load_network
 
 
 def align_config(mode: str, **align):
@@ -45,7 +46,7 @@ RULES = tuple(tiny_config().parallel.rules)
 
 
 def load(workdir: str):
-    return load_trained(workdir, MESH_1, RULES, "test")
+    return load_network(workdir, MESH_1, RULES, what="test")
 
 
 def reward_model(workdir: str) -> RewardModel:
@@ -178,7 +179,7 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     metrics = rows(rm_dir)
     assert metrics[4]["loss"] < metrics[1]["loss"]
     rm = reward_model(rm_dir)
-    tokenizer = rm.trained.tokenizer
+    tokenizer = rm.network.tokenizer
     prompt = chat.prompt_tokens("What is 2+3?", tokenizer)
     good, bad = prompt + chat.response_tokens("5", tokenizer), prompt + chat.response_tokens("9", tokenizer)
     padded = np.full((2, max(len(good), len(bad)) + 3), PAD_ID, np.int32)
@@ -340,7 +341,7 @@ def test_label_writes_preferences_the_reward_model_reads(sft_dir, rm_dir, tmp_pa
     lines = [json.loads(x) for x in open(out)]
     assert summary["rows"] == len(lines) > 0 and summary["rows"] + summary["skipped"] == 24
     rm = reward_model(rm_dir)
-    tok = rm.trained.tokenizer
+    tok = rm.network.tokenizer
     for row in lines[:5]:  # the judge's own order: chosen (or rank 0) scores above rejected (or last)
         best, worst = (row["chosen"], row["rejected"]) if "chosen" in row else (
             row["responses"][row["ranking"][0]], row["responses"][row["ranking"][-1]])
@@ -378,7 +379,7 @@ def test_best_of_n_from_the_cli_ranks_by_the_reward_model(sft_dir, rm_dir, tmp_p
     assert [r["score"] for r in written] == sorted([r["score"] for r in written], reverse=True)
     assert result["kl_bound"] == pytest.approx(np.log(4) - 3 / 4)
     rm = reward_model(rm_dir)
-    p = chat.prompt_tokens("What is 2+3?", rm.trained.tokenizer)
+    p = chat.prompt_tokens("What is 2+3?", rm.network.tokenizer)
     best = p + written[0]["tokens"]
     assert rm(np.array([best], np.int32), [len(best)])[0] == pytest.approx(written[0]["score"], rel=1e-5, abs=1e-6)
 

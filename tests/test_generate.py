@@ -17,7 +17,8 @@ from conftest import tiny_config
 from gptjax.config import DEFAULT_RULES
 from gptjax.model.build import init_params
 from gptjax.parallel.mesh import make_mesh
-from gptjax.sample.generate import (EOS_ID, PAD_ID, decode, generate, model_graphdef, prefill, start_decoding,
+from gptjax.model.build import model_graphdef
+from gptjax.sample.generate import (EOS_ID, PAD_ID, decode, generate, prefill, start_decoding,
                                     stop_string_cut)
 from gptjax.sample.strategies import SampleError, Strategy, filter_logits, sample_tokens
 from gptjax.train.state import params_shardings

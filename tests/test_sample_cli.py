@@ -79,7 +79,8 @@ def test_cli_samples_the_latest_checkpoint_and_writes_jsonl(workdir, tmp_path):
 
     bad = subprocess.run(args[:4] + [f"--workdir={tmp_path}/empty", "--config.sample.prompt=x"], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "error: " in bad.stderr and "tokenizer.json does not exist" in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "no checkpoint in" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_prompts_file_samples_and_batching_do_not_change_the_output(workdir, tmp_path):
@@ -157,10 +158,11 @@ def test_sampling_errors_are_clear(workdir, tmp_path):
     with pytest.raises(SampleError, match="exceeds the model's context of 64 tokens"):
         sample_checkpoint(sample_config(prompt="the king " * 40), workdir)
     empty = tmp_path / "empty"
-    with pytest.raises(SampleError, match="tokenizer.json does not exist"):
-        sample_checkpoint(sample_config(prompt="x"), str(empty))
-    shutil.copy(os.path.join(workdir, "tokenizer.json"), empty / "tokenizer.json")
     with pytest.raises(CheckpointError, match="no checkpoint in .*train first"):
+        sample_checkpoint(sample_config(prompt="x"), str(empty))
+    assert not (empty / "checkpoints").exists()  # another run's directory is only read
+    shutil.copytree(os.path.join(workdir, "checkpoints"), empty / "checkpoints")
+    with pytest.raises(CheckpointError, match="tokenizer.json does not exist"):
         sample_checkpoint(sample_config(prompt="x"), str(empty))
     other = tmp_path / "other"
     shutil.copytree(workdir, other)

@@ -10,7 +10,8 @@ from flax import nnx
 
 from conftest import tiny_config
 from gptjax.model.build import init_params
-from gptjax.sample.generate import EOS_ID, generate, model_graphdef
+from gptjax.model.build import model_graphdef
+from gptjax.sample.generate import EOS_ID, generate
 from gptjax.sample.search import beam_search, best_of_n, self_consistency, token_batch
 from gptjax.sample.strategies import SampleError, Strategy
 

@@ -203,9 +203,54 @@ def test_metrics_tensorboard_and_eval_mode(tmp_path):
     assert rerun["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
 
     cfg.mode = "eval"
+    before = _tree_snapshot(os.path.join(workdir, "checkpoints"))
     evaluated = evaluate_checkpoint(cfg, workdir)
     assert evaluated["step"] == 10
     assert evaluated["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
+    assert _tree_snapshot(os.path.join(workdir, "checkpoints")) == before  # opened read-only
+    # Evaluation reads the params only: another optimizer (whose state has another structure) does not matter.
+    cfg.optim.clip_norm = 0.0
+    assert evaluate_checkpoint(cfg, workdir)["eval_loss"] == evaluated["eval_loss"]
+
+
+def _tree_snapshot(directory):
+    """{relative path: (size, mtime)} of every file under `directory`."""
+    return {os.path.relpath(os.path.join(root, name), directory): (os.path.getsize(os.path.join(root, name)),
+                                                                   os.path.getmtime(os.path.join(root, name)))
+            for root, _, names in os.walk(directory) for name in names}
+
+
+def _damage(workdir, step):
+    """Truncates every array data file of checkpoint `step` to half its size."""
+    for root, _, names in os.walk(os.path.join(workdir, "checkpoints", str(step))):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.sep + "d" + os.sep in path:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+
+
+def test_a_damaged_checkpoint_is_named_skipped_and_kept(tmp_path, caplog):
+    cfg = tiny_config()
+    workdir = str(tmp_path / "run")
+    result = train(cfg, workdir)  # checkpoints at 5 and 10
+    _damage(workdir, 10)
+    damaged = _tree_snapshot(os.path.join(workdir, "checkpoints", "10"))
+    # A reader falls back to step 5 and changes nothing.
+    assert evaluate_checkpoint(cfg, workdir)["step"] == 5
+    assert any("checkpoint step 10 in" in r.getMessage() and "unreadable, skipped" in r.getMessage()
+               for r in caplog.records)
+    assert _tree_snapshot(os.path.join(workdir, "checkpoints", "10")) == damaged
+    # Training resumes from step 5; the damaged step is moved aside, not deleted, and steps 6..10 rerun.
+    assert _steps_appended_by(lambda: train(cfg, workdir), workdir) == [6, 7, 8, 9, 10]
+    assert _tree_snapshot(os.path.join(workdir, "damaged_checkpoints", "10")) == damaged
+    assert evaluate_checkpoint(cfg, workdir)["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
+    # Every step damaged: one clear error, nothing deleted.
+    _damage(workdir, 5)
+    _damage(workdir, 10)
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint; damaged: step 10 .*; step 5 .*Nothing was deleted"):
+        evaluate_checkpoint(cfg, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "5"]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):

@@ -162,13 +162,14 @@ def bon_stage(root, sft_dir, rm_dirs, force):
 
     from gptjax.align import chat
     from gptjax.align.reward import RewardModel
-    from gptjax.align.stage import full_batches, load_trained, pad_rows
+    from gptjax.align.stage import full_batches, pad_rows
     from gptjax.align.tasks import get_task
     from gptjax.config import default_config
     from gptjax.data.tokenizer import PAD_ID
     from gptjax.parallel.mesh import make_mesh
     from gptjax.sample.generate import generate
     from gptjax.sample.strategies import Strategy
+    from gptjax.train.network import load_network
 
     clock = time.time()
     cfg = default_config()
@@ -177,7 +178,7 @@ def bon_stage(root, sft_dir, rm_dirs, force):
     out_dir = os.path.join(root, "bon")
     os.makedirs(out_dir, exist_ok=True)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        policy = load_trained(sft_dir, mesh, rules, "sft policy")
+        policy = load_network(sft_dir, mesh, rules, what="sft policy")
         tok = policy.tokenizer
         task = get_task("shakespeare")
         prompts = task.prompts(LABEL_PROMPTS + BON_PROMPTS, SEED)[LABEL_PROMPTS:]  # unseen by label / RL / SFT

@@ -22,12 +22,13 @@ from flax import nnx
 
 from gptjax.align.losses import dpo_loss, token_logprobs
 from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
-from gptjax.align.stage import (StageSpec, Trained, abstract_like, bucket, check_same_vocabulary, epoch_batch,
-                                full_batches, init_opt_state, load_trained, param_norm, params_shardings, run_stage, stage_identity,
+from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch,
+                                full_batches, init_opt_state, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network)
 from gptjax.parallel.mesh import batch_sharding, replicated
-from gptjax.sample.generate import model_graphdef
+from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.network import Network, load_network
 from gptjax.train.xla_options import training_compiler_options
 
 
@@ -65,10 +66,10 @@ def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smo
     return loss, metrics
 
 
-def reference_logprobs(cfg, policy: Trained, group_sets, mesh, rules, *, K: int, P: int, length: int):
+def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int, P: int, length: int):
     """Per group set, per group, logp_K: the frozen reference's summed log-prob of each response. The
     reference (align.reference, default the starting policy) is only held while this runs."""
-    reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else policy
+    reference = load_network(cfg.align.reference, mesh, rules, what="align.reference") if cfg.align.reference else policy
     check_same_vocabulary(policy, reference, "align.reference")
     logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg)))
     rows, rows1, B = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1), cfg.align.batch_size

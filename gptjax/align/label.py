@@ -25,13 +25,15 @@ from gptjax.align import data as align_data
 from gptjax.align.dpo import response_logprobs
 from gptjax.align.reward import RewardModel
 from gptjax.align.rl import task_prompts
-from gptjax.align.stage import bucket, check_same_vocabulary, full_batches, load_trained, pad_rows
+from gptjax.align.stage import bucket, check_same_vocabulary, full_batches, pad_rows
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding
-from gptjax.sample.generate import generate, model_graphdef
+from gptjax.model.build import model_graphdef
+from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.network import load_network
 
 
 def label(cfg, workdir: str) -> dict:
@@ -89,7 +91,7 @@ def preference_row(prompt: str, texts: list[str], scores: np.ndarray) -> dict | 
 
 def _label(cfg, workdir: str, mesh) -> dict:
     a, r, rules = cfg.align, cfg.rl, tuple(cfg.parallel.rules)
-    policy = load_trained(a.init_from, mesh, rules, "align.init_from")
+    policy = load_network(a.init_from, mesh, rules, what="align.init_from")
     tokenizer, task, K = policy.tokenizer, get_task(a.task), a.samples_per_prompt
     train, val = task_prompts(cfg, task, tokenizer, policy.model_cfg.max_len)
     prompts = train.texts + val.texts  # the labels are data for a later stage, which holds out its own split
@@ -97,7 +99,7 @@ def _label(cfg, workdir: str, mesh) -> dict:
     batch = a.batch_size * K
     if a.judge == "reward_model":
         rm = RewardModel(a.reward_model, mesh, rules)
-        check_same_vocabulary(policy, rm.trained, "align.reward_model")
+        check_same_vocabulary(policy, rm.network, "align.reward_model")
     elif a.judge == "self":
         ask = self_judge(policy, mesh, rules, a.constitution, batch)
 

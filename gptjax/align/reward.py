@@ -24,13 +24,14 @@ from flax import nnx
 from gptjax.align import data as align_data
 from gptjax.align.losses import pairwise_loss
 from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches,
-                                init_opt_state, load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
+                                init_opt_state, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import BOS_ID, PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
-from gptjax.sample.generate import model_graphdef
+from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.network import load_network
 from gptjax.train.xla_options import training_compiler_options
 
 NORMALIZATION_ROWS = 512  # preferred responses scored for the reward bias
@@ -191,11 +192,11 @@ class RewardModel:
     """A trained reward model (a mode=reward workdir) as a scorer of token rows."""
 
     def __init__(self, workdir: str, mesh, rules, what: str = "align.reward_model"):
-        trained = load_trained(workdir, mesh, rules, what)
+        trained = load_network(workdir, mesh, rules, what=what)
         if trained.stage != "reward":
             raise AlignError(f"{what}={workdir!r} holds a {trained.stage!r} checkpoint, not a reward model; give the "
                              "workdir of a mode=reward run")
-        self.trained, self.params, self.model_cfg = trained, trained.params, trained.model_cfg
+        self.network, self.params, self.model_cfg = trained, trained.params, trained.model_cfg
         self.bias = float(trained.meta.get("reward_bias", 0.0))
         self.graphdef = model_graphdef(trained.model_cfg)
         self._score = jax.jit(functools.partial(last_token_scores, graphdef=self.graphdef))

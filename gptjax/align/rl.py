@@ -29,14 +29,16 @@ from gptjax.align.reward import RewardModel
 from gptjax.align.rollout import response_forward, sample_rollouts
 from gptjax.align.sft import load_conversations, masked_lm_loss, to_arrays
 from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch, init_opt_state,
-                                load_trained, pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
+                                pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
-from gptjax.sample.generate import generate, model_graphdef
+from gptjax.model.build import model_graphdef
+from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.network import load_network
 from gptjax.train.xla_options import training_compiler_options
 
 EVAL_PROMPTS = 64  # held-out prompts decoded greedily at each eval
@@ -83,14 +85,14 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         policy_cfg, policy_init = start.model_cfg, start.params
     reference = None
     if r.kl_coef > 0 or r.track_kl:  # pitfall: a reference nobody reads costs a model's memory
-        reference = load_trained(cfg.align.reference, mesh, rules, "align.reference") if cfg.align.reference else start
+        reference = load_network(cfg.align.reference, mesh, rules, what="align.reference") if cfg.align.reference else start
         if reference is start:  # its own buffers: the policy's are donated to (and overwritten by) each update
             reference = dataclasses.replace(start, params=jax.tree.map(jnp.copy, start.params))
         check_same_vocabulary(start, reference, "align.reference")
     rm = None
     if cfg.align.reward_model:
         rm = RewardModel(cfg.align.reward_model, mesh, rules)
-        check_same_vocabulary(start, rm.trained, "align.reward_model")
+        check_same_vocabulary(start, rm.network, "align.reward_model")
     task = get_task(cfg.align.task)
     train_prompts, val_prompts = task_prompts(cfg, task, tokenizer, policy_cfg.max_len)
     N, G, B = r.max_new_tokens, r.group_size, cfg.align.batch_size
@@ -106,7 +108,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     opt = stage_optimizer(cfg, policy_cfg, mesh, rules, updates_per_step)
     separate_value = mode == "ppo" and not shared_value
     if separate_value:  # InstructGPT: the value model starts from the reward model when there is one
-        value_cfg, value_init = with_scalar_head(rm.trained if rm else start, jax.random.key(cfg.seed + 3), mesh, rules)
+        value_cfg, value_init = with_scalar_head(rm.network if rm else start, jax.random.key(cfg.seed + 3), mesh, rules)
         value_init = jax.tree.map(jnp.copy, value_init)  # trained in place; the reward model / policy stay intact
         value_graphdef = model_graphdef(value_cfg)
         value_opt = stage_optimizer(cfg, value_cfg, mesh, rules, updates_per_step)

@@ -16,42 +16,19 @@ from absl import logging
 from gptjax.align.chat import prompt_tokens
 from gptjax.align.losses import best_of_n_kl
 from gptjax.align.reward import RewardModel
-from gptjax.align.stage import AlignError, load_trained
+from gptjax.align.stage import AlignError
 from gptjax.atomic import write_jsonl_atomic
 from gptjax.sample.generate import generate
-from gptjax.sample.job import constraint_automaton, load_workdir_tokenizer, read_prompts, restore_trained_params
+from gptjax.sample.job import constraint_automaton, read_prompts
 from gptjax.sample.search import beam_search, best_of_n
 from gptjax.sample.strategies import SampleError, Strategy
-from gptjax.train.checkpoint import CheckpointError, Checkpointer
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.network import load_network
 
 
 def sample_checkpoint(cfg, workdir: str) -> dict:
     """Samples per `cfg.sample` from the latest checkpoint in `workdir`; returns a summary."""
     return run_in_mesh(_sample_checkpoint, cfg, workdir)
-
-
-def load_sampled_model(workdir: str, mesh, rules):
-    """(model config, params, step, tokenizer) of the latest checkpoint in `workdir`: a pretraining run's, or
-    (checkpoint meta has a "stage") a post-training run's `params` item."""
-    directory = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(directory, max_to_keep=1) if os.path.isdir(directory) else None
-    step = checkpointer.latest_step() if checkpointer else None
-    meta = checkpointer.restore_meta(step) if step is not None else {}
-    if checkpointer:
-        checkpointer.close()
-    if "stage" in meta:
-        try:
-            trained = load_trained(workdir, mesh, rules, "--workdir")
-        except AlignError as e:
-            raise SampleError(str(e)) from e
-        return trained.model_cfg, trained.params, step, trained.tokenizer
-    tokenizer = load_workdir_tokenizer(workdir)
-    trained, params, step, meta = restore_trained_params(workdir, mesh, rules)
-    if meta.get("tokenizer_hash") != tokenizer.hash:
-        raise CheckpointError(f"{workdir}/tokenizer.json (hash {tokenizer.hash}) is not the tokenizer checkpoint {step} "
-                              f"was trained with ({meta.get('tokenizer_hash')}); restore that run's tokenizer.json.")
-    return trained.model, params, step, tokenizer
 
 
 def reward_scorer(sample_cfg, model_cfg, tokenizer, mesh, rules):
@@ -62,7 +39,7 @@ def reward_scorer(sample_cfg, model_cfg, tokenizer, mesh, rules):
         scorer = RewardModel(sample_cfg.scorer, mesh, rules, "sample.scorer")
     except AlignError as e:
         raise SampleError(str(e)) from e
-    if scorer.trained.tokenizer.hash != tokenizer.hash or scorer.model_cfg.vocab_size != model_cfg.vocab_size:
+    if scorer.network.tokenizer.hash != tokenizer.hash or scorer.model_cfg.vocab_size != model_cfg.vocab_size:
         raise SampleError(f"sample.scorer={sample_cfg.scorer!r} was trained with another tokenizer or vocabulary than "
                           "the sampled model; train the reward model from this model's run")
     return scorer
@@ -79,7 +56,8 @@ def encode_prompt(prompt: str, tokenizer, chat_template: bool) -> list[int]:
 def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
     s, rules = cfg.sample, tuple(cfg.parallel.rules)
     prompts = read_prompts(s)
-    model_cfg, params, step, tokenizer = load_sampled_model(workdir, mesh, rules)
+    network = load_network(workdir, mesh, rules)
+    model_cfg, params, step, tokenizer = network.model_cfg, network.params, network.step, network.tokenizer
     automaton = constraint_automaton(s, tokenizer)
     scorer = reward_scorer(s, model_cfg, tokenizer, mesh, rules)
     encoded = [encode_prompt(p, tokenizer, s.chat) for p in prompts]

@@ -24,7 +24,7 @@ from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, f
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
-from gptjax.sample.generate import model_graphdef
+from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.xla_options import training_compiler_options
 

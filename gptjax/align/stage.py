@@ -23,72 +23,19 @@ from gptjax.align.data import SPLIT_RULE
 from gptjax.atomic import write_json_atomic
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 from gptjax.model.build import init_params
-from gptjax.sample.job import load_workdir_tokenizer, restore_trained_params
-from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import TrainingDivergedError, json_config
 from gptjax.train.metrics import MetricsWriter
+from gptjax.train.network import Network, load_network, workdir_tokenizer
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import abstract_params, params_shardings, state_shardings
+from gptjax.train.state import params_shardings, state_shardings
 
 
 class AlignError(ValueError):
     """A post-training input that cannot be used (checkpoint, tokenizer, reward model); names it and the fix."""
 
 
-@dataclasses.dataclass
-class Trained:
-    """A network read from a workdir's latest checkpoint."""
-
-    model_cfg: ml_collections.ConfigDict
-    params: dict
-    tokenizer: Tokenizer
-    meta: dict
-    workdir: str
-
-    @property
-    def stage(self) -> str:
-        return self.meta.get("stage", "pretrain")
-
-
-def model_config(model_dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(model_dict))
-
-
-def load_tokenizer(workdir: str) -> Tokenizer:
-    try:
-        return load_workdir_tokenizer(workdir)
-    except SampleError as e:
-        raise AlignError(str(e)) from e
-
-
-def load_trained(workdir: str, mesh, rules, what: str) -> Trained:
-    """The latest checkpoint's network in `workdir` (a pretraining or post-training run), params only.
-    `what` names the role in errors, e.g. "align.reward_model"."""
-    directory = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(directory, max_to_keep=1) if os.path.isdir(directory) else None
-    step = checkpointer.latest_step() if checkpointer else None
-    if step is None:
-        raise AlignError(f"{what}={workdir!r} holds no checkpoint ({os.path.abspath(directory)} is empty or missing); "
-                         "give the workdir of a finished run")
-    try:
-        meta = checkpointer.restore_meta(step)
-        if "stage" in meta:
-            model_cfg = model_config(meta["model"])
-            params = checkpointer.restore_items(step, {"params": abstract_params(model_cfg, mesh, rules)})["params"]
-        else:  # a pretraining checkpoint: params live inside the train state
-            trained, params, _, meta = restore_trained_params(workdir, mesh, rules)
-            model_cfg = trained.model
-    finally:
-        checkpointer.close()
-    tokenizer = load_tokenizer(workdir)
-    if meta.get("tokenizer_hash") != tokenizer.hash:
-        raise AlignError(f"{workdir}/tokenizer.json (hash {tokenizer.hash}) is not the tokenizer its checkpoint was "
-                         f"trained with ({meta.get('tokenizer_hash')}); restore that run's tokenizer.json")
-    return Trained(model_cfg, params, tokenizer, meta, workdir)
-
-
-def check_same_vocabulary(policy: Trained, other: Trained, what: str) -> None:
+def check_same_vocabulary(policy: Network, other: Network, what: str) -> None:
     """A reference or reward model must read the policy's tokens: same tokenizer, same vocabulary size."""
     if other.tokenizer.hash != policy.tokenizer.hash or other.model_cfg.vocab_size != policy.model_cfg.vocab_size:
         raise AlignError(
@@ -102,9 +49,9 @@ def start_tokenizer(cfg, workdir: str, texts: Callable[[], list[str]]) -> Tokeni
     (fresh model, init_from "") one trained on `texts()` with config.model.vocab_size ids."""
     saved = os.path.join(workdir, "tokenizer.json")
     if os.path.isfile(saved):
-        return load_tokenizer(workdir)
+        return workdir_tokenizer(workdir)
     if cfg.align.init_from:
-        tokenizer = load_tokenizer(cfg.align.init_from)
+        tokenizer = workdir_tokenizer(cfg.align.init_from)
     else:
         tokenizer = train_tokenizer(texts(), cfg.model.vocab_size)
     if jax.process_index() == 0:
@@ -113,27 +60,27 @@ def start_tokenizer(cfg, workdir: str, texts: Callable[[], list[str]]) -> Tokeni
     return tokenizer
 
 
-def starting_network(cfg, tokenizer: Tokenizer, mesh, rules) -> Trained:
+def starting_network(cfg, tokenizer: Tokenizer, mesh, rules) -> Network:
     """The network a stage starts from: align.init_from's checkpoint, or a fresh config.model network."""
     if cfg.align.init_from:
-        trained = load_trained(cfg.align.init_from, mesh, rules, "align.init_from")
+        trained = load_network(cfg.align.init_from, mesh, rules, what="align.init_from")
         if trained.tokenizer.hash != tokenizer.hash:
             raise AlignError(f"align.init_from={cfg.align.init_from!r} uses tokenizer {trained.tokenizer.hash}, but "
                              f"this workdir's tokenizer.json is {tokenizer.hash}; use a fresh --workdir for another "
                              "init_from")
         return trained
-    model_cfg = model_config(cfg.model.to_dict())
+    model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise AlignError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size={model_cfg.vocab_size}")
     params = init_params(model_cfg, jax.random.key(cfg.seed))
     params = jax.device_put(params, params_shardings(model_cfg, mesh, rules))
-    return Trained(model_cfg, params, tokenizer, {}, "")
+    return Network(model_cfg, params, tokenizer, 0, {}, "")
 
 
-def with_scalar_head(trained: Trained, key, mesh, rules) -> tuple[ml_collections.ConfigDict, dict]:
+def with_scalar_head(trained: Network, key, mesh, rules) -> tuple[ml_collections.ConfigDict, dict]:
     """(model config, params) of `trained`'s network with a scalar head (reward / value models); a fresh
     head (zero-mean, init_std) is added unless the network already has one."""
-    model_cfg = model_config({**trained.model_cfg.to_dict(), "scalar_head": True})
+    model_cfg = ml_collections.ConfigDict({**trained.model_cfg.to_dict(), "scalar_head": True})
     if trained.model_cfg.scalar_head:
         return model_cfg, trained.params
     fresh = init_params(model_cfg, key)
@@ -262,14 +209,15 @@ def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
     write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
     optimizer = optimizer_identity(cfg.optim, t.steps)  # what the `train` item's optimizer state belongs to
-    latest = checkpointer.latest_step()
-    if latest is None:
-        items, start = spec.fresh(), 0
-    else:
-        meta = checkpointer.restore_meta(latest)
+
+    def restore(step):
+        meta = checkpointer.restore_meta(step)
         _check_resumable(meta, spec, spec.tokenizer.hash, checkpointer.directory)
         check_optimizer(meta, optimizer, checkpointer.directory, t.allow_steps_change)
-        items, start = checkpointer.restore_items(latest, spec.abstract), latest
+        return checkpointer.restore_items(step, spec.abstract)
+
+    found = checkpointer.restore_to_resume(restore)
+    items, start = (spec.fresh(), 0) if found is None else (found[1], found[0])
     writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
                            display=t.show_steps)
     final, pending = {}, []

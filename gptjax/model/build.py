@@ -4,6 +4,9 @@ Both switch NNX's eager sharding off, so they work with no mesh set and under `j
 of a sweep group); the caller places the arrays (`jax.jit(..., out_shardings=...)`).
 """
 
+import functools
+
+import ml_collections
 from flax import nnx
 
 from gptjax.model.transformer import Transformer
@@ -20,3 +23,13 @@ def init_params(model_cfg, key) -> dict:
     with nnx.use_eager_sharding(False):
         model = Transformer(model_cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef(model_items: tuple) -> nnx.GraphDef:
+    return nnx.graphdef(abstract_model(ml_collections.ConfigDict(dict(model_items))))
+
+
+def model_graphdef(model_cfg) -> nnx.GraphDef:
+    """The graphdef `nnx.merge(graphdef, params)` needs for params of a `model_cfg` model (cached)."""
+    return _graphdef(tuple(sorted(dict(model_cfg.items()).items())))

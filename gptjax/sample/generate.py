@@ -22,14 +22,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from gptjax.data.tokenizer import EOS_ID, PAD_ID
 from gptjax.model.kv_cache import cache_positions, empty_caches
 from gptjax.sample.strategies import SampleError, Strategy, sample_tokens, token_logprobs
-from gptjax.model.build import abstract_model
+from gptjax.model.build import model_graphdef
 
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this many tokens
 
@@ -52,16 +51,6 @@ class Completion:
     @property
     def mean_logprob(self) -> float:
         return self.logprob / max(len(self.tokens), 1)
-
-
-@functools.lru_cache(maxsize=16)
-def _graphdef(model_items: tuple) -> nnx.GraphDef:
-    return nnx.graphdef(abstract_model(ml_collections.ConfigDict(dict(model_items))))
-
-
-def model_graphdef(model_cfg) -> nnx.GraphDef:
-    """The graphdef `nnx.merge(graphdef, params)` needs for params of a `model_cfg` model (cached)."""
-    return _graphdef(tuple(sorted(dict(model_cfg.items()).items())))
 
 
 def left_pad(prompts, *, max_new_tokens: int, max_len: int, vocab_size: int, pad_id: int = PAD_ID):

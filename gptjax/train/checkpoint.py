@@ -9,8 +9,14 @@ mid-save never leaves a step that later reads as finished.
 """
 
 import contextlib
+import io
 import json
+import logging as std_logging
 import os
+import sys
+import threading
+import time
+from typing import Callable, TypeVar
 
 import orbax.checkpoint as ocp
 from absl import logging
@@ -22,16 +28,76 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this job; the message names it and the fix."""
 
 
+T = TypeVar("T")
+
+
 class Checkpointer:
-    def __init__(self, directory: str, max_to_keep: int):
+    """A run's checkpoints/ directory. A writer (`Checkpointer(directory, max_to_keep)`) keeps the newest
+    `max_to_keep` steps; `Checkpointer.reader(directory)` opens another run's directory read-only (it
+    creates, saves and deletes nothing)."""
+
+    def __init__(self, directory: str, max_to_keep: int | None, *, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True),
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep), enable_async_checkpointing=True)
+        with _filtered(std_logging.getLogger("absl"), "read only"):  # orbax's note that read-only is read-only
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @classmethod
+    def reader(cls, directory: str) -> "Checkpointer":
+        return cls(directory, None, read_only=True)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def restore_newest_readable(self, restore: Callable[[int], T]) -> tuple[int, T] | None:
+        """(step, restore(step)) for the newest step that `restore` can read, or None when there is no step.
+        A damaged step (truncated or missing files: orbax and tensorstore raise) is named in a warning and
+        skipped for the one before it; nothing is deleted. CheckpointError (a checkpoint of another run)
+        is not damage and propagates. Raises CheckpointError when every step is damaged."""
+        damaged = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                with _silence_failed_reads() as failed:
+                    try:
+                        return step, restore(step)
+                    except Exception:
+                        failed.set()
+                        raise
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read a step's files is damage
+                damaged.append(f"step {step} ({_orbax_summary(e)})")
+                logging.warning("checkpoint step %d in %s is unreadable, skipped (kept on disk): %s", step,
+                                self.directory, _orbax_summary(e))
+        if damaged:
+            raise CheckpointError(f"{self.directory}: no readable checkpoint; damaged: {'; '.join(damaged)}. Nothing "
+                                  "was deleted; restore the files from a backup, or use a fresh --workdir.")
+        return None
+
+    def restore_to_resume(self, restore: Callable[[int], T]) -> tuple[int, T] | None:
+        """A writer's `restore_newest_readable`: the damaged steps newer than the one restored are moved
+        out of the way (`set_aside`), so the resumed run can save those step numbers again."""
+        found = self.restore_newest_readable(restore)
+        if found is not None:
+            for step in [s for s in self._manager.all_steps() if s > found[0]]:
+                logging.warning("resuming from checkpoint step %d; damaged step %d moved to %s", found[0], step,
+                                self.set_aside(step))
+        return found
+
+    def set_aside(self, step: int) -> str:
+        """Moves a damaged step out of the directory (to ../damaged_checkpoints/<step>, never deleted).
+        Returns the new path."""
+        target = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints", str(step))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.exists(target):
+            target = f"{target}.{len(os.listdir(os.path.dirname(target)))}"
+        os.rename(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        return target
 
     def save(self, step: int, state, meta: dict) -> None:
         """Starts an asynchronous save; the previous one is finished first by orbax."""
@@ -178,6 +244,55 @@ def check_optimizer(meta: dict, identity: dict, directory: str, allow_steps_chan
         )
     logging.warning("resuming %s with train.steps=%s (it was written for %s; train.allow_steps_change=True): the "
                     "learning-rate schedule's horizon moved, so the rate may jump here", directory, new, old)
+
+
+@contextlib.contextmanager
+def _filtered(logger, text: str):
+    """Drops `logger`'s records containing `text` inside the block."""
+    def keep(record):
+        return text not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+@contextlib.contextmanager
+def _silence_failed_reads():
+    """When a restore fails on damaged files, orbax closes its event loop while tensorstore reads of the
+    step's other arrays are still finishing; each of those then prints an "Event loop is closed"
+    traceback and asyncio logs "Task exception was never retrieved". Those say nothing the one warning
+    does not, so after a failed read this swallows stderr until it has been quiet for 0.3 s (at most 3 s)."""
+    failed = threading.Event()
+    buffer = _TimedBuffer()
+    asyncio_log = std_logging.getLogger("asyncio")
+    level = asyncio_log.level
+    asyncio_log.setLevel(std_logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(buffer):
+            try:
+                yield failed
+            finally:
+                if failed.is_set():
+                    deadline = time.monotonic() + 3.0
+                    while time.monotonic() < deadline and time.monotonic() - buffer.last_write < 0.3:
+                        time.sleep(0.05)
+    finally:
+        asyncio_log.setLevel(level)
+    if not failed.is_set() and buffer.getvalue():
+        sys.stderr.write(buffer.getvalue())  # a successful restore's own output is shown as usual
+
+
+class _TimedBuffer(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.last_write = time.monotonic()
+
+    def write(self, text):
+        self.last_write = time.monotonic()
+        return super().write(text)
 
 
 def _is_tree_mismatch(e: ValueError) -> bool:

@@ -30,12 +30,14 @@ from gptjax.atomic import write_json_atomic
 from gptjax.config import validate
 from gptjax.data.cache import SPLIT_RULE
 from gptjax.data.pipeline import DataStreams, make_streams
+from gptjax.model.build import model_graphdef
 from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
 from gptjax.train import flops
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
 from gptjax.train.members import Members
 from gptjax.train.metrics import MetricsWriter
-from gptjax.train.state import StateSpec
+from gptjax.train.network import load_network
+from gptjax.train.state import StateSpec, params_shardings
 from gptjax.train.step import make_eval_step, make_train_step
 from gptjax.train.xla_options import training_compiler_options
 
@@ -98,14 +100,18 @@ def setup(cfg, workdir: str, mesh, members: Members) -> Job:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
     identity, optim_identity = members.identities(cfg, data_identity(cfg, data))
     diverged = {}
-    latest = checkpointer.latest_step()
-    if latest is None:
-        state = spec.initialize()
-    else:
-        meta = checkpointer.restore_meta(latest)
+
+    def restore(step):
+        meta = checkpointer.restore_meta(step)
         check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
                          optimizer=optim_identity, allow_steps_change=cfg.train.allow_steps_change)
-        state = checkpointer.restore_state(latest, spec.abstract)
+        return meta, checkpointer.restore_state(step, spec.abstract)
+
+    found = checkpointer.restore_to_resume(restore)
+    if found is None:
+        state = spec.initialize()
+    else:
+        _, (meta, state) = found
         data.train.set_state(meta["data_state"])
         diverged = {int(k): v for k, v in meta.get("diverged", {}).items()}
     return Job(cfg, workdir, mesh, members, data, spec, state, checkpointer, optimizer, schedule, identity,
@@ -179,18 +185,23 @@ def jit_eval_step(job: Job):
 def evaluate(job: Job, eval_step) -> list[dict]:
     """Per member: the mean validation loss (nats/token) over the fixed validation batches, its standard
     error over those batches ("loss_se"), and bits per byte of the validation text when the source is text."""
-    sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
-    losses = [eval_step(job.state["params"], host_local_batch(b, sharding)) for b in job.data.val_batches]
-    losses_NxK = np.reshape(jax.device_get(losses), (len(losses), job.members.size))
+    return validation_losses(eval_step, job.state["params"], job.data, job.members.size,
+                             batch_sharding(job.mesh, tuple(job.cfg.parallel.rules)))
+
+
+def validation_losses(eval_step, params, data: DataStreams, size: int, sharding) -> list[dict]:
+    """`evaluate` for any params: `size` members' results on data.val_batches placed with `sharding`."""
+    losses = [eval_step(params, host_local_batch(b, sharding)) for b in data.val_batches]
+    losses_NxK = np.reshape(jax.device_get(losses), (len(losses), size))
     results = []
     n = len(losses)
-    for k in range(job.members.size):
+    for k in range(size):
         result = {"loss": float(np.mean(losses_NxK[:, k]))}
         # The eval set's sampling noise: the spread of per-batch losses over sqrt(batches). Sweeps compare
         # it with the loss gaps they fit (batches are consecutive text, so this is a block estimate).
         result["loss_se"] = float(np.std(losses_NxK[:, k], ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        if job.data.tokens_per_byte is not None:
-            result["bits_per_byte"] = result["loss"] / math.log(2) * job.data.tokens_per_byte
+        if data.tokens_per_byte is not None:
+            result["bits_per_byte"] = result["loss"] / math.log(2) * data.tokens_per_byte
         results.append(result)
     return results
 
@@ -318,13 +329,20 @@ def evaluate_checkpoint(cfg, workdir: str) -> dict:
 
 
 def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory) or Checkpointer(directory, cfg.train.max_to_keep).latest_step() is None:
-        raise CheckpointError(f"no checkpoint in {os.path.abspath(directory)}; train first with mode=pretrain.")
-    job = setup(cfg, workdir, mesh, Members.solo(cfg))
-    step = job.checkpointer.latest_step()
-    result = {"step": step, **{f"eval_{k}": v for k, v in evaluate(job, jit_eval_step(job))[0].items()},
-              "entropy_rate": job.data.entropy_rate}
+    """The newest readable checkpoint's params (only: no optimizer state is read, and the run's checkpoints
+    are opened read-only) on the validation batches of `cfg.data`, the data that run trained on."""
+    rules = tuple(cfg.parallel.rules)
+    network = load_network(workdir, mesh, rules, need_tokenizer=False)
+    if network.stage != "pretrain":
+        raise CheckpointError(f"{workdir} holds a {network.stage!r} checkpoint; mode=eval scores pretraining runs "
+                              "(post-training stages report their own eval metrics in metrics.jsonl)")
+    data = make_streams(cfg, workdir)
+    if data.tokenizer_hash != network.meta.get("tokenizer_hash"):
+        raise CheckpointError(f"{workdir}: the checkpoint was trained with tokenizer {network.meta.get('tokenizer_hash')!r}, "
+                              f"this config's data with {data.tokenizer_hash!r}; evaluate with the config that trained it")
+    eval_step = jax.jit(make_eval_step(model_graphdef(network.model_cfg)),
+                        in_shardings=(params_shardings(network.model_cfg, mesh, rules), batch_sharding(mesh, rules)))
+    losses = validation_losses(eval_step, network.params, data, 1, batch_sharding(mesh, rules))[0]
+    result = {"step": network.step, **{f"eval_{k}": v for k, v in losses.items()}, "entropy_rate": data.entropy_rate}
     write_json_atomic(os.path.join(workdir, "eval.json"), result)
-    job.checkpointer.close()
     return result

@@ -1,0 +1,94 @@
+"""One way to read a trained network from a workdir: `load_network(workdir, mesh, rules)`.
+
+Every reader of another run (mode=sample, mode=eval, a post-training stage's init_from, reference and
+reward models, best-of-N scorers, notebooks, benchmarks) goes through here. It opens the run's
+checkpoints read-only, restores only the parameters (a pretraining checkpoint's optimizer state, twice
+the params under Adam, is never read) straight onto their shardings, fills the model config's keys added
+since the run was written with their defaults, and loads the tokenizer the run was trained with.
+
+Two checkpoint layouts exist: pretraining's (`state` item: params inside the train state; `meta` with
+the full config) and post-training's (`params` item; `meta` with "stage" and "model").
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+
+from gptjax.data.tokenizer import Tokenizer, TokenizerError
+from gptjax.train.checkpoint import CheckpointError, Checkpointer, model_with_defaults
+from gptjax.train.state import abstract_params
+
+
+@dataclasses.dataclass
+class Network:
+    """A trained network: its model config, params placed on the mesh, tokenizer (None for
+    synthetic-token runs, which have none), the checkpoint's step and meta, and the workdir."""
+
+    model_cfg: ml_collections.ConfigDict
+    params: dict
+    tokenizer: Tokenizer | None
+    step: int
+    meta: dict
+    workdir: str
+
+    @property
+    def stage(self) -> str:
+        """"pretrain", or the post-training mode that wrote the checkpoint ("sft", "reward", ...)."""
+        return self.meta.get("stage", "pretrain")
+
+
+def workdir_tokenizer(workdir: str) -> Tokenizer:
+    """WORKDIR/tokenizer.json, the tokenizer a run was trained with."""
+    path = os.path.join(workdir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} does not exist; reading text needs the tokenizer the checkpoint in {workdir} "
+                              "was trained with, which runs on text sources save there (synthetic-token runs have none)")
+    try:
+        return Tokenizer.load(path)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def saved_model_config(meta: dict) -> ml_collections.ConfigDict:
+    """The network's model config from a checkpoint's meta (either layout), defaults filled in."""
+    saved = meta["model"] if "stage" in meta else meta["config"]["model"]
+    return ml_collections.ConfigDict(model_with_defaults(saved))
+
+
+def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tokenizer: bool = True) -> Network:
+    """The newest readable checkpoint's network in `workdir` (params only, placed by `rules` on `mesh`).
+    `what` names the input in errors (e.g. "align.reference"). A damaged newest step is skipped with a
+    warning for the one before it (checkpoint.Checkpointer.restore_newest_readable)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{what}={workdir!r}: no checkpoint in {os.path.abspath(directory)}; give the workdir of "
+                              "a finished run, or train first (e.g. mode=pretrain)")
+    checkpointer = Checkpointer.reader(directory)
+
+    def restore(step):
+        meta = checkpointer.restore_meta(step)
+        model_cfg = saved_model_config(meta)
+        target = abstract_params(model_cfg, mesh, rules)
+        if "stage" in meta:
+            params = checkpointer.restore_items(step, {"params": target})["params"]
+        else:
+            params = checkpointer.restore_params(step, target)
+        return model_cfg, params, meta
+
+    try:
+        found = checkpointer.restore_newest_readable(restore)
+    finally:
+        checkpointer.close()
+    if found is None:
+        raise CheckpointError(f"{what}={workdir!r}: no checkpoint in {os.path.abspath(directory)}; give the workdir of "
+                              "a finished run, or train first (e.g. mode=pretrain)")
+    step, (model_cfg, params, meta) = found
+    tokenizer = None
+    if need_tokenizer or os.path.isfile(os.path.join(workdir, "tokenizer.json")):
+        tokenizer = workdir_tokenizer(workdir)
+        if meta.get("tokenizer_hash") != tokenizer.hash:
+            raise CheckpointError(f"{workdir}/tokenizer.json (hash {tokenizer.hash}) is not the tokenizer checkpoint "
+                                  f"{step} was trained with ({meta.get('tokenizer_hash')}); restore that run's "
+                                  "tokenizer.json")
+    return Network(model_cfg, params, tokenizer, step, meta, workdir)
