@@ -51,3 +51,16 @@ def test_bad_tokenizer_inputs_are_clear_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         Tokenizer.load(str(bad))
+    # Every reserved token present, but in another order: refused, since ids 0..6 are used by number.
+    saved = tmp_path / "good.json"
+    train_tokenizer(CORPUS, vocab_size=300).save(str(saved))
+    spec = json.load(open(saved))
+    order = list(reversed(SPECIAL_TOKENS))
+    for added in spec["added_tokens"]:
+        added["id"] = order.index(added["content"])
+    for token in SPECIAL_TOKENS:
+        spec["model"]["vocab"][token] = order.index(token)
+    reordered = tmp_path / "reordered.json"
+    reordered.write_text(json.dumps(spec))
+    with pytest.raises(TokenizerError, match=r"reserved tokens at other ids \(<\|bos\|> at 6, .*ids 0..6 in that order"):
+        Tokenizer.load(str(reordered))

@@ -46,6 +46,13 @@ class Tokenizer:
         if None in self.special_ids.values():
             missing = [t for t, i in self.special_ids.items() if i is None]
             raise TokenizerError(f"tokenizer lacks the reserved tokens {missing}; retrain it with gptjax")
+        # The chat template, generate and RL use the ids BOS_ID..END_ID: a tokenizer holding the tokens at
+        # other ids would silently stop on, and template with, the wrong tokens.
+        moved = [f"{t} at {i}" for n, (t, i) in enumerate(self.special_ids.items()) if i != n]
+        if moved:
+            raise TokenizerError(f"tokenizer holds reserved tokens at other ids ({', '.join(moved)}); gptjax needs "
+                                 f"{', '.join(SPECIAL_TOKENS)} at ids 0..{NUM_SPECIAL_TOKENS - 1} in that order; "
+                                 "retrain it with gptjax")
         self.hash = hashlib.sha256(hf_tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
 
     @property
@@ -95,9 +102,13 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer file {path} does not exist; train one (leave data.tokenizer empty) "
                                  "or point data.tokenizer at a tokenizer.json")
         try:
-            return cls(HFTokenizer.from_file(path))
+            hf_tokenizer = HFTokenizer.from_file(path)
         except Exception as e:  # the library raises a bare Exception on malformed JSON
             raise TokenizerError(f"{path} is not a valid tokenizer.json ({e})") from e
+        try:
+            return cls(hf_tokenizer)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from e
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:

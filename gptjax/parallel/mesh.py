@@ -42,7 +42,7 @@ def logical_to_spec(names, rules) -> PartitionSpec:
 
 
 def _logical_names(variable):
-    return variable.get_metadata().get("out_sharding") or variable.get_metadata().get("sharding_names")
+    return variable.get_metadata().get("out_sharding")
 
 
 def param_shardings(abstract_params, mesh, rules):
