@@ -35,7 +35,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient + ipykernel: tests/test_colabs.py executes colabs/*.ipynb in a fresh kernel
-        "test": ["pytest>=8", "hypothesis>=6.100", "tensorboard>=2.16", "nbclient>=0.10", "nbformat>=5.9",
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "tensorboard>=2.16", "nbclient>=0.10", "nbformat>=5.9",
                  "ipykernel>=6.29"],
         "interop": INTEROP,
         "bench": INTEROP,
