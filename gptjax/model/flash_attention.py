@@ -19,19 +19,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gptjax.model.attend import grouped_queries, head_major, logit_scale, ungrouped
+
 DEFAULT_BLOCK = 128
 
 
 def _blocks(T: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, T)) for start in range(0, T, block)]
-
-
-def _grouped(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
-    """Head-major views: q (B, K, G, T, H), k and v (B, K, T, H)."""
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxTxKxH.shape[2]
-    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    return q_BxKxGxTxH, k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
 
 
 def _block_scores(q_blk, k_blk, scale, q_start, k_start, kv_valid_blk):
@@ -122,8 +116,7 @@ def blocked_causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None, kv_val
     `jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True)` (with `kv_valid_BxT` as a key
     mask) up to float rounding, computed block by block (see the module docstring). `scale` multiplies
     the logits; None means 1/sqrt(H)."""
-    B, T, N, H = q_BxTxNxH.shape
-    scale = H**-0.5 if scale is None else float(scale)
-    q, k, v = _grouped(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
-    out_BxKxGxTxH = _attention(q, k, v, kv_valid_BxT, scale, int(block))
-    return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    scale = float(logit_scale(scale, q_BxTxNxH.shape[-1]))
+    q = grouped_queries(q_BxTxNxH, k_BxTxKxH.shape[2])
+    out_BxKxGxTxH = _attention(q, head_major(k_BxTxKxH), head_major(v_BxTxKxH), kv_valid_BxT, scale, int(block))
+    return ungrouped(out_BxKxGxTxH)

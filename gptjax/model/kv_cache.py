@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gptjax.model.attend import attend, head_major
 from gptjax.parallel.mesh import constrain
 
 # Under a mesh a cache is sharded like the activations that fill it: rows over the batch axes, KV heads
@@ -57,22 +58,6 @@ def empty_caches(model, start_B, length: int):
     return empty() if model.scan_layers else [empty() for _ in range(model.n_layers)]
 
 
-def masked_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale=None):
-    """Attention of T queries over S head-major keys where `mask_BxTxS` is True (the cache's slots, not
-    causality alone, decide what is visible); query head n uses KV head n // (N/K) (GQA), as in
-    attention.causal_attention, and `scale` (None: 1/sqrt(H)) multiplies the logits, accumulated in
-    float32. Every query must see at least one key."""
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxKxSxH.shape[1]
-    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH, preferred_element_type=jnp.float32)
-    scores_BxKxGxTxS = scores_BxKxGxTxS * (H**-0.5 if scale is None else scale)
-    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, -jnp.inf)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxKxSxH.dtype)
-    out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH)
-    return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
-
-
 def visible_slots(start_B, index, T: int, S: int):
     """mask_BxTxS: which of S slots the queries written at slots index..index+T-1 may see."""
     slot_1x1xS = jnp.arange(S)[None, None, :]
@@ -83,7 +68,7 @@ def visible_slots(start_B, index, T: int, S: int):
 
 
 def _written(cache_BxKxSxH, new_BxTxKxH, index):
-    new_BxKxTxH = new_BxTxKxH.transpose(0, 2, 1, 3).astype(cache_BxKxSxH.dtype)  # T new slots only
+    new_BxKxTxH = head_major(new_BxTxKxH).astype(cache_BxKxSxH.dtype)  # T new slots only
     return constrain(jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, index, 0)), CACHE_NAMES)
 
 
@@ -95,7 +80,7 @@ def cached_attention(cache: KVCache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None
     k_BxKxSxH = _written(cache.k_BxKxSxH, k_BxTxKxH, cache.index)
     v_BxKxSxH = _written(cache.v_BxKxSxH, v_BxTxKxH, cache.index)
     mask_BxTxS = visible_slots(cache.start_B, cache.index, T, k_BxKxSxH.shape[2])
-    out_BxTxNxH = masked_attention(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale)
+    out_BxTxNxH = attend(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale)
     return out_BxTxNxH, KVCache(k_BxKxSxH, v_BxKxSxH, cache.start_B, cache.index + T)
 
 
