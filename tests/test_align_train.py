@@ -28,6 +28,9 @@ from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError
 from gptjax.train.network import load_network
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_align_train")
+
 
 def align_config(mode: str, **align):
     cfg = tiny_config()
@@ -145,6 +148,31 @@ def test_sharded_losses_equal_one_device_losses(mode, sft_dir, tmp_path):
     for step in (1, 2, 3):
         for k in keys:
             np.testing.assert_allclose(eight[step][k], one[step][k], rtol=1e-4, atol=1e-6, err_msg=f"{k} at {step}")
+
+
+def test_fresh_and_scalar_head_networks_are_initialised_on_their_shardings(sft_dir):
+    """A fresh network and a reward/value head are created under jit straight onto their shardings: no
+    eager copy on one device moved afterwards (the transfer guard refuses any transfer), and the head's
+    values are those of the network's own initialiser."""
+    from gptjax.align.stage import starting_network, with_scalar_head
+    from gptjax.model.build import init_params
+    from gptjax.train.state import params_shardings
+
+    cfg = align_config("sft")
+    cfg.parallel.update(num_devices=8, mesh=(4, 2, 1))
+    mesh, rules = make_mesh(cfg.parallel), tuple(cfg.parallel.rules)
+    tokenizer, head_key = load(sft_dir).tokenizer, jax.random.key(5)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), jax.transfer_guard("disallow"):
+        start = starting_network(cfg, tokenizer, mesh, rules)
+        model_cfg, params = with_scalar_head(start, head_key, mesh, rules)
+    expected = params_shardings(model_cfg, mesh, rules)
+    assert jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, params, expected)) == [True] * len(
+        jax.tree.leaves(params))
+    assert any(not s.is_fully_replicated for s in jax.tree.leaves(expected))  # fsdp-sharded, not one copy
+    eager = init_params(model_cfg, jax.random.key(5))["scalar_head"]
+    # (jit and eager differ in the last bit of a few draws: the normal sampler fuses differently)
+    np.testing.assert_allclose(np.asarray(params["scalar_head"]["kernel"]), np.asarray(eager["kernel"]), rtol=1e-6)
+    assert all(params[k] is start.params[k] for k in start.params)  # the body is the start's, not rebuilt
 
 
 def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

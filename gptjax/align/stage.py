@@ -72,9 +72,10 @@ def starting_network(cfg, tokenizer: Tokenizer, mesh, rules) -> Network:
     model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise AlignError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size={model_cfg.vocab_size}")
-    params = init_params(model_cfg, jax.random.key(cfg.seed))
-    params = jax.device_put(params, params_shardings(model_cfg, mesh, rules))
-    return Network(model_cfg, params, tokenizer, 0, {}, "")
+    # Initialised under jit straight onto the shardings: no whole unsharded copy on one device first.
+    init = jax.jit(lambda: init_params(model_cfg, jax.random.key(cfg.seed)),
+                   out_shardings=params_shardings(model_cfg, mesh, rules))
+    return Network(model_cfg, init(), tokenizer, 0, {}, "")
 
 
 def with_scalar_head(trained: Network, key, mesh, rules) -> tuple[ml_collections.ConfigDict, dict]:
@@ -83,9 +84,10 @@ def with_scalar_head(trained: Network, key, mesh, rules) -> tuple[ml_collections
     model_cfg = ml_collections.ConfigDict({**trained.model_cfg.to_dict(), "scalar_head": True})
     if trained.model_cfg.scalar_head:
         return model_cfg, trained.params
-    fresh = init_params(model_cfg, key)
-    params = {**trained.params, "scalar_head": fresh["scalar_head"]}
-    return model_cfg, jax.device_put(params, params_shardings(model_cfg, mesh, rules))
+    # Only the head is computed: under jit the rest of the network's initialisation is dead code.
+    head = jax.jit(lambda: init_params(model_cfg, key)["scalar_head"],
+                   out_shardings=params_shardings(model_cfg, mesh, rules)["scalar_head"])()
+    return model_cfg, {**trained.params, "scalar_head": head}
 
 
 @dataclasses.dataclass
