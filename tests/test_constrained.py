@@ -15,6 +15,9 @@ from gptjax.model.build import init_params
 from gptjax.sample.constrained import ConstraintError, json_schema_automaton, regex_automaton
 from gptjax.sample.generate import generate
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_constrained")
+
 ALPHABET = "ab01 é-"  # é: two UTF-8 bytes, so tokens that split a character are exercised
 CORPUS = ["ab ba 01 10 aab abba é éa aé -a- b-0 " * 5, "a0b1 é0é 1-1 bb aa 00 11 ab01é"] * 3
 CLASSES = ("[ab]", "[01]", "[a-b]", "[^a]")

@@ -12,6 +12,9 @@ from gptjax.data.pipeline import WindowBatches, make_streams, validation_batches
 from gptjax.data.sources import DataSourceError, open_source, shakespeare, strip_markdown, text_files, tfds_documents
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_data")
+
 
 class GptjaxTestCorpus(tfds.core.GeneratorBasedBuilder):
     """A tiny TFDS text dataset built offline from strings in this file."""

@@ -10,6 +10,9 @@ import pytest
 from gptjax.scaling import fit as F
 from gptjax.scaling.report import format_value, write_report
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -20,6 +20,9 @@ from gptjax.sample.strategies import SampleError
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import train
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_sample_cli")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -10,6 +10,9 @@ from conftest import tiny_config
 from gptjax.parallel.mesh import host_local_batch, logical_to_spec, make_mesh
 from gptjax.train.loop import sharded_train_step
 
+# Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_sharding")
+
 STEPS = 5
 
 
