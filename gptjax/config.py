@@ -18,8 +18,10 @@ from gptjax.data.tokenizer import NUM_SPECIAL_TOKENS
 MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
 ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
 RL_MODES = ("ppo", "grpo", "rloo")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "max_len")
+KL_ESTIMATORS = ("k1", "k2", "k3")  # align/losses.py kl_penalty
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "max_len")  # align/losses.py aggregate
+GRPO_ADVANTAGES = ("grpo", "dr_grpo")  # align/losses.py group_advantages (mode=rloo adds "rloo")
+DPO_LOSSES = ("sigmoid", "ipo")  # align/losses.py dpo_loss
 JUDGES = ("gold", "reward_model", "self")
 PARAMETRIZATIONS = ("sp", "mup")
 SWEEP_MODES = ("run", "plan", "fit")
@@ -644,11 +646,11 @@ def _validate_align(cfg, batch_shards: int) -> None:
               "gradient and regularises nothing; use k3 (or k2), or put the KL in the reward")
     if r.value_model not in ("separate", "shared"):
         _fail("rl.value_model", r.value_model, "must be separate or shared")
-    if r.advantage not in ("grpo", "dr_grpo"):
-        _fail("rl.advantage", r.advantage, "must be grpo or dr_grpo")
+    if r.advantage not in GRPO_ADVANTAGES:
+        _fail("rl.advantage", r.advantage, f"must be one of {', '.join(GRPO_ADVANTAGES)}")
     if r.loss_aggregation not in LOSS_AGGREGATIONS:
         _fail("rl.loss_aggregation", r.loss_aggregation, f"must be one of {', '.join(LOSS_AGGREGATIONS)}")
-    if not o.beta > 0 or o.loss not in ("sigmoid", "ipo") or not 0 <= o.label_smoothing < 0.5:
+    if not o.beta > 0 or o.loss not in DPO_LOSSES or not 0 <= o.label_smoothing < 0.5:
         _fail("dpo.beta/loss/label_smoothing", (o.beta, o.loss, o.label_smoothing),
               "need beta > 0, loss sigmoid or ipo, label_smoothing in [0, 0.5)")
     if a.judge not in JUDGES:

@@ -11,10 +11,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-AGGREGATION_MODES = ("token_mean", "seq_mean", "max_len")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-ADVANTAGE_KINDS = ("grpo", "dr_grpo", "rloo")
-DPO_KINDS = ("sigmoid", "ipo")
+from gptjax.config import DPO_LOSSES, GRPO_ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS
+
+ADVANTAGE_KINDS = GRPO_ADVANTAGES + ("rloo",)  # mode=rloo's leave-one-out baseline
 
 
 def masked_mean(x, mask, axis=None):
@@ -41,8 +40,8 @@ def aggregate(loss_BxT, mask_BxT, mode: str):
     "seq_mean": mean within each sequence, then over the sequences that have at least one token.
     "max_len": Dr. GRPO's sum / (B * T), a constant divisor so a token's weight does not depend on length.
     """
-    if mode not in AGGREGATION_MODES:
-        raise ValueError(f"loss aggregation mode {mode!r} is unknown; use one of {', '.join(AGGREGATION_MODES)}")
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"loss aggregation mode {mode!r} is unknown; use one of {', '.join(LOSS_AGGREGATIONS)}")
     if mode == "token_mean":
         return masked_mean(loss_BxT, mask_BxT)
     if mode == "seq_mean":
@@ -229,8 +228,8 @@ def dpo_loss(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, b
     pass per-token averages for IPO). Metrics (means over B): chosen_reward = beta * (policy_chosen -
     ref_chosen), rejected_reward likewise, margin = their difference, accuracy = share with h > 0.
     """
-    if kind not in DPO_KINDS:
-        raise ValueError(f"DPO loss kind {kind!r} is unknown; use one of {', '.join(DPO_KINDS)}")
+    if kind not in DPO_LOSSES:
+        raise ValueError(f"DPO loss kind {kind!r} is unknown; use one of {', '.join(DPO_LOSSES)}")
     chosen_B = jnp.asarray(policy_chosen_B, jnp.float32) - jnp.asarray(ref_chosen_B, jnp.float32)
     rejected_B = jnp.asarray(policy_rejected_B, jnp.float32) - jnp.asarray(ref_rejected_B, jnp.float32)
     h_B = chosen_B - rejected_B
