@@ -413,6 +413,15 @@ def _validate_workdir(workdir: str) -> None:
         _fail("--workdir", workdir, f"cannot create it: {ancestor} is not writable; choose a path you can write")
 
 
+def create_workdir(workdir: str) -> None:
+    """Creates the workdir and its missing parents. What `_validate_workdir` cannot see (a read-only or
+    virtual file system, such as /proc, a full disk) is a ConfigError naming the path, not a traceback."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        _fail("--workdir", workdir, f"cannot be created ({e.strerror}); choose a path you can write")
+
+
 def _validate_model(cfg) -> None:
     m = cfg.model
     for key in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):

@@ -82,6 +82,11 @@ def test_a_missing_workdir_parent_is_fine_a_file_in_the_path_is_not(tmp_path):
         validate(tiny_config(), workdir=str(tmp_path / "f"), device_count=8)
     with pytest.raises(ConfigError, match="is a file, so the directory cannot be created"):
         validate(tiny_config(), workdir=str(tmp_path / "f" / "run"), device_count=8)
+    # A directory whose file system refuses it (even for root): one ConfigError, not an OSError traceback.
+    from gptjax.train.loop import train
+
+    with pytest.raises(ConfigError, match=r"--workdir='/proc/gptjax_test': cannot be created \(No such file"):
+        train(tiny_config(), "/proc/gptjax_test")
 
 
 def test_multi_process_jobs_need_every_device_and_divisible_batches():

@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
-from gptjax.config import default_config, validate
+from gptjax.config import create_workdir, default_config, validate
 from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
 from gptjax.scaling import adaptive, trial_lock
@@ -61,7 +61,7 @@ class TrialLockedError(TrialFailedError):
 def run_sweep(cfg, workdir: str) -> dict:
     """The sweep job; returns a summary (counts, the recommendation, where the report is)."""
     validate(cfg, workdir)
-    os.makedirs(workdir, exist_ok=True)
+    create_workdir(workdir)
     enable_compilation_cache(cfg.sweep.compilation_cache)
     if cfg.sweep.mode == "fit":
         return fit_and_report(cfg, workdir)

@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 
 from gptjax.atomic import write_json_atomic
-from gptjax.config import validate
+from gptjax.config import create_workdir, validate
 from gptjax.data.cache import SPLIT_RULE
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.model.build import model_graphdef
@@ -121,7 +121,7 @@ def setup(cfg, workdir: str, mesh, members: Members) -> Job:
 def run_in_mesh(fn, cfg, workdir: str):
     """Runs fn(cfg, workdir, mesh) with the config's mesh and logical-axis rules active."""
     validate(cfg, workdir)
-    os.makedirs(workdir, exist_ok=True)
+    create_workdir(workdir)
     mesh = make_mesh(cfg.parallel)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
         return fn(cfg, workdir, mesh)
