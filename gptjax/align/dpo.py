@@ -22,13 +22,14 @@ from flax import nnx
 
 from gptjax.align.losses import dpo_loss, token_logprobs
 from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
-from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch,
+from gptjax.align.stage import (StageSpec, bucket, check_same_vocabulary, epoch_batch,
                                 full_batches, init_opt_state, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network)
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import Network, load_network
+from gptjax.train.state import placed
 from gptjax.train.xla_options import training_compiler_options
 
 
@@ -157,7 +158,7 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
             weight += chunk_weight
         return {k: v / weight for k, v in sums.items()}
 
-    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    abstract = placed(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("dpo", model_cfg, tokenizer, fresh, abstract, step, evaluate,
                      identity=stage_identity(cfg, reference=cfg.align.reference, examples=len(train_set),
                                              beta=o.beta, loss=o.loss))

@@ -23,7 +23,7 @@ from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.losses import pairwise_loss
-from gptjax.align.stage import (AlignError, StageSpec, abstract_like, bucket, epoch_batch, full_batches,
+from gptjax.align.stage import (AlignError, StageSpec, bucket, epoch_batch, full_batches,
                                 init_opt_state, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
                                 stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
@@ -32,6 +32,7 @@ from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import load_network
+from gptjax.train.state import placed
 from gptjax.train.xla_options import training_compiler_options
 
 NORMALIZATION_ROWS = 512  # preferred responses scored for the reward bias
@@ -181,7 +182,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
             scores += np.asarray(s)[:n].tolist()
         return {"reward_bias": float(np.mean(scores))}
 
-    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    abstract = placed(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("reward", model_cfg, tokenizer, fresh, abstract, step, evaluate, extra_meta=reward_bias,
                      identity=stage_identity(cfg, examples=len(train_set)))
     result = run_stage(cfg, workdir, spec)

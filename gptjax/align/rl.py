@@ -28,7 +28,7 @@ from gptjax.align.losses import (adaptive_kl_coef, aggregate, frac_zero_std, kl_
 from gptjax.align.reward import RewardModel
 from gptjax.align.rollout import response_forward, sample_rollouts
 from gptjax.align.sft import load_conversations, masked_lm_loss, to_arrays
-from gptjax.align.stage import (StageSpec, abstract_like, bucket, check_same_vocabulary, epoch_batch, init_opt_state,
+from gptjax.align.stage import (StageSpec, bucket, check_same_vocabulary, epoch_batch, init_opt_state,
                                 pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
@@ -39,6 +39,7 @@ from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import load_network
+from gptjax.train.state import placed
 from gptjax.train.xla_options import training_compiler_options
 
 EVAL_PROMPTS = 64  # held-out prompts decoded greedily at each eval
@@ -306,7 +307,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
                                                 for i, c in enumerate(trained_on)]))
         return result
 
-    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    abstract = placed(jax.eval_shape(fresh), item_shardings)
     # epochs x minibatches updates per step set the LR schedule's length (stage_optimizer), like train.steps
     identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
                               group_size=G, max_new_tokens=N, updates_per_step=updates_per_step)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.chat import render
-from gptjax.align.stage import (StageSpec, abstract_like, bucket, epoch_batch, full_batches, init_opt_state,
+from gptjax.align.stage import (StageSpec, bucket, epoch_batch, full_batches, init_opt_state,
                                 pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer, start_tokenizer,
                                 starting_network)
 from gptjax.align.tasks import get_task
@@ -26,6 +26,7 @@ from gptjax.data.tokenizer import PAD_ID
 from gptjax.parallel.mesh import batch_sharding, replicated
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
+from gptjax.train.state import placed
 from gptjax.train.xla_options import training_compiler_options
 
 
@@ -135,7 +136,7 @@ def _sft(cfg, workdir: str, mesh) -> dict:
             total, count = total + float(loss) * float(n), count + float(n)
         return {"loss": total / max(count, 1.0)}
 
-    abstract = abstract_like(jax.eval_shape(fresh), item_shardings)
+    abstract = placed(jax.eval_shape(fresh), item_shardings)
     spec = StageSpec("sft", model_cfg, tokenizer, fresh, abstract, step, evaluate,
                      identity=stage_identity(cfg, examples=len(train_set)))
     result = run_stage(cfg, workdir, spec)

@@ -112,13 +112,6 @@ def init_opt_state(opt: Optimizer, params):
     return jax.jit(opt.tx.init, out_shardings=opt.shardings)(params)
 
 
-def abstract_like(tree, shardings):
-    """ShapeDtypeStructs of `tree` (arrays or structs) carrying `shardings` (a matching tree, or one sharding)."""
-    if not isinstance(shardings, jax.sharding.Sharding):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings), tree)
-
-
 def epoch_batch(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Indices of the `batch_size` examples of `step` (1-based) out of n: epochs of seeded permutations,
     so every example is seen once per epoch and the batch of a step never depends on earlier steps."""
