@@ -193,13 +193,13 @@ class RewardModel:
     """A trained reward model (a mode=reward workdir) as a scorer of token rows."""
 
     def __init__(self, workdir: str, mesh, rules, what: str = "align.reward_model"):
-        trained = load_network(workdir, mesh, rules, what=what)
-        if trained.stage != "reward":
-            raise AlignError(f"{what}={workdir!r} holds a {trained.stage!r} checkpoint, not a reward model; give the "
+        network = load_network(workdir, mesh, rules, what=what)
+        if network.stage != "reward":
+            raise AlignError(f"{what}={workdir!r} holds a {network.stage!r} checkpoint, not a reward model; give the "
                              "workdir of a mode=reward run")
-        self.network, self.params, self.model_cfg = trained, trained.params, trained.model_cfg
-        self.bias = float(trained.meta.get("reward_bias", 0.0))
-        self.graphdef = model_graphdef(trained.model_cfg)
+        self.network, self.params, self.model_cfg = network, network.params, network.model_cfg
+        self.bias = float(network.meta.get("reward_bias", 0.0))
+        self.graphdef = model_graphdef(network.model_cfg)
         self._score = jax.jit(functools.partial(last_token_scores, graphdef=self.graphdef))
 
     def score_device(self, tokens_RxL, lengths_R):

@@ -14,7 +14,6 @@ import json
 import logging as std_logging
 import os
 import sys
-import threading
 import time
 from typing import Callable, TypeVar
 
@@ -61,12 +60,8 @@ class Checkpointer:
         damaged = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                with _silence_failed_reads() as failed:
-                    try:
-                        return step, restore(step)
-                    except Exception:
-                        failed.set()
-                        raise
+                with _silence_failed_reads():
+                    return step, restore(step)
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read a step's files is damage
@@ -265,7 +260,6 @@ def _silence_failed_reads():
     step's other arrays are still finishing; each of those then prints an "Event loop is closed"
     traceback and asyncio logs "Task exception was never retrieved". Those say nothing the one warning
     does not, so after a failed read this swallows stderr until it has been quiet for 0.3 s (at most 3 s)."""
-    failed = threading.Event()
     buffer = _TimedBuffer()
     asyncio_log = std_logging.getLogger("asyncio")
     level = asyncio_log.level
@@ -273,16 +267,15 @@ def _silence_failed_reads():
     try:
         with contextlib.redirect_stderr(buffer):
             try:
-                yield failed
-            finally:
-                if failed.is_set():
-                    deadline = time.monotonic() + 3.0
-                    while time.monotonic() < deadline and time.monotonic() - buffer.last_write < 0.3:
-                        time.sleep(0.05)
+                yield
+            except Exception:
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline and time.monotonic() - buffer.last_write < 0.3:
+                    time.sleep(0.05)
+                raise
     finally:
         asyncio_log.setLevel(level)
-    if not failed.is_set() and buffer.getvalue():
-        sys.stderr.write(buffer.getvalue())  # a successful restore's own output is shown as usual
+    sys.stderr.write(buffer.getvalue())  # a successful restore's own output is shown as usual
 
 
 class _TimedBuffer(io.StringIO):

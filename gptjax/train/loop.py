@@ -175,11 +175,9 @@ def peak_flops_total(cfg, mesh) -> float:
     return peak * mesh.size if peak else math.nan
 
 
-def jit_eval_step(job: Job):
+def jit_eval_step(members: Members, graphdef, params_sharding, data_sharding):
     """(params, batch) -> each member's mean loss: a (K,) vector in a group, a scalar for one model."""
-    data_sharding = batch_sharding(job.mesh, tuple(job.cfg.parallel.rules))
-    return jax.jit(job.members.eval_step(make_eval_step(job.spec.graphdef)),
-                   in_shardings=(job.spec.shardings["params"], data_sharding))
+    return jax.jit(members.eval_step(make_eval_step(graphdef)), in_shardings=(params_sharding, data_sharding))
 
 
 def evaluate(job: Job, eval_step) -> list[dict]:
@@ -227,7 +225,7 @@ def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
     compile_start = time.perf_counter()
     train_step = (jit_train_step(cfg, job.mesh, members, job.spec, job.optimizer, job.schedule)
                   .lower(job.state, first_batch).compile())
-    eval_step = jit_eval_step(job)
+    eval_step = jit_eval_step(members, job.spec.graphdef, job.spec.shardings["params"], data_sharding)
     compile_seconds = time.perf_counter() - compile_start
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -340,9 +338,10 @@ def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
     if data.tokenizer_hash != network.meta.get("tokenizer_hash"):
         raise CheckpointError(f"{workdir}: the checkpoint was trained with tokenizer {network.meta.get('tokenizer_hash')!r}, "
                               f"this config's data with {data.tokenizer_hash!r}; evaluate with the config that trained it")
-    eval_step = jax.jit(make_eval_step(model_graphdef(network.model_cfg)),
-                        in_shardings=(params_shardings(network.model_cfg, mesh, rules), batch_sharding(mesh, rules)))
-    losses = validation_losses(eval_step, network.params, data, 1, batch_sharding(mesh, rules))[0]
+    data_sharding = batch_sharding(mesh, rules)
+    eval_step = jit_eval_step(Members.solo(cfg), model_graphdef(network.model_cfg),
+                              params_shardings(network.model_cfg, mesh, rules), data_sharding)
+    losses = validation_losses(eval_step, network.params, data, 1, data_sharding)[0]
     result = {"step": network.step, **{f"eval_{k}": v for k, v in losses.items()}, "entropy_rate": data.entropy_rate}
     write_json_atomic(os.path.join(workdir, "eval.json"), result)
     return result
