@@ -162,7 +162,8 @@ def bon_stage(root, sft_dir, rm_dirs, force):
 
     from gptjax.align import chat
     from gptjax.align.reward import RewardModel
-    from gptjax.align.stage import full_batches, pad_rows
+    from gptjax.align.stage import full_batches
+    from gptjax.data.tokenizer import pad_rows
     from gptjax.align.tasks import get_task
     from gptjax.config import default_config
     from gptjax.data.tokenizer import PAD_ID

@@ -11,26 +11,22 @@ rewards beta * (logp - ref) of chosen and rejected, their margin and accuracy, a
 rejected log-probs themselves (chosen may fall while the margin grows; that is expected).
 """
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from gptjax.align.losses import dpo_loss, token_logprobs
-from gptjax.align.reward import group_arrays, preference_file, preference_groups, preference_texts
-from gptjax.align.stage import (StageSpec, bucket, check_same_vocabulary, epoch_batch,
-                                full_batches, init_opt_state, param_norm, params_shardings, run_stage, stage_identity,
-                                stage_optimizer, start_tokenizer, starting_network)
-from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.align.reward import (group_arrays, preference_batch, preference_file, preference_groups,
+                                 preference_shardings, preference_texts)
+from gptjax.align.stage import (bucket, check_same_vocabulary, full_batches, stage_identity, start_tokenizer,
+                                starting_network, supervised_stage)
+from gptjax.parallel.mesh import batch_sharding
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import Network, load_network
-from gptjax.train.state import placed
-from gptjax.train.xla_options import training_compiler_options
 
 
 def response_logprobs(params, graphdef, tokens_RxL, prompt_len_R, lengths_R):
@@ -51,8 +47,8 @@ def pair_logprobs(logp_R, batch):
     return winner.ravel(), loser.ravel()
 
 
-def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smoothing: float):
-    """The weighted DPO / IPO loss of a batch of preference groups: (loss, metrics)."""
+def dpo_batch_loss(params, batch, graphdef, *, beta: float, kind: str, label_smoothing: float):
+    """The weighted DPO / IPO loss of a batch of preference groups: (loss, (metrics, total pair weight))."""
     logp_R, count_R = response_logprobs(params, graphdef, batch["tokens_RxL"], batch["prompt_len_R"],
                                         batch["lengths_R"])
     ref_R = batch["ref_logp_R"]
@@ -62,9 +58,11 @@ def dpo_batch_loss(params, graphdef, batch, *, beta: float, kind: str, label_smo
     ref_w, ref_l = pair_logprobs(ref_R, batch)
     weight_P = batch["weight_BxP"].ravel()
     loss, metrics = dpo_loss(policy_w, policy_l, ref_w, ref_l, beta, kind, label_smoothing, weight_P)
-    total = jnp.maximum(jnp.sum(weight_P), 1e-12)
-    metrics.update(chosen_logp=jnp.sum(policy_w * weight_P) / total, rejected_logp=jnp.sum(policy_l * weight_P) / total)
-    return loss, metrics
+    total = jnp.sum(weight_P)
+    denominator = jnp.maximum(total, 1e-12)
+    metrics.update(chosen_logp=jnp.sum(policy_w * weight_P) / denominator,
+                   rejected_logp=jnp.sum(policy_l * weight_P) / denominator)
+    return loss, (metrics, total)
 
 
 def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int, P: int, length: int):
@@ -87,26 +85,13 @@ def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int,
     return out
 
 
-def make_dpo_step(loss_fn, tx, schedule):
-    def dpo_step(items, batch):
-        params, train = items["params"], items["train"]
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch=batch)
-        updates, opt_state = tx.update(grads, train["opt_state"], params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), param_norm=param_norm(params),
-                       lr=schedule(train["opt_state_step"]))
-        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
-
-    return dpo_step
-
-
 def dpo(cfg, workdir: str) -> dict:
     """Trains per cfg (mode=dpo), resuming from `workdir`; returns the final metrics."""
     return run_in_mesh(_dpo, cfg, workdir)
 
 
 def _dpo(cfg, workdir: str, mesh) -> dict:
-    rules, o, B = tuple(cfg.parallel.rules), cfg.dpo, cfg.align.batch_size
+    rules, o = tuple(cfg.parallel.rules), cfg.dpo
     path = preference_file(cfg, workdir)
     tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path))
     start = starting_network(cfg, tokenizer, mesh, rules)
@@ -115,52 +100,22 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     K = max(len(g.responses) for g in train_set + val_set)
     P = K * (K - 1) // 2
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
-    graphdef = model_graphdef(model_cfg)
-    rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
-    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1,
-                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows, ref_logp_R=rows1)
 
     # The reference's log-probs of every response, once (pitfall: a second network held all run long).
     train_ref, val_ref = reference_logprobs(cfg, start, [train_set, val_set], mesh, rules, K=K, P=P, length=length)
 
-    def host_batch(indices, groups, refs) -> dict:
-        arrays = dataclasses.asdict(group_arrays([groups[i] for i in indices], K, P, length))
-        arrays["ref_logp_R"] = np.concatenate([refs[i] for i in indices]).astype(np.float32)
-        return arrays
+    def to_batch(examples, n: int) -> dict:
+        """Host arrays of (group, reference logp_K) examples; only the first n count."""
+        batch = preference_batch([group for group, _ in examples], n, K=K, P=P, length=length)
+        batch["ref_logp_R"] = np.concatenate([ref for _, ref in examples]).astype(np.float32)
+        return batch
 
-    loss_fn = functools.partial(dpo_batch_loss, graphdef=graphdef, beta=o.beta, kind=o.loss,
-                                label_smoothing=o.label_smoothing)
-    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
-    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
-                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
-    step_fn = jax.jit(make_dpo_step(loss_fn, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
-                      out_shardings=(item_shardings, None), donate_argnums=0,
-                      compiler_options=training_compiler_options(mesh))
-    eval_fn = jax.jit(loss_fn)
-
-    def fresh():
-        return dict(params=start.params, train=dict(opt_state=init_opt_state(opt, start.params),
-                                                    opt_state_step=jnp.zeros((), jnp.int32)))
-
-    def step(items, s):
-        batch = host_batch(epoch_batch(len(train_set), B, cfg.seed, s), train_set, train_ref)
-        return step_fn(items, jax.device_put(batch, batch_shardings))
-
-    def evaluate(items):
-        sums, weight = {}, 0.0
-        for chunk, n in full_batches(list(range(len(val_set))), B):
-            batch = host_batch(chunk, val_set, val_ref)
-            batch["weight_BxP"][n:] = 0.0  # the repeated filler groups count for nothing
-            chunk_weight = float(batch["weight_BxP"].sum())
-            loss, metrics = eval_fn(items["params"], batch=jax.device_put(batch, batch_shardings))
-            for k, v in dict(metrics, loss=loss).items():
-                sums[k] = sums.get(k, 0.0) + float(v) * chunk_weight
-            weight += chunk_weight
-        return {k: v / weight for k, v in sums.items()}
-
-    abstract = placed(jax.eval_shape(fresh), item_shardings)
-    spec = StageSpec("dpo", model_cfg, tokenizer, fresh, abstract, step, evaluate,
-                     identity=stage_identity(cfg, reference=cfg.align.reference, examples=len(train_set),
-                                             beta=o.beta, loss=o.loss))
-    result = run_stage(cfg, workdir, spec)
+    batch_shardings = dict(preference_shardings(mesh, rules), ref_logp_R=batch_sharding(mesh, rules, 1))
+    result = supervised_stage(
+        cfg, workdir, mesh, "dpo", model_cfg, tokenizer, start.params,
+        loss_fn=functools.partial(dpo_batch_loss, graphdef=model_graphdef(model_cfg), beta=o.beta, kind=o.loss,
+                                  label_smoothing=o.label_smoothing),
+        to_batch=to_batch, batch_shardings=batch_shardings, train_set=list(zip(train_set, train_ref)),
+        val_set=list(zip(val_set, val_ref)),
+        identity=stage_identity(cfg, reference=cfg.align.reference, examples=len(train_set), beta=o.beta, loss=o.loss))
     return dict(result, train_groups=len(train_set), val_groups=len(val_set))

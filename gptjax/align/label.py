@@ -25,9 +25,9 @@ from gptjax.align import data as align_data
 from gptjax.align.dpo import response_logprobs
 from gptjax.align.reward import RewardModel
 from gptjax.align.rl import task_prompts
-from gptjax.align.stage import bucket, check_same_vocabulary, full_batches, pad_rows
+from gptjax.align.stage import bucket, check_same_vocabulary, full_batches
 from gptjax.align.tasks import get_task
-from gptjax.data.tokenizer import PAD_ID
+from gptjax.data.tokenizer import PAD_ID, pad_rows
 from gptjax.parallel.mesh import batch_sharding
 from gptjax.model.build import model_graphdef
 from gptjax.sample.generate import generate

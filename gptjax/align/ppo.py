@@ -8,7 +8,6 @@ and the loop in rl.py.
 """
 
 import jax.numpy as jnp
-import numpy as np
 
 from gptjax.align.losses import gae, masked_whiten
 
@@ -29,9 +28,15 @@ def advantages(values_RxN, scores_R, kl_RxN, mask_RxN, kl_coef, *, gamma: float,
     return dict(advantages=adv_RxN, returns=returns_RxN, rewards=rewards_RxN)
 
 
-def explained_variance(values_RxN, returns_RxN, mask_RxN) -> float:
-    """1 - Var(returns - values) / Var(returns) over real tokens: 1 = perfect values, <= 0 = useless."""
-    mask = np.asarray(mask_RxN, bool)
-    returns, values = np.asarray(returns_RxN)[mask], np.asarray(values_RxN)[mask]
-    variance = returns.var()
-    return float(1.0 - (returns - values).var() / variance) if variance > 0 else float("nan")
+def explained_variance(values_RxN, returns_RxN, mask_RxN):
+    """1 - Var(returns - values) / Var(returns) over real tokens: 1 = perfect values, <= 0 = useless
+    (nan when the returns do not vary). A device scalar: computed inside the jitted scoring pass."""
+    mask = mask_RxN.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+
+    def variance(x_RxN):
+        mean = jnp.sum(x_RxN * mask) / count
+        return jnp.sum(jnp.square(x_RxN - mean) * mask) / count
+
+    returns_variance = variance(returns_RxN)
+    return jnp.where(returns_variance > 0, 1.0 - variance(returns_RxN - values_RxN) / returns_variance, jnp.nan)

@@ -18,22 +18,18 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.losses import pairwise_loss
-from gptjax.align.stage import (AlignError, StageSpec, bucket, epoch_batch, full_batches,
-                                init_opt_state, pad_rows, param_norm, params_shardings, run_stage, stage_identity,
-                                stage_optimizer, start_tokenizer, starting_network, with_scalar_head)
+from gptjax.align.stage import (AlignError, bucket, full_batches, stage_identity, start_tokenizer,
+                                starting_network, supervised_stage, with_scalar_head)
 from gptjax.align.tasks import get_task
-from gptjax.data.tokenizer import BOS_ID, PAD_ID
-from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.data.tokenizer import BOS_ID, PAD_ID, pad_rows
+from gptjax.parallel.mesh import batch_sharding
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import load_network
-from gptjax.train.state import placed
-from gptjax.train.xla_options import training_compiler_options
 
 NORMALIZATION_ROWS = 512  # preferred responses scored for the reward bias
 
@@ -77,17 +73,23 @@ def preference_loss(params, graphdef, batch: dict):
     return pairwise_loss(winner_BxP.ravel(), loser_BxP.ravel(), batch["weight_BxP"].ravel())
 
 
-def make_reward_step(graphdef, tx, schedule):
-    def reward_step(items, batch):
-        params, train = items["params"], items["train"]
-        (loss, accuracy), grads = jax.value_and_grad(preference_loss, has_aux=True)(params, graphdef, batch)
-        updates, opt_state = tx.update(grads, train["opt_state"], params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads), param_norm=param_norm(params),
-                       lr=schedule(train["opt_state_step"]))
-        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
+def reward_loss(params, batch: dict, graphdef):
+    """`preference_loss` as (loss, (metrics, the batch's total pair weight))."""
+    loss, accuracy = preference_loss(params, graphdef, batch)
+    return loss, ({"accuracy": accuracy}, jnp.sum(batch["weight_BxP"]))
 
-    return reward_step
+
+def preference_batch(groups, n: int, K: int, P: int, length: int) -> dict:
+    """Host arrays of preference groups (`group_arrays`); only the first n count (the rest weigh 0)."""
+    batch = group_arrays(groups, K, P, length)
+    batch.weight_BxP[n:] = 0.0
+    return dataclasses.asdict(batch)
+
+
+def preference_shardings(mesh, rules) -> dict:
+    rows, rows1 = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1)
+    return dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1, pairs_BxPx2=batch_sharding(mesh, rules, 3),
+                weight_BxP=rows)
 
 
 def preference_file(cfg, workdir: str) -> str:
@@ -136,40 +138,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     P = K * (K - 1) // 2
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
     graphdef = model_graphdef(model_cfg)
-    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
-    rows = batch_sharding(mesh, rules)
-    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
-                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
-    rows1 = batch_sharding(mesh, rules, 1)
-    batch_shardings = dict(tokens_RxL=rows, lengths_R=rows1, prompt_len_R=rows1,
-                           pairs_BxPx2=batch_sharding(mesh, rules, 3), weight_BxP=rows)
-    step_fn = jax.jit(make_reward_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, batch_shardings),
-                      out_shardings=(item_shardings, None), donate_argnums=0,
-                      compiler_options=training_compiler_options(mesh))
-    loss_fn = jax.jit(functools.partial(preference_loss, graphdef=graphdef))
     score_fn = jax.jit(functools.partial(last_token_scores, graphdef=graphdef))
-    B = cfg.align.batch_size
-
-    def device_batch(groups):
-        return jax.device_put(dataclasses.asdict(group_arrays(groups, K, P, length)), batch_shardings)
-
-    def fresh():
-        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init),
-                                            opt_state_step=jnp.zeros((), jnp.int32)))
-
-    def step(items, s):
-        return step_fn(items, device_batch([train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]))
-
-    def evaluate(items):
-        loss = accuracy = weight = 0.0
-        for chunk, n in full_batches(val_set, B):
-            batch = group_arrays(chunk, K, P, length)
-            batch.weight_BxP[n:] = 0.0  # the repeated filler groups count for nothing
-            chunk_weight = float(batch.weight_BxP.sum())
-            l, a = loss_fn(items["params"], batch=jax.device_put(dataclasses.asdict(batch), batch_shardings))
-            loss, accuracy = loss + float(l) * chunk_weight, accuracy + float(a) * chunk_weight
-            weight += chunk_weight
-        return {"loss": loss / weight, "accuracy": accuracy / weight}
+    rows, B = batch_sharding(mesh, rules), cfg.align.batch_size
 
     def reward_bias(items) -> dict:
         if not cfg.align.normalize_reward:
@@ -182,10 +152,12 @@ def _reward(cfg, workdir: str, mesh) -> dict:
             scores += np.asarray(s)[:n].tolist()
         return {"reward_bias": float(np.mean(scores))}
 
-    abstract = placed(jax.eval_shape(fresh), item_shardings)
-    spec = StageSpec("reward", model_cfg, tokenizer, fresh, abstract, step, evaluate, extra_meta=reward_bias,
-                     identity=stage_identity(cfg, examples=len(train_set)))
-    result = run_stage(cfg, workdir, spec)
+    result = supervised_stage(
+        cfg, workdir, mesh, "reward", model_cfg, tokenizer, init,
+        loss_fn=functools.partial(reward_loss, graphdef=graphdef),
+        to_batch=functools.partial(preference_batch, K=K, P=P, length=length),
+        batch_shardings=preference_shardings(mesh, rules), train_set=train_set, val_set=val_set,
+        identity=stage_identity(cfg, examples=len(train_set)), extra_meta=reward_bias)
     return dict(result, train_groups=len(train_set), val_groups=len(val_set))
 
 
@@ -213,6 +185,4 @@ class RewardModel:
         if tokens_RxL.shape[1] > self.model_cfg.max_len:
             raise AlignError(f"rows of {tokens_RxL.shape[1]} tokens exceed the reward model's context "
                              f"({self.model_cfg.max_len})")
-        padded = np.full((tokens_RxL.shape[0], length), PAD_ID, np.int32)
-        padded[:, :tokens_RxL.shape[1]] = tokens_RxL
-        return np.asarray(self.score_device(padded, np.asarray(lengths_R, np.int32)), np.float64)
+        return np.asarray(self.score_device(pad_rows(tokens_RxL, length), np.asarray(lengths_R, np.int32)), np.float64)

@@ -16,8 +16,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.align.losses import entropy, token_logprobs
-from gptjax.align.stage import pad_rows
-from gptjax.data.tokenizer import PAD_ID
+from gptjax.data.tokenizer import PAD_ID, pad_rows
 from gptjax.sample.generate import Completion, generate
 from gptjax.sample.strategies import Strategy
 

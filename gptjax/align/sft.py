@@ -10,7 +10,6 @@ stage) or, with init_from "", a fresh config.model network and a tokenizer train
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -18,16 +17,12 @@ from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.chat import render
-from gptjax.align.stage import (StageSpec, bucket, epoch_batch, full_batches, init_opt_state,
-                                pad_rows, param_norm, params_shardings, run_stage, stage_identity, stage_optimizer, start_tokenizer,
-                                starting_network)
+from gptjax.align.stage import bucket, stage_identity, start_tokenizer, starting_network, supervised_stage
 from gptjax.align.tasks import get_task
-from gptjax.data.tokenizer import PAD_ID
-from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.data.tokenizer import PAD_ID, pad_rows
+from gptjax.parallel.mesh import batch_sharding
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
-from gptjax.train.state import placed
-from gptjax.train.xla_options import training_compiler_options
 
 
 def sft_rows(cfg) -> list[dict]:
@@ -82,17 +77,17 @@ def masked_lm_loss(params, graphdef, tokens_BxL, mask_BxL):
     return jnp.sum(ce_BxT * mask_BxT) / jnp.maximum(count, 1.0), count
 
 
-def make_sft_step(graphdef, tx, schedule):
-    def sft_step(items, tokens_BxL, mask_BxL):
-        params, train = items["params"], items["train"]
-        (loss, count), grads = jax.value_and_grad(masked_lm_loss, has_aux=True)(params, graphdef, tokens_BxL, mask_BxL)
-        updates, opt_state = tx.update(grads, train["opt_state"], params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(loss=loss, assistant_tokens=count, grad_norm=optax.tree.norm(grads),
-                       param_norm=param_norm(params), lr=schedule(train["opt_state_step"]))
-        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
+def sft_loss(params, batch, graphdef):
+    """`masked_lm_loss` of a batch {tokens_BxL, mask_BxL} as (loss, (metrics, assistant tokens))."""
+    loss, count = masked_lm_loss(params, graphdef, batch["tokens_BxL"], batch["mask_BxL"])
+    return loss, ({}, count)
 
-    return sft_step
+
+def sft_batch(rendered, n: int, length: int) -> dict:
+    """Host arrays of rendered conversations; only the first n count (the rest are filler)."""
+    tokens_BxL, mask_BxL = to_arrays(rendered, length)
+    mask_BxL[n:] = False
+    return dict(tokens_BxL=tokens_BxL, mask_BxL=mask_BxL)
 
 
 def sft(cfg, workdir: str) -> dict:
@@ -107,37 +102,11 @@ def _sft(cfg, workdir: str, mesh) -> dict:
     model_cfg = start.model_cfg
     train_set, val_set = load_conversations(cfg, tokenizer, model_cfg.max_len)
     length = bucket(max(len(r.tokens) for r in train_set + val_set), model_cfg.max_len)
-    graphdef = model_graphdef(model_cfg)
-    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
     rows = batch_sharding(mesh, rules)
-    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
-                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
-    step_fn = jax.jit(make_sft_step(graphdef, opt.tx, opt.schedule), in_shardings=(item_shardings, rows, rows),
-                      out_shardings=(item_shardings, None), donate_argnums=0,
-                      compiler_options=training_compiler_options(mesh))
-    eval_fn = jax.jit(functools.partial(masked_lm_loss, graphdef=graphdef))
-    B = cfg.align.batch_size
-
-    def fresh():
-        return dict(params=start.params, train=dict(opt_state=init_opt_state(opt, start.params),
-                                                    opt_state_step=jnp.zeros((), jnp.int32)))
-
-    def step(items, s):
-        tokens_BxL, mask_BxL = to_arrays([train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)], length)
-        return step_fn(items, jax.device_put(tokens_BxL, rows), jax.device_put(mask_BxL, rows))
-
-    def evaluate(items):
-        total, count = 0.0, 0.0
-        for chunk, n in full_batches(val_set, B):
-            tokens_BxL, mask_BxL = to_arrays(chunk, length)
-            keep = np.arange(B) < n
-            loss, n = eval_fn(items["params"], tokens_BxL=jax.device_put(tokens_BxL, rows),
-                              mask_BxL=jax.device_put(mask_BxL & keep[:, None], rows))
-            total, count = total + float(loss) * float(n), count + float(n)
-        return {"loss": total / max(count, 1.0)}
-
-    abstract = placed(jax.eval_shape(fresh), item_shardings)
-    spec = StageSpec("sft", model_cfg, tokenizer, fresh, abstract, step, evaluate,
-                     identity=stage_identity(cfg, examples=len(train_set)))
-    result = run_stage(cfg, workdir, spec)
+    result = supervised_stage(
+        cfg, workdir, mesh, "sft", model_cfg, tokenizer, start.params,
+        loss_fn=functools.partial(sft_loss, graphdef=model_graphdef(model_cfg)),
+        to_batch=functools.partial(sft_batch, length=length), batch_shardings=dict(tokens_BxL=rows, mask_BxL=rows),
+        train_set=train_set, val_set=val_set, identity=stage_identity(cfg, examples=len(train_set)),
+        count_name="assistant_tokens")
     return dict(result, train_examples=len(train_set), val_examples=len(val_set))

@@ -1,5 +1,5 @@
-"""What every post-training stage shares: reading a trained network from a workdir, the tokenizer,
-sharded placement, and the resumable loop with checkpoints, metrics and the NaN guard.
+"""What every post-training stage shares: its tokenizer and starting network, sharded placement, the
+optimizer, batching helpers, and `run_stage`, which puts a stage on the one resumable loop (train/loop.py).
 
 A stage's checkpoint (WORKDIR/checkpoints/<step>/) holds orbax items: `params` (the network the
 stage produces, the same pure-dict layout as pretraining's params), `train` (optimizer state and
@@ -9,26 +9,26 @@ Each step's data and randomness are functions of (seed, step), so rerunning resu
 """
 
 import dataclasses
-import math
 import os
-import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from gptjax.align.data import SPLIT_RULE
-from gptjax.atomic import write_json_atomic
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 from gptjax.model.build import init_params
+from gptjax.parallel.mesh import replicated
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
-from gptjax.train.loop import TrainingDivergedError, json_config
-from gptjax.train.metrics import MetricsWriter
+from gptjax.train.loop import Task, fit, json_config
+from gptjax.train.members import Members
 from gptjax.train.network import Network, load_network, workdir_tokenizer
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import params_shardings, state_shardings
+from gptjax.train.state import params_shardings, placed, state_shardings
+from gptjax.train.xla_options import training_compiler_options
 
 
 class AlignError(ValueError):
@@ -124,14 +124,6 @@ def epoch_batch(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return out
 
 
-def pad_rows(rows, length: int, pad_id: int, dtype=np.int32) -> np.ndarray:
-    """rows (lists) right-padded with `pad_id` to `length` columns."""
-    out = np.full((len(rows), length), pad_id, dtype)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
 def full_batches(items: list, batch_size: int):
     """Yields (chunk, n): consecutive `batch_size` chunks of `items`, the last topped up by repeating its
     final item (one compiled shape, divisible by the batch shards); only chunk[:n] are real."""
@@ -143,10 +135,6 @@ def full_batches(items: list, batch_size: int):
 def bucket(length: int, max_len: int, multiple: int = 16) -> int:
     """`length` rounded up to a multiple (fewer compiled shapes), at most max_len."""
     return min(-(-length // multiple) * multiple, max_len)
-
-
-def param_norm(params):
-    return optax.tree.norm(params)
 
 
 def stage_identity(cfg, **more) -> dict:
@@ -161,33 +149,17 @@ def stage_identity(cfg, **more) -> dict:
 REQUIRED_IDENTITY_KEYS = ("split",)  # a checkpoint without them was split another way: not resumable
 
 
-@dataclasses.dataclass
-class StageSpec:
-    """How a stage plugs into `run_stage`."""
-
-    name: str  # the mode: sft, reward, ppo, ...
-    model_cfg: ml_collections.ConfigDict  # of the network saved as `params`
-    tokenizer: Tokenizer
-    fresh: Callable[[], dict]  # () -> items {"params": ..., "train": ...} at step 0
-    abstract: dict  # items as ShapeDtypeStructs with target shardings (restore targets)
-    step: Callable[[dict, int], tuple[dict, dict]]  # (items, step) -> (items, metrics of device or host scalars)
-    evaluate: Callable[[dict], dict] | None = None  # items -> eval metrics (host floats)
-    identity: dict = dataclasses.field(default_factory=dict)  # must match on resume (data, init, references)
-    guard: tuple = ("loss", "param_norm")  # metrics that must stay finite (the NaN guard)
-    extra_meta: Callable[[dict], dict] | None = None  # items -> more JSON for each checkpoint's meta
-
-
-def _check_resumable(meta: dict, spec: StageSpec, tokenizer_hash: str, directory: str) -> None:
-    if meta.get("stage") != spec.name:
-        raise CheckpointError(f"{directory} holds a {meta.get('stage', 'pretrain')!r} checkpoint, not {spec.name!r}; "
+def _check_resumable(meta: dict, name: str, model_cfg, tokenizer_hash: str, identity: dict, directory: str) -> None:
+    if meta.get("stage") != name:
+        raise CheckpointError(f"{directory} holds a {meta.get('stage', 'pretrain')!r} checkpoint, not {name!r}; "
                               "use a fresh --workdir for each stage")
     saved = meta.get("identity", {})  # a key it lacks was added since the checkpoint was written: unknown
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in spec.identity.items()
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in identity.items()
              if (k in saved or k in REQUIRED_IDENTITY_KEYS) and saved.get(k) != v]
     if diffs:
-        raise CheckpointError(f"{directory} was written by a different {spec.name} run ({'; '.join(diffs[:3])}); rerun "
+        raise CheckpointError(f"{directory} was written by a different {name} run ({'; '.join(diffs[:3])}); rerun "
                               "with the config that wrote it, or use a fresh --workdir")
-    if meta.get("model") != spec.model_cfg.to_dict():
+    if meta.get("model") != model_cfg.to_dict():
         raise CheckpointError(f"{directory} holds a network of another shape than the one this run starts from "
                               "(did align.init_from's run change?); use a fresh --workdir")
     if meta.get("tokenizer_hash") != tokenizer_hash:
@@ -195,71 +167,93 @@ def _check_resumable(meta: dict, spec: StageSpec, tokenizer_hash: str, directory
                               f"{tokenizer_hash}; restore that run's tokenizer.json or use a fresh --workdir")
 
 
-def run_stage(cfg, workdir: str, spec: StageSpec) -> dict:
-    """Trains `spec` for cfg.train.steps steps, resuming from the latest checkpoint in `workdir`.
-    Logs every train.log_every steps (JSONL, TensorBoard, progress bar), evaluates every eval_every,
-    checkpoints every checkpoint_every and at the end; a non-finite guarded metric stops the run
-    before it is saved, keeping the last good checkpoint. Returns the final metrics."""
-    t = cfg.train
-    write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
-    optimizer = optimizer_identity(cfg.optim, t.steps)  # what the `train` item's optimizer state belongs to
+def run_stage(cfg, workdir: str, name: str, model_cfg, tokenizer: Tokenizer, *, fresh: Callable[[], dict],
+              abstract: dict, step: Callable[[dict, int], tuple[dict, dict]],
+              evaluate: Callable[[dict], dict] | None = None, identity: dict,
+              extra_meta: Callable[[dict], dict] | None = None) -> dict:
+    """Trains a stage on the one resumable loop (`train.loop.fit`) for cfg.train.steps steps and returns
+    its final metrics. Its state is `items` ({"params": the network it produces, "train": the rest}, each
+    an orbax item of the checkpoint); `fresh()` builds them at step 0, `abstract` are their restore targets;
+    `step(items, step)` trains one step; `evaluate(items)` scores held-out data (also at step 0: the
+    "before" of every comparison). A checkpoint resumes only a run with the same `identity`, network,
+    tokenizer and optimizer; `extra_meta(items)` adds JSON to each checkpoint's meta."""
+    optimizer = optimizer_identity(cfg.optim, cfg.train.steps)  # what the `train` item's optimizer state belongs to
 
-    def restore(step):
-        meta = checkpointer.restore_meta(step)
-        _check_resumable(meta, spec, spec.tokenizer.hash, checkpointer.directory)
-        check_optimizer(meta, optimizer, checkpointer.directory, t.allow_steps_change)
-        return checkpointer.restore_items(step, spec.abstract)
+    def restore(checkpointer: Checkpointer, s: int) -> dict:
+        meta = checkpointer.restore_meta(s)
+        _check_resumable(meta, name, model_cfg, tokenizer.hash, identity, checkpointer.directory)
+        check_optimizer(meta, optimizer, checkpointer.directory, cfg.train.allow_steps_change)
+        return checkpointer.restore_items(s, abstract)
 
-    found = checkpointer.restore_to_resume(restore)
-    items, start = (spec.fresh(), 0) if found is None else (found[1], found[0])
-    writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
-                           display=t.show_steps)
-    final, pending = {}, []
+    def save(checkpointer: Checkpointer, s: int, items: dict) -> None:
+        extra = extra_meta(items) if extra_meta else {}
+        checkpointer.save_items(s, items, dict(stage=name, step=s, config=json_config(cfg), model=model_cfg.to_dict(),
+                                               tokenizer_hash=tokenizer.hash, identity=identity,
+                                               optimizer_identity=optimizer, **extra))
 
-    def meta_for(step):
-        extra = spec.extra_meta(items) if spec.extra_meta else {}
-        return dict(stage=spec.name, step=step, config=json_config(cfg), model=spec.model_cfg.to_dict(),
-                    tokenizer_hash=spec.tokenizer.hash, identity=spec.identity, optimizer_identity=optimizer, **extra)
+    task = Task(name, Members.solo(cfg), fresh, restore, save, step,
+                (lambda items: [evaluate(items)]) if evaluate else None,
+                hint="Lower optim.lr or the RL/DPO coefficients.", evaluate_first=True)
+    return dict(fit(cfg, workdir, task)[0], step=cfg.train.steps)
 
-    def flush():
-        for s, row in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
-            row = {k: float(v) for k, v in row.items()}
-            bad = [k for k in spec.guard if k in row and not math.isfinite(row[k])]
-            if bad:
-                checkpointer.wait()
-                last_good = checkpointer.latest_step()
-                kept = (f"Last good checkpoint: step {last_good} in {checkpointer.directory} (kept intact)."
-                        if last_good else "No checkpoint had been written yet.")
-                raise TrainingDivergedError(f"{bad[0]} became {row[bad[0]]} at step {s} of {spec.name}; training "
-                                            f"stopped. {kept} Lower optim.lr or the RL/DPO coefficients.")
-            writer.write(s, "train", row)
-            final.update(row)
-        pending.clear()
 
-    try:
-        if start == 0 and spec.evaluate:  # the starting network's score: the "before" of every comparison
-            writer.write(0, "eval", spec.evaluate(items))
-        for step in range(start + 1, t.steps + 1):
-            clock = time.perf_counter()
-            items, metrics = spec.step(items, step)
-            metrics = dict(metrics, step_seconds=time.perf_counter() - clock)
-            pending.append((step, metrics))
-            is_last = step == t.steps
-            checkpoint_now = step % t.checkpoint_every == 0 or is_last
-            if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
-                flush()
-            writer.advance(1)
-            if spec.evaluate and (step % t.eval_every == 0 or is_last):
-                result = spec.evaluate(items)
-                writer.write(step, "eval", result)
-                final.update({f"eval_{k}": v for k, v in result.items()})
-            if checkpoint_now:
-                checkpointer.save_items(step, items, meta_for(step))
-        if spec.evaluate and not any(k.startswith("eval_") for k in final):  # rerun of a finished run
-            final.update({f"eval_{k}": v for k, v in spec.evaluate(items).items()})
-    finally:
-        writer.close()
-        checkpointer.close()
-    final["step"] = t.steps
-    return final
+def param_norm(params):
+    return optax.tree.norm(params)
+
+
+def make_update_step(loss_fn, tx, schedule, count_name: str | None = None):
+    """(items, batch) -> (items, metrics): one optimizer update on `loss_fn(params, batch) -> (loss,
+    (metrics, weight))`; the batch's `weight` is logged as `count_name` when given."""
+
+    def update(items, batch):
+        params, train = items["params"], items["train"]
+        (loss, (metrics, weight)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(grads, train["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), param_norm=param_norm(params),
+                       lr=schedule(train["opt_state_step"]))
+        if count_name:
+            metrics[count_name] = weight
+        return dict(params=params, train=dict(opt_state=opt_state, opt_state_step=train["opt_state_step"] + 1)), metrics
+
+    return update
+
+
+def supervised_stage(cfg, workdir: str, mesh, name: str, model_cfg, tokenizer: Tokenizer, init: dict, *, loss_fn,
+                     to_batch: Callable[[list, int], dict], batch_shardings: dict, train_set: list, val_set: list,
+                     identity: dict, count_name: str | None = None, extra_meta=None) -> dict:
+    """A stage that is a loss over batches of examples (SFT, reward, DPO) on the one loop, from params `init`.
+
+    `loss_fn(params, batch) -> (loss, (metrics, weight))`: `weight` is the batch's normaliser (target
+    tokens, pair weights), by which eval averages its chunks. `to_batch(examples, n)` -> host arrays of
+    align.batch_size examples of which only the first n count (the rest, filler, weigh 0). Each step's
+    examples come from `epoch_batch`; eval covers `val_set` once."""
+    rules, B = tuple(cfg.parallel.rules), cfg.align.batch_size
+    opt = stage_optimizer(cfg, model_cfg, mesh, rules)
+    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
+                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
+    update = jax.jit(make_update_step(loss_fn, opt.tx, opt.schedule, count_name),
+                     in_shardings=(item_shardings, batch_shardings), out_shardings=(item_shardings, None),
+                     donate_argnums=0, compiler_options=training_compiler_options(mesh))
+    eval_fn = jax.jit(loss_fn)
+
+    def fresh():
+        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init), opt_state_step=jnp.zeros((), jnp.int32)))
+
+    def step(items, s):
+        examples = [train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]
+        return update(items, jax.device_put(to_batch(examples, B), batch_shardings))
+
+    def evaluate(items) -> dict:
+        sums, total = {}, 0.0
+        for chunk, n in full_batches(val_set, B):
+            loss, (metrics, weight) = eval_fn(items["params"], jax.device_put(to_batch(chunk, n), batch_shardings))
+            weight = float(weight)
+            for key, value in dict(metrics, loss=loss).items():
+                sums[key] = sums.get(key, 0.0) + float(value) * weight
+            total += weight
+        return {key: value / max(total, 1e-12) for key, value in sums.items()}
+
+    return run_stage(cfg, workdir, name, model_cfg, tokenizer, fresh=fresh,
+                     abstract=placed(jax.eval_shape(fresh), item_shardings), step=step, evaluate=evaluate,
+                     identity=identity, extra_meta=extra_meta)

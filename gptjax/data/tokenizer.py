@@ -9,6 +9,8 @@ import hashlib
 import os
 from typing import Iterable
 
+import numpy as np
+
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -127,3 +129,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(tok)
+
+
+def pad_rows(rows, length: int, pad_id: int = PAD_ID, dtype=np.int32) -> np.ndarray:
+    """rows (token lists, masks) right-padded with `pad_id` to `length` columns: the one right-pad helper."""
+    out = np.full((len(rows), length), pad_id, dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out

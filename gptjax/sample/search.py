@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.model.kv_cache import select_rows
+from gptjax.data.tokenizer import pad_rows
 from gptjax.sample.generate import PAD_ID, Completion, generate, next_token_logits, start_decoding, to_completions
 from gptjax.sample.strategies import SampleError, Strategy
 
@@ -112,10 +113,7 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
 def token_batch(prompt, completions) -> tuple[np.ndarray, np.ndarray]:
     """(tokens_NxT, lengths_N): prompt + each completion, right-padded with <|pad|> (a scorer's input)."""
     rows = [list(prompt) + c.tokens for c in completions]
-    tokens_NxT = np.full((len(rows), max(map(len, rows))), PAD_ID, np.int32)
-    for i, row in enumerate(rows):
-        tokens_NxT[i, :len(row)] = row
-    return tokens_NxT, np.array([len(r) for r in rows], np.int32)
+    return pad_rows(rows, max(map(len, rows))), np.array([len(r) for r in rows], np.int32)
 
 
 def best_of_n(model_cfg, params, prompt, *, n: int, max_new_tokens: int, strategy: Strategy = Strategy(), seed=0,

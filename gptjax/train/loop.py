@@ -1,8 +1,11 @@
-"""The training loop and evaluation, importable from a notebook: `train(cfg, workdir)`.
+"""The one resumable training loop and evaluation, importable from a notebook: `train(cfg, workdir)`.
 
-One loop trains `Members` (members.py): plain pretraining is one model (`train`); a sweep group is K
-models of one shape trained at once (`gptjax.scaling.vectorized.train_group`). Both go through the same
-setup (mesh, shardings, restore), jitted step, NaN guard, eval, metrics and checkpoints.
+`fit(cfg, workdir, task)` trains any `Task`: resume from the newest readable checkpoint, the step,
+eval and checkpoint cadence, the NaN guard, metrics rows and the progress display live here once.
+Pretraining is a task of `Members` (members.py): one model (`train`), or a sweep group of K models of
+one shape trained at once (`gptjax.scaling.vectorized.train_group`); every post-training stage is a
+task too (`gptjax.align.stage.run_stage`: SFT, reward and DPO are a loss and a batch source, RL a
+rollout source and a loss).
 
 Workdir layout:
   config.json          the resolved config of the latest run
@@ -20,6 +23,7 @@ import math
 import os
 import time
 import zlib
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -49,27 +53,26 @@ class TrainingDivergedError(RuntimeError):
 
 
 @dataclasses.dataclass
-class Job:
-    """Everything a train or eval run holds: built once by `setup`."""
+class Task:
+    """What the one resumable loop (`fit`) trains: pretraining or a sweep group (`pretraining_task`), or a
+    post-training stage (`gptjax.align.stage.run_stage`). The loop owns resume, step and eval cadence, the
+    NaN guard, metrics rows and checkpoint cadence; a task says how to build, restore, step, evaluate and
+    save its state (any pytree)."""
 
-    cfg: object
-    workdir: str
-    mesh: jax.sharding.Mesh
-    members: Members
-    data: DataStreams
-    spec: StateSpec  # graphdef, shardings and restore target of `state`
-    state: dict
-    checkpointer: Checkpointer
-    optimizer: object
-    schedule: object
-    identity: dict  # the data identity of its checkpoints (a group's includes its members)
-    optimizer_identity: dict
-    diverged: dict  # member index -> reason; restored from the checkpoint meta
-
-    def checkpoint_meta(self, step: int) -> dict:
-        return dict(step=step, config=json_config(self.cfg), data_state=self.data.train.get_state(),
-                    data_identity=self.identity, tokenizer_hash=self.data.tokenizer_hash,
-                    optimizer_identity=self.optimizer_identity, diverged={str(k): v for k, v in self.diverged.items()})
+    name: str  # "pretrain" or the stage's mode; names the run in errors
+    members: Members  # one model, or a group's K members (a row per member, the guard per member)
+    fresh: Callable[[], Any]  # the state at step 0
+    restore: Callable[[Checkpointer, int], Any]  # the state at a checkpoint step; CheckpointError if not resumable
+    save: Callable[[Checkpointer, int, Any], None]  # starts the checkpoint of (step, state)
+    step: Callable[[Any, int], tuple[Any, dict]]  # (state, step) -> (state, metrics: device arrays or host numbers)
+    evaluate: Callable[[Any], list[dict]] | None = None  # state -> each member's eval metrics (host floats)
+    guard: tuple = ("loss", "param_norm")  # metrics that must stay finite
+    hint: str = "Lower optim.lr or raise optim.warmup_steps."  # the fix a divergence error names
+    tokens_per_step: int = 0  # each member's; with flops_per_token, rows get tokens_per_sec and mfu
+    flops_per_token: float = 0.0
+    peak_flops: float = math.nan
+    evaluate_first: bool = False  # an eval row at step 0: the starting network's score
+    diverged: dict = dataclasses.field(default_factory=dict)  # member -> reason; save/restore carry it
 
 
 def json_config(cfg) -> dict:
@@ -87,35 +90,6 @@ def data_identity(cfg, data: DataStreams) -> dict:
     if data.fingerprint is not None:
         identity["document_split"] = SPLIT_RULE
     return identity
-
-
-def setup(cfg, workdir: str, mesh, members: Members) -> Job:
-    """Builds data and the members' sharded state, and restores the latest checkpoint in `workdir` if any.
-
-    Must run inside `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`; `run_in_mesh` does that.
-    """
-    data = make_streams(cfg, workdir)
-    optimizer, schedule = members.optimizer(cfg)
-    spec = members.state_spec(cfg, optimizer, mesh, tuple(cfg.parallel.rules))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.max_to_keep)
-    identity, optim_identity = members.identities(cfg, data_identity(cfg, data))
-    diverged = {}
-
-    def restore(step):
-        meta = checkpointer.restore_meta(step)
-        check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
-                         optimizer=optim_identity, allow_steps_change=cfg.train.allow_steps_change)
-        return meta, checkpointer.restore_state(step, spec.abstract)
-
-    found = checkpointer.restore_to_resume(restore)
-    if found is None:
-        state = spec.initialize()
-    else:
-        _, (meta, state) = found
-        data.train.set_state(meta["data_state"])
-        diverged = {int(k): v for k, v in meta.get("diverged", {}).items()}
-    return Job(cfg, workdir, mesh, members, data, spec, state, checkpointer, optimizer, schedule, identity,
-               optim_identity, diverged)
 
 
 def run_in_mesh(fn, cfg, workdir: str):
@@ -180,13 +154,6 @@ def jit_eval_step(members: Members, graphdef, params_sharding, data_sharding):
     return jax.jit(members.eval_step(make_eval_step(graphdef)), in_shardings=(params_sharding, data_sharding))
 
 
-def evaluate(job: Job, eval_step) -> list[dict]:
-    """Per member: the mean validation loss (nats/token) over the fixed validation batches, its standard
-    error over those batches ("loss_se"), and bits per byte of the validation text when the source is text."""
-    return validation_losses(eval_step, job.state["params"], job.data, job.members.size,
-                             batch_sharding(job.mesh, tuple(job.cfg.parallel.rules)))
-
-
 def validation_losses(eval_step, params, data: DataStreams, size: int, sharding) -> list[dict]:
     """`evaluate` for any params: `size` members' results on data.val_batches placed with `sharding`."""
     losses = [eval_step(params, host_local_batch(b, sharding)) for b in data.val_batches]
@@ -216,109 +183,164 @@ def train_members(cfg, workdir: str, members: Members) -> list[dict]:
 
 
 def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
-    job = setup(cfg, workdir, mesh, members)
-    t = cfg.train
+    data = make_streams(cfg, workdir)
+    task, compile_seconds = pretraining_task(cfg, mesh, members, data)
+    finals = fit(cfg, workdir, task)
+    for k, final in enumerate(finals):
+        final.update(compile_seconds=compile_seconds, entropy_rate=data.entropy_rate)
+        if data.batches_per_epoch:
+            final["epochs"] = cfg.train.steps / data.batches_per_epoch
+        if k in task.diverged:
+            final["diverged"] = task.diverged[k]
+    return finals
+
+
+def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Task, float]:
+    """(the Task that trains `members` on `data`'s next-token prediction, seconds spent compiling its step).
+    A checkpoint holds the state and, in its meta, the data position, so a rerun resumes in data order."""
+    rules = tuple(cfg.parallel.rules)
+    optimizer, schedule = members.optimizer(cfg)
+    spec = members.state_spec(cfg, optimizer, mesh, rules)
+    identity, optim_identity = members.identities(cfg, data_identity(cfg, data))
+    data_sharding = batch_sharding(mesh, rules)
+    compile_start = time.perf_counter()
+    train_step = (jit_train_step(cfg, mesh, members, spec, optimizer, schedule)
+                  .lower(spec.abstract, host_local_batch(data.val_batches[0], data_sharding)).compile())
+    eval_step = jit_eval_step(members, spec.graphdef, spec.shardings["params"], data_sharding)
+    compile_seconds = time.perf_counter() - compile_start
+    warn_at = int(MAX_EPOCHS_BEFORE_WARNING * data.batches_per_epoch) + 1 if data.batches_per_epoch else None
+
+    def restore(checkpointer: Checkpointer, step: int):
+        meta = checkpointer.restore_meta(step)
+        check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
+                         optimizer=optim_identity, allow_steps_change=cfg.train.allow_steps_change)
+        state = checkpointer.restore_state(step, spec.abstract)
+        data.train.set_state(meta["data_state"])
+        task.diverged.update({int(k): v for k, v in meta.get("diverged", {}).items()})
+        return state
+
+    def save(checkpointer: Checkpointer, step: int, state) -> None:
+        checkpointer.save(step, state, dict(
+            step=step, config=json_config(cfg), data_state=data.train.get_state(), data_identity=identity,
+            tokenizer_hash=data.tokenizer_hash, optimizer_identity=optim_identity,
+            diverged={str(k): v for k, v in task.diverged.items()}))
+
+    def step(state, s: int):
+        batch = next(data.train)
+        state, metrics = train_step(state, host_local_batch(batch, data_sharding))
+        metrics = dict(metrics, batch_crc32=zlib.crc32(batch.tobytes()))  # resume tests compare the batches
+        if data.batches_per_epoch:
+            metrics["epoch"] = s / data.batches_per_epoch
+        if s == warn_at:
+            logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
+                            s, MAX_EPOCHS_BEFORE_WARNING)
+        return state, metrics
+
+    def evaluate(state) -> list[dict]:
+        return validation_losses(eval_step, state["params"], data, members.size, data_sharding)
+
+    task = Task("pretrain", members, spec.initialize, restore, save, step, evaluate,
+                guard=("loss", "grad_norm", "param_norm"), tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
+                flops_per_token=flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"],
+                peak_flops=peak_flops_total(cfg, mesh))
+    return task, compile_seconds
+
+
+def fit(cfg, workdir: str, task: Task) -> list[dict]:
+    """Trains `task` for cfg.train.steps steps, resuming from the newest readable checkpoint in `workdir`.
+    Logs every train.log_every steps (JSONL, TensorBoard, progress bar), evaluates every eval_every and
+    checkpoints every checkpoint_every and at the end. A non-finite guarded metric stops the run before
+    anything is saved (its last good checkpoint kept); in a group it retires that member and the others
+    go on. Returns each member's final metrics (its latest train row and eval_* results)."""
+    t, members = cfg.train, task.members
     K = members.size
     write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
-    data_sharding = batch_sharding(job.mesh, tuple(cfg.parallel.rules))
-    first_batch = host_local_batch(job.data.val_batches[0], data_sharding)
-    compile_start = time.perf_counter()
-    train_step = (jit_train_step(cfg, job.mesh, members, job.spec, job.optimizer, job.schedule)
-                  .lower(job.state, first_batch).compile())
-    eval_step = jit_eval_step(members, job.spec.graphdef, job.spec.shardings["params"], data_sharding)
-    compile_seconds = time.perf_counter() - compile_start
-
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)["with_attention"]
-    peak = peak_flops_total(cfg, job.mesh)
-    start_step = int(np.ravel(jax.device_get(job.state["step"]))[0])  # every member's counter is the same
-    writer = MetricsWriter(workdir, t.steps, start_step, t.progress_bar, enabled=jax.process_index() == 0,
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
+    found = checkpointer.restore_to_resume(lambda step: task.restore(checkpointer, step))
+    state, start = (task.fresh(), 0) if found is None else (found[1], found[0])
+    writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
                            display=t.show_steps)
-    pending = []  # (step, device metrics, batch checksum) not yet read back to the host
-    clock, clock_step = time.perf_counter(), start_step
-    finals = [{"compile_seconds": compile_seconds} for _ in range(K)]  # each member's latest metrics
+    pending = []  # (step, metrics) not yet read back to the host
+    clock, clock_step = time.perf_counter(), start
+    finals = [{} for _ in range(K)]  # each member's latest metrics
 
-    def flush(step):
+    def diverge(k: int, reason: str) -> None:
+        task.diverged[k] = reason
+        if members.stacked:
+            logging.warning("member %d (lr=%g): %s; the other members go on", k, members.lrs[k], reason)
+            return
+        checkpointer.wait()
+        last_good = checkpointer.latest_step()
+        kept = (f"Last good checkpoint: step {last_good} in {checkpointer.directory} (kept intact)."
+                if last_good else "No checkpoint had been written yet.")
+        raise TrainingDivergedError(f"{task.name}: {reason}; training stopped. {kept} {task.hint}")
+
+    def flush(step: int) -> None:
         nonlocal clock, clock_step
-        rows = jax.device_get([m for _, m, _ in pending])
-        elapsed = time.perf_counter() - clock
-        tokens_per_sec = tokens_per_step * (step - clock_step) / max(elapsed, 1e-9)  # each member's
-        speed = dict(tokens_per_sec=tokens_per_sec, mfu=flops.mfu(K * tokens_per_sec, flops_per_token, peak))
-        for (s, _, checksum), metrics in zip(pending, rows):
+        rows = jax.device_get([m for _, m in pending])
+        seconds = (time.perf_counter() - clock) / max(step - clock_step, 1)
+        speed = {"step_seconds": seconds}
+        if task.tokens_per_step:
+            speed["tokens_per_sec"] = task.tokens_per_step / max(seconds, 1e-12)  # each member's
+            speed["mfu"] = flops.mfu(K * speed["tokens_per_sec"], task.flops_per_token, task.peak_flops)
+        for (s, _), metrics in zip(pending, rows):
             for k in range(K):
-                if k in job.diverged:
+                if k in task.diverged:
                     continue
-                row = {name: float(np.ravel(values)[k]) for name, values in metrics.items()}
-                bad = [name for name in ("loss", "grad_norm", "param_norm") if not np.isfinite(row[name])]
+                row = {name: _member_value(value, k) for name, value in metrics.items()}
+                bad = [name for name in task.guard if name in row and not math.isfinite(row[name])]
                 if bad:
-                    mark_diverged(job, k, f"{bad[0]} became {row[bad[0]]} at step {s}")
+                    diverge(k, f"{bad[0]} became {row[bad[0]]} at step {s}")
                     continue
-                row.update(speed, batch_crc32=checksum)
-                if job.data.batches_per_epoch:
-                    row["epoch"] = s / job.data.batches_per_epoch
+                row.update(speed)
                 writer.write(s, members.split(k), row, show=K == 1 and s == step)
                 finals[k].update(row)
         if K > 1 and rows:  # one line per interval for the whole group, not one per member per step
-            alive = [k for k in range(K) if k not in job.diverged]
+            alive = [k for k in range(K) if k not in task.diverged]
             writer.show(step, "train", {**{f"loss_m{k}": finals[k].get("loss", math.nan) for k in alive}, **speed})
         writer.advance(step - clock_step)
         pending.clear()
         clock, clock_step = time.perf_counter(), step
 
+    def record_eval(state, step: int, log: bool = True) -> None:
+        results = task.evaluate(state)
+        for final, result in zip(finals, results):
+            final.update({f"eval_{k}": v for k, v in result.items()})
+        if log:
+            writer.write(step, "eval", members.eval_row(results))
+
     try:
-        for step in range(start_step + 1, t.steps + 1):
-            batch = next(job.data.train)
-            job.state, metrics = train_step(job.state, host_local_batch(batch, data_sharding))
-            pending.append((step, metrics, zlib.crc32(batch.tobytes())))
+        if start == 0 and task.evaluate and task.evaluate_first:
+            record_eval(state, 0)
+            clock = time.perf_counter()
+        for step in range(start + 1, t.steps + 1):
+            state, metrics = task.step(state, step)
+            pending.append((step, metrics))
             is_last = step == t.steps
             checkpoint_now = step % t.checkpoint_every == 0 or is_last
             if step % t.log_every == 0 or checkpoint_now or step % t.eval_every == 0:
                 flush(step)  # also the NaN guard: nothing non-finite reaches a checkpoint unmarked
-                if len(job.diverged) == K:  # a group's last member (plain pretraining has raised)
+                if len(task.diverged) == K:  # a group's last member (one model has raised)
                     logging.warning("every member diverged by step %d; stopping the group", step)
                     break
-            if step % t.eval_every == 0 or is_last:
-                _record_eval(finals, writer, step, members, evaluate(job, eval_step))
-                clock = time.perf_counter()  # keep eval time out of tokens/s
-            if job.data.batches_per_epoch and step == int(MAX_EPOCHS_BEFORE_WARNING * job.data.batches_per_epoch) + 1:
-                logging.warning("step %d: past %d epochs over the training text; the model may be memorising it",
-                                step, MAX_EPOCHS_BEFORE_WARNING)
+            if task.evaluate and (step % t.eval_every == 0 or is_last):
+                record_eval(state, step)
+                clock = time.perf_counter()  # keep eval time out of the step time
             if checkpoint_now:
-                job.checkpointer.save(step, job.state, job.checkpoint_meta(step))
-        if "eval_loss" not in finals[0]:  # rerun of a finished run (or a group that all diverged): still report
-            _record_eval(finals, writer, t.steps, members, evaluate(job, eval_step), log=False)
+                task.save(checkpointer, step, state)
+        if task.evaluate and not any(k.startswith("eval_") for k in finals[0]):  # a rerun of a finished run
+            record_eval(state, t.steps, log=False)
     finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
         writer.close()
-        job.checkpointer.close()
-    for final in finals:
-        final["entropy_rate"] = job.data.entropy_rate
-        if job.data.batches_per_epoch:
-            final["epochs"] = t.steps / job.data.batches_per_epoch
-    for k, reason in job.diverged.items():
-        finals[k]["diverged"] = reason
+        checkpointer.close()
     return finals
 
 
-def mark_diverged(job: Job, k: int, reason: str) -> None:
-    """Member k's loss or norms became non-finite. Plain pretraining stops here, its last good checkpoint
-    kept; a group marks the member (its rows stop, the checkpoint meta records it) and the others go on."""
-    job.diverged[k] = reason
-    if job.members.stacked:
-        logging.warning("member %d (lr=%g): %s; the other members go on", k, job.members.lrs[k], reason)
-        return
-    job.checkpointer.wait()
-    last_good = job.checkpointer.latest_step()
-    kept = (f"Last good checkpoint: step {last_good} in {job.checkpointer.directory} (kept intact)."
-            if last_good else "No checkpoint had been written yet.")
-    raise TrainingDivergedError(f"{reason}; training stopped. {kept} Lower optim.lr or raise optim.warmup_steps.")
-
-
-def _record_eval(finals: list[dict], writer: MetricsWriter, step: int, members: Members, results: list[dict],
-                 log: bool = True) -> None:
-    for final, result in zip(finals, results):
-        final.update({f"eval_{k}": v for k, v in result.items()})
-    if log:
-        writer.write(step, "eval", members.eval_row(results))
+def _member_value(value, k: int):
+    """Member k's entry of a metric (a scalar is every member's); integers (checksums) stay integers."""
+    flat = np.ravel(value)
+    one = flat[k] if flat.size > 1 else flat[0]
+    return int(one) if np.issubdtype(flat.dtype, np.integer) else float(one)
 
 
 def evaluate_checkpoint(cfg, workdir: str) -> dict:
