@@ -209,6 +209,44 @@ def test_sft_and_rl_with_other_seeds_hold_out_the_same_arithmetic_problems(token
     assert {tuple(t) for t in rl_val.tokens} <= held_out
 
 
+def test_split_is_by_prompt_text_so_every_tokenizer_holds_out_the_same_rows(tokenizer, tmp_path):
+    """The split hashes the prompt's text, not its token ids: it is known before a stage trains its
+    tokenizer, and two tokenizers hold out the same conversations and preference rows."""
+    from conftest import tiny_config
+    from gptjax.align.reward import preference_groups
+    from gptjax.align.sft import load_conversations
+
+    other = train_tokenizer(TEXTS[::-1] + ["What is 7+8? 15"], vocab_size=280)
+    assert other.hash != tokenizer.hash
+    cfg = tiny_config(vocab_size=300, max_len=64)
+    cfg.align.update(task="arithmetic", num_examples=400, val_fraction=0.2)
+    held_out = [[tok.decode(r.tokens) for r in load_conversations(cfg, tok, 64)[1]] for tok in (tokenizer, other)]
+    assert held_out[0] == held_out[1] and 40 <= len(held_out[0]) <= 120
+    rows = [{"prompt": f"Name {i}", "chosen": f"yes {i}", "rejected": "no"} for i in range(60)]
+    path = write(tmp_path, *rows)
+    val_prompts = [[tok.decode(g.prompt) for g in preference_groups(path, cfg, tok, 64)[1]] for tok in (tokenizer, other)]
+    assert val_prompts[0] == val_prompts[1] and val_prompts[0]
+
+
+def test_a_fresh_stage_tokenizer_learns_from_the_training_rows_only(tmp_path):
+    """With align.init_from "" a stage trains its tokenizer; the held-out rows' text never reaches it."""
+    from conftest import tiny_config
+    from gptjax.align.reward import preference_rows, preference_texts
+    from gptjax.align.sft import split_rows, sft_rows, training_texts
+
+    cfg = tiny_config(vocab_size=300, max_len=64)
+    cfg.align.update(task="arithmetic", num_examples=400, val_fraction=0.2)
+    train, val = split_rows(cfg, sft_rows(cfg))
+    texts = set(training_texts(cfg))
+    assert {row["messages"][0]["content"] for row in train} <= texts
+    assert val and not {row["messages"][0]["content"] for row in val} & texts
+    path = write(tmp_path, *[{"prompt": f"Name {i}", "chosen": f"yes {i}", "rejected": "no"} for i in range(60)])
+    train, val = preference_rows(path, cfg)
+    texts = set(preference_texts(path, cfg))
+    assert {row["prompt"] for row in train} <= texts and val
+    assert not {row["prompt"] for row in val} & texts and not {row["chosen"] for row in val} & texts
+
+
 def test_split_keeps_one_item_on_each_side_when_it_can():
     assert [len(s) for s in split_train_val(["a", "b"], 0.05, 0)] == [1, 1]
     assert [len(s) for s in split_train_val(list(range(5)), 0.99, 0)] == [1, 4]

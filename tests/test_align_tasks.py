@@ -120,9 +120,8 @@ def test_shakespeare_prompts_come_from_the_corpus(corpus_text):
 
 def test_corpus_lines_are_speech_only():
     lines = set(tasks.corpus_lines())
-    assert "Now, fair Hippolyta, our nuptial hour" in lines  # verse
-    for not_speech in ["THESEUS", "ACT I", "A Midsummer Night's Dream", "Exit PHILOSTRATE",
-                       "Enter THESEUS, HIPPOLYTA, PHILOSTRATE, and Attendants"]:
+    assert "Now is the winter of our discontent" in lines  # verse (Richard III, a play pretraining trains on)
+    for not_speech in ["GLOUCESTER", "ACT I", "Richard III", "SCENE I. London. A street.", "Enter GLOUCESTER, solus"]:
         assert not_speech not in lines
 
 
@@ -175,3 +174,28 @@ def test_arithmetic_task_refuses_more_rows_than_distinct_problems():
     assert len({p for p, _ in task.prompts(task.distinct, seed=0)}) == task.distinct == 400
     with pytest.raises(AlignDataError, match="align.num_examples=401: the arithmetic task has 400 distinct"):
         task.prompts(401, seed=0)
+
+
+def test_shakespeare_prompts_never_come_from_the_plays_pretraining_holds_out():
+    """Post-training's Shakespeare lines come from configs/pretrain_shakespeare.py's training plays only."""
+    import importlib.util
+    import os
+
+    from gptjax.data.cache import split_documents
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain_shakespeare.py")
+    spec = importlib.util.spec_from_file_location("pretrain_shakespeare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    d = module.get_config().data
+    docs = sources.shakespeare(keep_markup=True)
+    held_out = tasks.held_out_plays()
+    assert held_out == {int(i) for i in split_documents(len(docs), d.val_fraction, d.split_seed, docs.name).val_indices}
+
+    def lines_of(i):
+        return {" ".join(line.split()) for line in sources.strip_markdown("\n".join(tasks._speech_lines(docs[i]))).split("\n")}
+
+    trained_on = set().union(*(lines_of(i) for i in range(len(docs)) if i not in held_out))
+    only_held_out = set().union(*(lines_of(i) for i in held_out)) - trained_on - {""}
+    assert len(only_held_out) > 1000  # the held-out plays' own lines
+    assert not only_held_out & set(tasks.corpus_lines())

@@ -212,11 +212,30 @@ def write_preferences(path: str, rows: list[dict]) -> None:
 # -------------------------------------------------------------------------------------------- splitting
 
 
-SPLIT_RULE = "prompt-hash-v1"  # in every stage's identity: checkpoints from before it are refused
+SPLIT_RULE = "prompt-text-v2"  # in every stage's identity: checkpoints from before it are refused
+
+
+def prompt_key(prompt) -> tuple:
+    """What the split hashes of a prompt: its messages as ((role, content), ...), a string prompt being one
+    user message. Text, not token ids: the split is the same under every tokenizer, so it is decided
+    before a stage trains its tokenizer (on the training rows only)."""
+    if isinstance(prompt, str):
+        return (("user", prompt),)
+    if not isinstance(prompt, list):
+        return ()  # a malformed row: the loader names it
+    return tuple((m.get("role"), m.get("content")) for m in prompt if isinstance(m, dict))
+
+
+def conversation_prompt(messages) -> list:
+    """The messages of a conversation before its first assistant turn (what the model is asked)."""
+    if not isinstance(messages, list):
+        return []
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    return messages[:roles.index("assistant")] if "assistant" in roles else messages
 
 
 def prompt_hash_unit(prompt_key, seed: int) -> float:
-    """A number in [0, 1) fixed by the prompt (its token ids or text) and `seed` (align.split_seed)."""
+    """A number in [0, 1) fixed by the prompt (`prompt_key`, or any text) and `seed` (align.split_seed)."""
     key = tuple(prompt_key) if isinstance(prompt_key, (list, tuple)) else prompt_key
     digest = hashlib.sha256(repr((int(seed), key)).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -224,7 +243,7 @@ def prompt_hash_unit(prompt_key, seed: int) -> float:
 
 def split_train_val(items, val_fraction: float, seed: int, prompt_of=lambda item: item) -> tuple[list, list]:
     """(train, val), both in their original order: an item is held out when its *prompt*
-    (`prompt_of(item)`, token ids) hashes below `val_fraction` under `seed` (align.split_seed).
+    (`prompt_of(item)`, a `prompt_key`) hashes below `val_fraction` under `seed` (align.split_seed).
 
     Deciding by the prompt, not the item's position, makes the split one fixed partition of prompts:
     SFT, reward, DPO and RL stages hold out the same prompts whatever their seed, item order or

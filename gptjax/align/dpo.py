@@ -93,7 +93,7 @@ def dpo(cfg, workdir: str) -> dict:
 def _dpo(cfg, workdir: str, mesh) -> dict:
     rules, o = tuple(cfg.parallel.rules), cfg.dpo
     path = preference_file(cfg, workdir)
-    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path))
+    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path, cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg = start.model_cfg
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)

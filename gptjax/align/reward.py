@@ -103,19 +103,31 @@ def preference_file(cfg, workdir: str) -> str:
     return path
 
 
+def preference_rows(path: str, cfg) -> tuple[list, list]:
+    """(train, val) raw rows of a preference JSONL, split by their prompt's text (align/data.py split_train_val)."""
+    rows = [row for _, row in align_data.read_jsonl(path)]
+    return align_data.split_train_val(rows, cfg.align.val_fraction, cfg.align.split_seed,
+                                      lambda row: align_data.prompt_key(row.get("prompt")))
+
+
 def preference_groups(path: str, cfg, tokenizer, max_len: int):
-    """(train, val) PreferenceGroups of a preference JSONL."""
-    groups = align_data.load_preferences(path, tokenizer, max_len)
+    """(train, val) PreferenceGroups of a preference JSONL, split as `preference_rows` splits its rows."""
+    groups = align_data.load_preferences(path, tokenizer, max_len)  # one per row, in file order
     if len(groups) < 2:
         raise align_data.AlignDataError(f"{path}: {len(groups)} preference rows; need at "
                                         "least 2 (one to train on, one to evaluate)")
-    return align_data.split_train_val(groups, cfg.align.val_fraction, cfg.align.split_seed, lambda g: g.prompt)
+    rows = [row for _, row in align_data.read_jsonl(path)]
+    train, val = align_data.split_train_val(list(zip(rows, groups)), cfg.align.val_fraction, cfg.align.split_seed,
+                                            lambda pair: align_data.prompt_key(pair[0].get("prompt")))
+    return [g for _, g in train], [g for _, g in val]
 
 
-def preference_texts(path: str) -> list[str]:
+def preference_texts(path: str, cfg) -> list[str]:
+    """The texts a fresh stage tokenizer learns from: the training rows' only (never held-out ones)."""
     texts = []
-    for _, row in align_data.read_jsonl(path):
-        for key in ("prompt", "chosen", "rejected"):
+    for row in preference_rows(path, cfg)[0]:
+        texts += [content for _, content in align_data.prompt_key(row.get("prompt")) if isinstance(content, str)]
+        for key in ("chosen", "rejected"):
             if isinstance(row.get(key), str):
                 texts.append(row[key])
         texts += [r for r in row.get("responses", []) if isinstance(r, str)]
@@ -130,7 +142,7 @@ def reward(cfg, workdir: str) -> dict:
 def _reward(cfg, workdir: str, mesh) -> dict:
     rules = tuple(cfg.parallel.rules)
     path = preference_file(cfg, workdir)
-    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path))
+    tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path, cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg, init = with_scalar_head(start, jax.random.key(cfg.seed + 1), mesh, rules)
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)

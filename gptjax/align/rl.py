@@ -64,7 +64,7 @@ def task_prompts(cfg, task, tokenizer, max_len: int) -> tuple[Prompts, Prompts]:
     """(train, val) prompts of the task rendered by the chat template; too-long prompts are an error."""
     pairs = task.prompts(cfg.align.num_examples, cfg.seed)
     train, val = align_data.split_train_val(pairs, cfg.align.val_fraction, cfg.align.split_seed,
-                                            lambda pair: chat.prompt_tokens(pair[0], tokenizer))
+                                            lambda pair: align_data.prompt_key(pair[0]))
 
     def build(items):
         tokens = [chat.prompt_tokens(text, tokenizer) for text, _ in items]

@@ -32,30 +32,41 @@ def sft_rows(cfg) -> list[dict]:
     return get_task(cfg.align.task).sft_rows(cfg.align.num_examples, cfg.seed)
 
 
+def row_prompt_key(row) -> tuple:
+    return align_data.prompt_key(align_data.conversation_prompt(row.get("messages") if isinstance(row, dict) else None))
+
+
+def split_rows(cfg, rows: list) -> tuple[list, list]:
+    """(train, val) of SFT rows by their prompt's text (align/data.py split_train_val)."""
+    return align_data.split_train_val(rows, cfg.align.val_fraction, cfg.align.split_seed, row_prompt_key)
+
+
 def conversation_texts(rows) -> list[str]:
     return [turn["content"] for row in rows for turn in row.get("messages", []) if isinstance(turn, dict)
             and isinstance(turn.get("content"), str)]
 
 
+def training_texts(cfg) -> list[str]:
+    """The texts a fresh stage tokenizer learns from: the training conversations only (never held-out ones)."""
+    return conversation_texts(split_rows(cfg, sft_rows(cfg))[0])
+
+
 def load_conversations(cfg, tokenizer, max_len: int):
     """Rendered conversations (chat.Rendered), checked against max_len, split into (train, val)."""
+    rows = sft_rows(cfg)
     if cfg.align.data:
-        rendered = align_data.load_sft(cfg.align.data, tokenizer, max_len)
+        rendered = align_data.load_sft(cfg.align.data, tokenizer, max_len)  # one per row, in file order
     else:
         rendered = []
-        for i, row in enumerate(sft_rows(cfg)):
+        for i, row in enumerate(rows):
             r = render(row["messages"], tokenizer, where=f"task {cfg.align.task} row {i}")
             if len(r.tokens) > max_len:
                 raise align_data.AlignDataError(f"task {cfg.align.task} row {i} has {len(r.tokens)} tokens, more than "
                                                 f"model.max_len={max_len}; raise max_len")
             rendered.append(r)
-    return align_data.split_train_val(rendered, cfg.align.val_fraction, cfg.align.split_seed, prompt_part)
-
-
-def prompt_part(rendered) -> list[int]:
-    """The tokens before the first assistant token: the prompt, as chat.prompt_tokens renders it."""
-    first = rendered.assistant_mask.index(True) if True in rendered.assistant_mask else len(rendered.tokens)
-    return rendered.tokens[:first]
+    train, val = align_data.split_train_val(list(zip(rows, rendered)), cfg.align.val_fraction, cfg.align.split_seed,
+                                            lambda pair: row_prompt_key(pair[0]))  # the split of split_rows
+    return [r for _, r in train], [r for _, r in val]
 
 
 def to_arrays(rendered, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +108,7 @@ def sft(cfg, workdir: str) -> dict:
 
 def _sft(cfg, workdir: str, mesh) -> dict:
     rules = tuple(cfg.parallel.rules)
-    tokenizer = start_tokenizer(cfg, workdir, lambda: conversation_texts(sft_rows(cfg)))
+    tokenizer = start_tokenizer(cfg, workdir, lambda: training_texts(cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg = start.model_cfg
     train_set, val_set = load_conversations(cfg, tokenizer, model_cfg.max_len)

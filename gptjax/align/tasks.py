@@ -20,6 +20,7 @@ import numpy as np
 
 from gptjax.align.data import AlignDataError
 from gptjax.data import sources
+from gptjax.data.cache import split_documents
 
 # ------------------------------------------------------------------------------------------- arithmetic
 
@@ -87,6 +88,9 @@ def _messages(prompt: str, reply: str) -> dict:
 PROMPT_PREFIX = "Continue: "
 MAX_REPLY_WORDS = 12  # SFT replies: the rest of the line, at most this many words
 MAX_GOLD_WORDS = 16  # gold_reward penalises every word beyond this
+# The document split of configs/pretrain_shakespeare.py (data.val_fraction, data.split_seed): the plays it
+# holds out for validation never give a post-training prompt, so a policy is never tuned on them.
+PRETRAINING_VAL_FRACTION, PRETRAINING_SPLIT_SEED = 0.1, 0
 LEXICON = frozenset((  # "warm" words; a completion earns gold for each distinct one it uses
     "love", "sweet", "fair", "gentle", "joy", "heaven", "grace", "gracious", "kind", "dear",
     "happy", "bright", "merry", "honour", "true", "beauty", "delight", "bless", "blessed", "smile",
@@ -103,19 +107,29 @@ class ShakespearePrompt:
 
 @functools.lru_cache(maxsize=1)
 def corpus_lines() -> tuple[str, ...]:
-    """The spoken lines of the embedded plays (verse or prose), Markdown stripped, in corpus order.
+    """The spoken lines of the plays pretraining trains on (`held_out_plays` are left out), Markdown
+    stripped, in corpus order.
 
     Headings, speaker names and stage directions (which may span lines) are left out, and so is any
     line with inline markup or odd spacing, so every line is plain text a character says.
     """
     docs = sources.shakespeare(keep_markup=True)  # the markup is what tells speech from the rest
-    lines = []
+    lines, held_out = [], held_out_plays()
     for i in range(len(docs)):
+        if i in held_out:
+            continue
         speech = _speech_lines(docs[i])
         # One strip_markdown call per play (not per line: 40x faster); it removes Markdown's two-space
         # line breaks and cannot join lines, since the kept lines hold no other markup.
         lines += [line.strip() for line in sources.strip_markdown("\n".join(speech)).split("\n")]
     return tuple(line for line in lines if line and line == " ".join(line.split()))
+
+
+def held_out_plays() -> frozenset[int]:
+    """Corpus indices of the plays configs/pretrain_shakespeare.py holds out for validation."""
+    docs = sources.shakespeare()
+    split = split_documents(len(docs), PRETRAINING_VAL_FRACTION, PRETRAINING_SPLIT_SEED, docs.name)
+    return frozenset(int(i) for i in split.val_indices)
 
 
 def _speech_lines(markdown: str) -> list[str]:
