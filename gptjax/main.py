@@ -83,7 +83,7 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have
         text = str(e.args[0]).replace("\\n", "\n").replace("\\", "")  # nested reprs of "'key'\nDid you mean ..."
         name = re.search(r"\w+", text).group()
-        hint = " ".join(line.strip(" '\"") for line in text.splitlines()[1:]) or "its keys are in gptjax/config.py"
+        hint = " ".join(line.strip(" '\"") for line in text.splitlines()[1:]) or "its keys are in gptjax/config/"
         flag = next((a.split("=", 1)[0] for a in argv[1:]
                      if a.startswith("--config.") and a.split("=", 1)[0].endswith("." + name)), "--config")
         print(f"error: {flag}: the config has no key {name!r}; {hint}", file=sys.stderr)

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from gptjax.config import ConfigError, load_config, resolve_mesh_shape, validate
+from gptjax.config import ConfigError, load_config, validate
+from gptjax.config.parallel import resolve_mesh_shape
 
 # (override path, value, words the message must contain)
 BAD_CONFIGS = [

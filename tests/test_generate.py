@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from gptjax.config import DEFAULT_RULES
+from gptjax.config.parallel import DEFAULT_RULES
 from gptjax.model.build import init_params
 from gptjax.parallel.mesh import make_mesh
 from gptjax.model.build import model_graphdef

@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from gptjax.config import DPO_LOSSES, GRPO_ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from gptjax.config.align import DPO_LOSSES, GRPO_ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS
 
 ADVANTAGE_KINDS = GRPO_ADVANTAGES + ("rloo",)  # mode=rloo's leave-one-out baseline
 

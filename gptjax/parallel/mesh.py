@@ -11,7 +11,7 @@ from flax import nnx
 from flax.core import spmd
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from gptjax.config import MESH_AXES, resolve_mesh_shape
+from gptjax.config.parallel import MESH_AXES, resolve_mesh_shape
 
 
 def maybe_initialize_distributed(parallel_cfg) -> None:

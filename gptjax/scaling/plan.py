@@ -14,7 +14,8 @@ import math
 
 import ml_collections
 
-from gptjax.config import SWEEP_FAMILIES, ConfigError
+from gptjax.config.base import ConfigError
+from gptjax.config.sweep import SWEEP_FAMILIES
 from gptjax.train import flops
 
 

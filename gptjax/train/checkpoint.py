@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 import orbax.checkpoint as ocp
 from absl import logging
 
-from gptjax.config import default_config
+from gptjax.config import model as model_config
 
 
 class CheckpointError(RuntimeError):
@@ -161,7 +161,7 @@ def model_with_defaults(saved_model: dict) -> dict:
     """A saved model config (checkpoint meta, a sweep's trial.json) with the keys added to `config.model`
     since it was written set to their defaults, which reproduce what the model did before (e.g.
     mup_base_head_dim = 0)."""
-    return {**default_config().model.to_dict(), **saved_model} if saved_model else saved_model
+    return {**model_config.defaults().to_dict(), **saved_model} if saved_model else saved_model
 
 
 def data_with_split_seed(saved_data: dict, seed) -> dict:
