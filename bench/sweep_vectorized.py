@@ -19,7 +19,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from gptjax.config import default_config
 from gptjax.parallel.mesh import make_mesh
@@ -62,7 +61,7 @@ def main():
 
     timings = {}
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         for name, groups in (("sequential", [[m] for m in members]), ("vectorized", [members])):
             built = [sharded_train_step(cfg, mesh, Members.group(g)) for g in groups]
             step, batch = built[0][0], jax.device_put(batch_np, built[0][2])  # the lr is in each state

@@ -20,7 +20,6 @@ def timed_group(d_model: int, steps: int, start=None, out=None) -> float:
     the barrier `start` before timing when given, and puts the result on `out`."""
     import jax
     import numpy as np
-    from flax import nnx
 
     from gptjax.config import default_config
     from gptjax.parallel.mesh import make_mesh
@@ -35,7 +34,7 @@ def timed_group(d_model: int, steps: int, start=None, out=None) -> float:
     cfg.train.steps = 1000
     members = Members.group([{"lr": lr, "seed": 0} for lr in (8e-3, 2e-2, 5e-2)])
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         step, state, data = sharded_train_step(cfg, mesh, members)
         batch = jax.device_put(np.random.default_rng(0).integers(0, 384, (32, 65), dtype=np.int32), data)
         for _ in range(3):

@@ -22,7 +22,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from gptjax.config import default_config
 from gptjax.parallel.mesh import make_mesh
@@ -54,14 +53,13 @@ def time_steps(run_step, steps: int) -> list[float]:
 def gptjax_step(batches):
     """A blocking training step of gptjax on the bench shapes, compiled and warmed up."""
     cfg = bench_config()
-    rules = tuple(cfg.parallel.rules)
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    with jax.set_mesh(mesh):
         step, state, data = sharded_train_step(cfg, mesh)
         holder = {"state": state, "i": 0}
 
     def run_step():
-        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        with jax.set_mesh(mesh):
             batch = jax.device_put(batches[holder["i"] % len(batches)], data)
             holder["state"], metrics = step(holder["state"], batch)
             metrics["loss"].block_until_ready()

@@ -162,7 +162,7 @@ def test_fresh_and_scalar_head_networks_are_initialised_on_their_shardings(sft_d
     cfg.parallel.update(num_devices=8, mesh=(4, 2, 1))
     mesh, rules = make_mesh(cfg.parallel), tuple(cfg.parallel.rules)
     tokenizer, head_key = load(sft_dir).tokenizer, jax.random.key(5)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), jax.transfer_guard("disallow"):
+    with jax.set_mesh(mesh), jax.transfer_guard("disallow"):
         start = starting_network(cfg, tokenizer, mesh, rules)
         model_cfg, params = with_scalar_head(start, head_key, mesh, rules)
     expected = params_shardings(model_cfg, mesh, rules)
@@ -461,7 +461,7 @@ def test_rl_update_shuffles_on_device_and_equals_minibatch_by_minibatch_updates(
                 old_logp=-rng.uniform(1, 3, (R, N)).astype(np.float32),
                 ref_logp=-rng.uniform(1, 3, (R, N)).astype(np.float32),
                 advantages=rng.normal(size=(R, N)).astype(np.float32))
-    with jax.set_mesh(MESH_1), nnx.logical_axis_rules(RULES):
+    with jax.set_mesh(MESH_1):
         nets = Networks(start.model_cfg, start.params, model_graphdef(start.model_cfg), False, None, None)
         opt = stage_optimizer(cfg, start.model_cfg, MESH_1, RULES, 4)
 

@@ -293,11 +293,11 @@ def test_kv_cache_is_sharded_by_rows_and_kv_heads_under_a_mesh(scan_layers):
     prompts = [[3, 5, 7, 9], [9, 2, 4, 6], [13, 1, 2, 3], [8, 8, 6, 4]]
     expected = generate(m, params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=())
     mesh = make_mesh(ml_collections.ConfigDict(dict(num_devices=8, mesh=(4, 1, 2))))
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(DEFAULT_RULES):
+    with jax.set_mesh(mesh):
         sharded_params = jax.device_put(params, params_shardings(m, mesh, DEFAULT_RULES))
-        cache, _ = prefill(model_graphdef(m), sharded_params, jnp.asarray(prompts, jnp.int32), jnp.zeros(4, jnp.int32),
-                           length=12)
-        out = generate(m, sharded_params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=())
+        cache, _ = prefill(model_graphdef(m, DEFAULT_RULES), sharded_params, jnp.asarray(prompts, jnp.int32),
+                           jnp.zeros(4, jnp.int32), length=12)
+        out = generate(m, sharded_params, prompts, max_new_tokens=8, strategy=GREEDY, stop_tokens=(), rules=DEFAULT_RULES)
     keys = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache) if "k_BxKxSxH" in jax.tree_util.keystr(path)]
     assert len(keys) == (1 if scan_layers else 2)
     lead = (None,) if scan_layers else ()

@@ -262,7 +262,7 @@ def test_mup_optimizer_state_is_sharded_like_the_params():
     cfg.parallel.update(mesh=(2, 2, 2), num_devices=8)
     mesh = make_mesh(cfg.parallel)
     optimizer, _ = make_optimizer(cfg.optim, 10, cfg.model)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         _, state, _ = create_train_state(cfg.model, optimizer, mesh, cfg.parallel.rules, seed=0)
     up = state["params"]["blocks"][0]["mlp"]["up"]["kernel"]
     adam_state = state["opt_state"][1][0]

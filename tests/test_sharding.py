@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
@@ -23,7 +22,7 @@ def sharded_run(mesh_shape, num_devices, grad_accum=1):
     cfg.optim.grad_accum = grad_accum
     mesh = make_mesh(cfg.parallel)
     batches = np.random.default_rng(0).integers(0, 57, (STEPS, 16, 17)).astype(np.int32)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         step, state, data = sharded_train_step(cfg, mesh)
         losses = []
         for batch in batches:
@@ -81,3 +80,28 @@ def test_multi_host_flag_initializes_jax_distributed(monkeypatch):
     cfg.parallel.multi_host = True
     mesh_lib.maybe_initialize_distributed(cfg.parallel)
     assert calls == [1]
+
+
+def test_activations_are_constrained_by_the_rules_the_model_was_built_with():
+    """The logical-axis rules reach the model explicitly (`model_graphdef(model_cfg, rules)`), not through a
+    context: with none set, a forward pass on replicated params and tokens gives batch-sharded hidden states
+    under rules that shard the batch, and replicated ones (nothing constrained) without rules."""
+    from flax import nnx
+
+    from gptjax.model.build import init_params, model_graphdef
+    from gptjax.parallel.mesh import replicated
+
+    cfg = tiny_config(vocab_size=64, d_model=64, n_heads=8, n_kv_heads=8, d_ff=128)
+    cfg.parallel.update(mesh=(4, 2, 1), num_devices=8)
+    mesh, rules = make_mesh(cfg.parallel), tuple(cfg.parallel.rules)
+    with jax.set_mesh(mesh):
+        params = jax.device_put(init_params(cfg.model, jax.random.key(0)), replicated(mesh))
+        tokens_BxT = jax.device_put(np.zeros((8, 16), np.int32), replicated(mesh))
+
+        def hidden(graphdef):
+            return jax.jit(lambda p, t: nnx.merge(graphdef, p).hidden(t))(params, tokens_BxT)
+
+        constrained, free = hidden(model_graphdef(cfg.model, rules)), hidden(model_graphdef(cfg.model))
+    assert constrained.sharding.shard_shape(constrained.shape) == (1, 16, 64)  # 8 rows over data*fsdp = 8
+    assert free.sharding.is_fully_replicated
+    np.testing.assert_allclose(np.asarray(constrained), np.asarray(free), rtol=1e-5, atol=1e-6)

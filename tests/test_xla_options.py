@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-from flax import nnx
 
 import gptjax.train.loop as loop
 from gptjax.parallel.mesh import make_mesh
@@ -12,7 +11,7 @@ from tests.conftest import tiny_config
 
 def _train_step_temp_bytes(cfg, compiler_options):
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         step, state, data = loop.sharded_train_step(cfg, mesh)
         batch = jax.device_put(np.zeros((cfg.data.batch_size, cfg.data.seq_len + 1), np.int32), data)
         compiled = step.lower(state, batch).compile(compiler_options=compiler_options)

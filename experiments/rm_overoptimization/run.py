@@ -158,7 +158,6 @@ def bon_stage(root, sft_dir, rm_dirs, force):
         print(f"[bon] reused ({done['seconds']:.0f} s when it ran)", flush=True)
         return done
     import jax
-    from flax import nnx
 
     from gptjax.align import chat
     from gptjax.align.reward import RewardModel
@@ -178,7 +177,7 @@ def bon_stage(root, sft_dir, rm_dirs, force):
     mesh = make_mesh(cfg.parallel)
     out_dir = os.path.join(root, "bon")
     os.makedirs(out_dir, exist_ok=True)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    with jax.set_mesh(mesh):
         policy = load_network(sft_dir, mesh, rules, what="sft policy")
         tok = policy.tokenizer
         task = get_task("shakespeare")

@@ -70,7 +70,7 @@ def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int,
     reference (align.reference, default the starting policy) is only held while this runs."""
     reference = load_network(cfg.align.reference, mesh, rules, what="align.reference") if cfg.align.reference else policy
     check_same_vocabulary(policy, reference, "align.reference")
-    logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg)))
+    logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(reference.model_cfg, rules)))
     rows, rows1, B = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1), cfg.align.batch_size
     out = []
     for groups in group_sets:
@@ -113,7 +113,7 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     batch_shardings = dict(preference_shardings(mesh, rules), ref_logp_R=batch_sharding(mesh, rules, 1))
     result = supervised_stage(
         cfg, workdir, mesh, "dpo", model_cfg, tokenizer, start.params,
-        loss_fn=functools.partial(dpo_batch_loss, graphdef=model_graphdef(model_cfg), beta=o.beta, kind=o.loss,
+        loss_fn=functools.partial(dpo_batch_loss, graphdef=model_graphdef(model_cfg, rules), beta=o.beta, kind=o.loss,
                                   label_smoothing=o.label_smoothing),
         to_batch=to_batch, batch_shardings=batch_shardings, train_set=list(zip(train_set, train_ref)),
         val_set=list(zip(val_set, val_ref)),

@@ -45,7 +45,7 @@ def self_judge(policy, mesh, rules, constitution: str, batch_size: int):
     """A judge that asks the policy `constitution` about each reply: scores = log p(yes) - log p(no)."""
     tokenizer, max_len = policy.tokenizer, policy.model_cfg.max_len
     answers = [chat.response_tokens(a, tokenizer) for a in ("yes", "no")]
-    logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(policy.model_cfg)))
+    logprobs = jax.jit(functools.partial(response_logprobs, graphdef=model_graphdef(policy.model_cfg, rules)))
     rows = batch_sharding(mesh, rules)
     rows1 = batch_sharding(mesh, rules, 1)
 
@@ -109,7 +109,8 @@ def _label(cfg, workdir: str, mesh) -> dict:
     for chunk, n in full_batches(jobs, batch):
         keys = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for i, j in chunk])
         completions = generate(policy.model_cfg, policy.params, [tokens[i] for i, _ in chunk],
-                               max_new_tokens=r.max_new_tokens, strategy=strategy, seed=keys, tokenizer=tokenizer)[:n]
+                               max_new_tokens=r.max_new_tokens, strategy=strategy, seed=keys, tokenizer=tokenizer,
+                               rules=rules)[:n]
         chunk = chunk[:n]
         texts += [c.text for c in completions]
         gold += [task.reward(metas[i], c.text) for (i, _), c in zip(chunk, completions)]

@@ -149,7 +149,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     K = max(len(g.responses) for g in train_set + val_set)
     P = K * (K - 1) // 2
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
-    graphdef = model_graphdef(model_cfg)
+    graphdef = model_graphdef(model_cfg, rules)
     score_fn = jax.jit(functools.partial(last_token_scores, graphdef=graphdef))
     rows, B = batch_sharding(mesh, rules), cfg.align.batch_size
 
@@ -183,7 +183,7 @@ class RewardModel:
                              "workdir of a mode=reward run")
         self.network, self.params, self.model_cfg = network, network.params, network.model_cfg
         self.bias = float(network.meta.get("reward_bias", 0.0))
-        self.graphdef = model_graphdef(network.model_cfg)
+        self.graphdef = model_graphdef(network.model_cfg, rules)
         self._score = jax.jit(functools.partial(last_token_scores, graphdef=self.graphdef))
 
     def score_device(self, tokens_RxL, lengths_R):

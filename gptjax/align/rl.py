@@ -89,16 +89,17 @@ class Networks:
     shared_value: bool  # PPO's value head sits on the policy's trunk
     reference: Network | None  # None when no KL is computed (kl_coef 0, track_kl off)
     reward_model: RewardModel | None  # None: the task's programmatic reward is the reward
+    rules: tuple = ()  # the logical-axis rules every network's activations are constrained by
     value_cfg: ml_collections.ConfigDict | None = None  # PPO's separate value model
     value_init: dict | None = None
 
     @property
     def reference_graphdef(self):
-        return model_graphdef(self.reference.model_cfg) if self.reference is not None else None
+        return model_graphdef(self.reference.model_cfg, self.rules) if self.reference is not None else None
 
     @property
     def value_graphdef(self):
-        return model_graphdef(self.value_cfg) if self.value_cfg is not None else None
+        return model_graphdef(self.value_cfg, self.rules) if self.value_cfg is not None else None
 
 
 def load_networks(cfg, tokenizer, mesh, rules) -> Networks:
@@ -119,7 +120,7 @@ def load_networks(cfg, tokenizer, mesh, rules) -> Networks:
     if cfg.align.reward_model:
         rm = RewardModel(cfg.align.reward_model, mesh, rules)
         check_same_vocabulary(start, rm.network, "align.reward_model")
-    nets = Networks(policy_cfg, policy_init, model_graphdef(policy_cfg), shared_value, reference, rm)
+    nets = Networks(policy_cfg, policy_init, model_graphdef(policy_cfg, rules), shared_value, reference, rm, rules)
     if mode == "ppo" and not shared_value:  # InstructGPT: the value model starts from the reward model if any
         nets.value_cfg, value_init = with_scalar_head(rm.network if rm else start, jax.random.key(cfg.seed + 3),
                                                       mesh, rules)
@@ -280,7 +281,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         prompt_ids = np.repeat(epoch_batch(len(train_prompts.tokens), B, cfg.seed, s), G)
         clock = time.perf_counter()
         ro = sample_rollouts(policy_cfg, items["params"], [train_prompts.tokens[i] for i in prompt_ids], rollout_key,
-                             max_new_tokens=N, strategy=strategy, length=length, tokenizer=tokenizer)
+                             max_new_tokens=N, strategy=strategy, length=length, tokenizer=tokenizer, rules=rules)
         rollout_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         batch = jax.device_put(dict(tokens_RxL=ro.tokens_RxL, positions_RxN=ro.positions_RxN,
@@ -315,7 +316,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
     def evaluate(items):
         return evaluate_policy(items["params"], policy_cfg, tokenizer, task, train_prompts, val_prompts, rm,
-                               max_new_tokens=N, strategy=strategy, seed=cfg.seed, length=length)
+                               max_new_tokens=N, strategy=strategy, seed=cfg.seed, length=length, rules=rules)
 
     # epochs x minibatches updates per step set the LR schedule's length (stage_optimizer), like train.steps
     identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
@@ -326,7 +327,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
 
 def evaluate_policy(params, policy_cfg, tokenizer, task, train_prompts: Prompts, val_prompts: Prompts, rm, *,
-                    max_new_tokens: int, strategy: Strategy, seed: int, length: int) -> dict:
+                    max_new_tokens: int, strategy: Strategy, seed: int, length: int, rules: tuple) -> dict:
     """Held-out prompts, completed greedily ("reward": the task's reward, arithmetic: accuracy;
     "proxy_reward": the reward model's score) and sampled as in training with a fixed key
     ("sampled_reward", "sampled_proxy_reward"); and greedily on training prompts ("train_reward")."""
@@ -334,14 +335,14 @@ def evaluate_policy(params, policy_cfg, tokenizer, task, train_prompts: Prompts,
     prompts, result = val_prompts.tokens[:count], {}
     for prefix, strategy_now in (("", Strategy(temperature=0.0)), ("sampled_", strategy)):
         completions = generate(policy_cfg, params, prompts, max_new_tokens=max_new_tokens, strategy=strategy_now,
-                               seed=seed, tokenizer=tokenizer)
+                               seed=seed, tokenizer=tokenizer, rules=rules)
         result[f"{prefix}reward"] = float(np.mean([task.reward(val_prompts.meta[i], c.text)
                                                    for i, c in enumerate(completions)]))
         if rm is not None:
             result[f"{prefix}proxy_reward"] = float(np.mean(rm(*_rows(prompts, completions, length))))
     train_count = min(EVAL_PROMPTS, len(train_prompts.tokens))
     trained_on = generate(policy_cfg, params, train_prompts.tokens[:train_count], max_new_tokens=max_new_tokens,
-                          strategy=Strategy(temperature=0.0), tokenizer=tokenizer)
+                          strategy=Strategy(temperature=0.0), tokenizer=tokenizer, rules=rules)
     result["train_reward"] = float(np.mean([task.reward(train_prompts.meta[i], c.text)
                                             for i, c in enumerate(trained_on)]))
     return result

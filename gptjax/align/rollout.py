@@ -59,10 +59,10 @@ def layout(prompts: list[list[int]], completions: list[Completion], length: int,
 
 
 def sample_rollouts(model_cfg, params, prompts: list[list[int]], key, *, max_new_tokens: int, strategy: Strategy,
-                    length: int, tokenizer) -> Rollouts:
+                    length: int, tokenizer, rules: tuple = ()) -> Rollouts:
     """One completion per prompt (repeat a prompt for a group), keys split from `key`, in training layout."""
     completions = generate(model_cfg, params, prompts, max_new_tokens=max_new_tokens, strategy=strategy,
-                           seed=jax.random.split(key, len(prompts)), tokenizer=tokenizer)
+                           seed=jax.random.split(key, len(prompts)), tokenizer=tokenizer, rules=rules)
     return layout(prompts, completions, length, max_new_tokens)
 
 

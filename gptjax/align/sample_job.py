@@ -62,7 +62,7 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
     scorer = reward_scorer(s, model_cfg, tokenizer, mesh, rules)
     encoded = [encode_prompt(p, tokenizer, s.chat) for p in prompts]
     if scorer is not None:
-        return _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encoded, scorer, automaton)
+        return _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encoded, scorer, automaton, rules)
     # One row per (prompt, sample); each row's key depends only on those indices, not on batching.
     jobs = [(i, j) for i in range(len(prompts)) for j in range(1 if s.beam_width else s.num_samples)]
     root, strategy = jax.random.key(s.seed), Strategy(s.temperature, s.top_k, s.top_p, s.min_p)
@@ -72,12 +72,14 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
         batch_prompts = [encoded[i] for i, _ in batch]
         if s.beam_width:
             beams = beam_search(model_cfg, params, batch_prompts, beam_width=s.beam_width,
-                                max_new_tokens=s.max_new_tokens, length_penalty=s.length_penalty, tokenizer=tokenizer)
+                                max_new_tokens=s.max_new_tokens, length_penalty=s.length_penalty, tokenizer=tokenizer,
+                                rules=rules)
             completions = [(i, j, c) for (i, _), best in zip(batch, beams) for j, c in enumerate(best[:s.num_samples])]
         else:
             keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for i, j in batch])
             out = generate(model_cfg, params, batch_prompts, max_new_tokens=s.max_new_tokens, strategy=strategy,
-                           seed=keys, stop_strings=tuple(s.stop_strings), tokenizer=tokenizer, automaton=automaton)
+                           seed=keys, stop_strings=tuple(s.stop_strings), tokenizer=tokenizer, automaton=automaton,
+                           rules=rules)
             completions = [(i, j, c) for (i, j), c in zip(batch, out)]
         for i, j, c in completions:
             rows.append(dict(prompt=prompts[i], prompt_index=i, sample_index=j, completion=c.text, tokens=c.tokens,
@@ -92,7 +94,7 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
     return result
 
 
-def _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encoded, scorer, automaton) -> dict:
+def _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encoded, scorer, automaton, rules) -> dict:
     """sample.num_samples completions per prompt ranked by the reward model; rows carry `score` and
     `rank` (0 = the best-of-N pick). Sampling keys are those of plain sampling, so rank 0 is the
     best of exactly the completions a scorer-less run would write."""
@@ -103,7 +105,7 @@ def _best_of_n(cfg, workdir, model_cfg, params, step, tokenizer, prompts, encode
         keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for j in range(s.num_samples)])
         ranked = best_of_n(model_cfg, params, prompt, n=s.num_samples, max_new_tokens=s.max_new_tokens,
                            strategy=strategy, seed=keys, scorer=scorer, stop_strings=tuple(s.stop_strings),
-                           tokenizer=tokenizer, automaton=automaton)
+                           tokenizer=tokenizer, automaton=automaton, rules=rules)
         for rank, c in enumerate(ranked):
             rows.append(dict(prompt=prompts[i], prompt_index=i, rank=rank, score=c.score, completion=c.text,
                              tokens=c.tokens, logprob=c.logprob, finish_reason=c.finish_reason))

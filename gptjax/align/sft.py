@@ -116,7 +116,7 @@ def _sft(cfg, workdir: str, mesh) -> dict:
     rows = batch_sharding(mesh, rules)
     result = supervised_stage(
         cfg, workdir, mesh, "sft", model_cfg, tokenizer, start.params,
-        loss_fn=functools.partial(sft_loss, graphdef=model_graphdef(model_cfg)),
+        loss_fn=functools.partial(sft_loss, graphdef=model_graphdef(model_cfg, rules)),
         to_batch=functools.partial(sft_batch, length=length), batch_shardings=dict(tokens_BxL=rows, mask_BxL=rows),
         train_set=train_set, val_set=val_set, identity=stage_identity(cfg, examples=len(train_set)),
         count_name="assistant_tokens")

@@ -80,8 +80,8 @@ def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None, kernel: str = 
 class Attention(nnx.Module):
     """Causal self-attention; N query heads share K key/value heads (K = N is plain MHA)."""
 
-    def __init__(self, cfg, rngs, std, resid_std):
-        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+    def __init__(self, cfg, rngs, std, resid_std, rules: tuple = ()):
+        self.n_heads, self.n_kv_heads, self.rules = cfg.n_heads, cfg.n_kv_heads, rules
         self.head_dim = cfg.d_model // cfg.n_heads
         self.scale = attention_scale(cfg)
         self.positional, self.rope_base = cfg.positional, cfg.rope_base
@@ -114,5 +114,5 @@ class Attention(nnx.Module):
         if cache is None:
             out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.kernel)
         else:
-            out_BxTxNxH, cache = cached_attention(cache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale)
+            out_BxTxNxH, cache = cached_attention(cache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.rules)
         return self.out(out_BxTxNxH.reshape(B, T, N * H)), cache

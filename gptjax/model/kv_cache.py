@@ -51,8 +51,8 @@ def empty_caches(model, start_B, length: int):
     names = ("layers",) * len(lead) + CACHE_NAMES
 
     def empty():
-        return KVCache(constrain(jnp.zeros(shape, model.compute_dtype), names),
-                       constrain(jnp.zeros(shape, model.compute_dtype), names),
+        return KVCache(constrain(jnp.zeros(shape, model.compute_dtype), names, model.rules),
+                       constrain(jnp.zeros(shape, model.compute_dtype), names, model.rules),
                        jnp.broadcast_to(start_B.astype(jnp.int32), lead + start_B.shape), jnp.zeros(lead, jnp.int32))
 
     return empty() if model.scan_layers else [empty() for _ in range(model.n_layers)]
@@ -67,18 +67,18 @@ def visible_slots(start_B, index, T: int, S: int):
     return ((slot_1x1xS <= query_slot_1xTx1) & real_Bx1xS) | (slot_1x1xS == query_slot_1xTx1)
 
 
-def _written(cache_BxKxSxH, new_BxTxKxH, index):
+def _written(cache_BxKxSxH, new_BxTxKxH, index, rules):
     new_BxKxTxH = head_major(new_BxTxKxH).astype(cache_BxKxSxH.dtype)  # T new slots only
-    return constrain(jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, index, 0)), CACHE_NAMES)
+    return constrain(jax.lax.dynamic_update_slice(cache_BxKxSxH, new_BxKxTxH, (0, 0, index, 0)), CACHE_NAMES, rules)
 
 
-def cached_attention(cache: KVCache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None):
+def cached_attention(cache: KVCache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None, rules: tuple = ()):
     """Writes the T new keys/values at the cache's next T slots and attends from their queries to every
     slot they may see, logits scaled by `scale` (the layer's; None = 1/sqrt(H)): (out_BxTxNxH, the
-    updated cache)."""
+    updated cache, sharding-constrained by the logical-axis `rules`)."""
     T = q_BxTxNxH.shape[1]
-    k_BxKxSxH = _written(cache.k_BxKxSxH, k_BxTxKxH, cache.index)
-    v_BxKxSxH = _written(cache.v_BxKxSxH, v_BxTxKxH, cache.index)
+    k_BxKxSxH = _written(cache.k_BxKxSxH, k_BxTxKxH, cache.index, rules)
+    v_BxKxSxH = _written(cache.v_BxKxSxH, v_BxTxKxH, cache.index, rules)
     mask_BxTxS = visible_slots(cache.start_B, cache.index, T, k_BxKxSxH.shape[2])
     out_BxTxNxH = attend(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale)
     return out_BxTxNxH, KVCache(k_BxKxSxH, v_BxKxSxH, cache.start_B, cache.index + T)

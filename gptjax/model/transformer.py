@@ -22,21 +22,21 @@ from flax import nnx
 from gptjax.model.attention import Attention
 from gptjax.model.layers import DTYPES, MLP, Dense, dropout, make_norm, partitioned, sinusoidal_positions
 from gptjax.model.mup import hidden_init_std, output_multiplier, readout_init_std
-from gptjax.parallel.mesh import constrain
+from gptjax.parallel.mesh import as_rules, constrain
 
 ACTIVATION_NAMES = ("batch", None, None)  # how x_BxTxD is sharded between blocks
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg, rngs):
+    def __init__(self, cfg, rngs, rules: tuple = ()):
         std = hidden_init_std(cfg)  # of the hidden kernels: init_std under SP
         # GPT-2: residual projections start at std / sqrt(2L) so the residual stream's variance
         # does not grow with depth.
         resid_std = std / math.sqrt(2 * cfg.n_layers)
         self.pre_norm = cfg.norm_position == "pre"
-        self.dropout_rate = cfg.dropout
+        self.dropout_rate, self.rules = cfg.dropout, rules
         self.attn_norm = make_norm(cfg.d_model, cfg, rngs)
-        self.attn = Attention(cfg, rngs, std, resid_std)
+        self.attn = Attention(cfg, rngs, std, resid_std, rules)
         self.mlp_norm = make_norm(cfg.d_model, cfg, rngs)
         self.mlp = MLP(cfg, rngs, std, resid_std)
 
@@ -51,16 +51,16 @@ class Block(nnx.Module):
             y_BxTxD, cache = self.attn(x_BxTxD, positions_BxT, cache)
             x_BxTxD = self.attn_norm(x_BxTxD + dropout(y_BxTxD, self.dropout_rate, attn_key))
             x_BxTxD = self.mlp_norm(x_BxTxD + dropout(self.mlp(x_BxTxD), self.dropout_rate, mlp_key))
-        return constrain(x_BxTxD, ACTIVATION_NAMES), cache
+        return constrain(x_BxTxD, ACTIVATION_NAMES, self.rules), cache
 
 
-def _stacked_blocks(cfg, rngs):
+def _stacked_blocks(cfg, rngs, rules):
     """L blocks with parameters stacked on a leading 'layers' axis, for `nnx.scan`."""
 
     @nnx.split_rngs(splits=cfg.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs):
-        return Block(cfg, rngs)
+        return Block(cfg, rngs, rules)
 
     return make(rngs)
 
@@ -97,8 +97,11 @@ class Transformer(nnx.Module):
     """Decoder-only language model. `__call__` gives next-token logits, `scalar` a per-token scalar and
     `decode` the hidden states of tokens decoded incrementally with KV caches."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, rules: tuple = ()):
+        """`rules`: the logical-axis rules (cfg.parallel.rules) its activations and KV caches are sharding-
+        constrained by under a mesh; () = unconstrained (XLA propagates the parameters' shardings)."""
         self.positional, self.d_model, self.dropout_rate = cfg.positional, cfg.d_model, cfg.dropout
+        self.rules = as_rules(rules)
         self.scan_layers, self.remat, self.n_layers = cfg.scan_layers, cfg.remat, cfg.n_layers
         self.compute_dtype = DTYPES[cfg.compute_dtype]
         self.output_mult = output_multiplier(cfg)  # on every readout's input; 1 under SP
@@ -113,9 +116,9 @@ class Transformer(nnx.Module):
         else:
             self.pos_embed = None
         if cfg.scan_layers:
-            self.blocks = _stacked_blocks(cfg, rngs)
+            self.blocks = _stacked_blocks(cfg, rngs, self.rules)
         else:
-            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+            self.blocks = nnx.List([Block(cfg, rngs, self.rules) for _ in range(cfg.n_layers)])
         # Post-norm blocks already end in a norm; pre-norm needs one before the head.
         self.final_norm = make_norm(cfg.d_model, cfg, rngs) if cfg.norm_position == "pre" else None
         dense = dict(use_bias=False, cfg=cfg, rngs=rngs)
@@ -144,7 +147,7 @@ class Transformer(nnx.Module):
         elif self.positional == "sinusoidal":
             x_BxTxD = x_BxTxD + sinusoidal_positions(positions_BxT, self.d_model, self.compute_dtype)
         embed_key, blocks_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-        x_BxTxD = constrain(dropout(x_BxTxD, self.dropout_rate, embed_key), ACTIVATION_NAMES)
+        x_BxTxD = constrain(dropout(x_BxTxD, self.dropout_rate, embed_key), ACTIVATION_NAMES, self.rules)
         x_BxTxD, caches = _run_blocks(self.blocks, x_BxTxD, positions_BxT, blocks_key, caches,
                                       scan=self.scan_layers, remat=self.remat, n_layers=self.n_layers)
         return (self.final_norm(x_BxTxD) if self.final_norm is not None else x_BxTxD), caches

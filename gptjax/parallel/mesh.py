@@ -2,13 +2,13 @@
 
 Parameters carry logical axis names (`nnx.with_partitioning(init, ('embed', 'mlp'))`); the rules
 table in `config.parallel.rules` maps each logical name to mesh axes, MaxText style. Activations are
-constrained with `constrain(x, names)` at block boundaries.
+constrained with `constrain(x, names, rules)` at block boundaries, the rules passed explicitly (a
+model holds the ones it was built with: `model_graphdef(model_cfg, rules)`), never read from a context.
 """
 
 import jax
 import numpy as np
 from flax import nnx
-from flax.core import spmd
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from gptjax.config.parallel import MESH_AXES, resolve_mesh_shape
@@ -64,15 +64,19 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def constrain(x, names):
-    """`with_sharding_constraint` by logical names, using the rules set by `nnx.logical_axis_rules`.
+def as_rules(rules) -> tuple:
+    """Logical-axis rules (cfg.parallel.rules, which a JSON round trip turns into lists) as hashable tuples:
+    a model built with them keeps them in its graphdef."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
-    A no-op when no mesh is set (e.g. single-process tests or models vmapped by a sweep).
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+
+def constrain(x, names, rules):
+    """`with_sharding_constraint` of x by logical `names` under the logical-axis `rules`, passed explicitly
+    (a model holds the ones it was built with). A no-op without rules, or when no mesh is set (e.g.
+    single-device tests or models vmapped by a sweep)."""
+    if not rules or jax.sharding.get_abstract_mesh().empty:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, spmd.get_logical_axis_rules()))
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
 def host_local_batch(batch_np: np.ndarray, sharding: NamedSharding) -> jax.Array:

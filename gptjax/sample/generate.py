@@ -108,13 +108,14 @@ class DecodeStart:
 
 
 def start_decoding(model_cfg, params, prompts, *, max_new_tokens: int, stop_tokens=None, tokenizer=None,
-                   vocab_size: int | None = None) -> DecodeStart:
+                   vocab_size: int | None = None, rules: tuple = ()) -> DecodeStart:
     """Left-pads `prompts` (lists of token ids; checked, SampleError if unusable) and prefills them for
     max_new_tokens decode steps. stop_tokens: default EOS; vocab_size: default the tokenizer's
-    vocabulary when given, else the model's."""
+    vocabulary when given, else the model's; rules: the logical-axis rules (cfg.parallel.rules) that
+    shard activations and KV caches under a mesh."""
     tokens_BxP, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
                                    vocab_size=model_cfg.vocab_size)
-    graphdef, P = model_graphdef(model_cfg), tokens_BxP.shape[1]
+    graphdef, P = model_graphdef(model_cfg, rules), tokens_BxP.shape[1]
     caches, logits_BxV = prefill(graphdef, params, tokens_BxP, start_B, length=P + max_new_tokens)
     return DecodeStart(graphdef, caches, logits_BxV, jnp.asarray(start_B), first_slot=P,
                        stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))),
@@ -227,8 +228,8 @@ def to_completions(tokens_BxN, logprobs_BxN, n_B, stopped_B, tokenizer=None, sto
 
 
 def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strategy = Strategy(), seed=0,
-             stop_tokens=None, stop_strings=(), tokenizer=None, automaton=None, vocab_size: int | None = None
-             ) -> list[Completion]:
+             stop_tokens=None, stop_strings=(), tokenizer=None, automaton=None, vocab_size: int | None = None,
+             rules: tuple = ()) -> list[Completion]:
     """Samples a continuation of each prompt (lists of token ids) from the model `model_cfg` with `params`
     (a train state's pure params dict); returns one Completion per prompt, in order.
 
@@ -239,7 +240,8 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
     decoding). automaton: constrained decoding, an object with device arrays `next_state_SxV` (int32,
     -1 = token not allowed in that state), `is_final_S` (bool) and an int `start_state`; EOS is allowed
     only in final states. vocab_size: ids at or above it are never sampled (default: the tokenizer's
-    vocabulary when given, else the model's).
+    vocabulary when given, else the model's). rules: the logical-axis rules (cfg.parallel.rules) that
+    shard activations and KV caches under a mesh (() = none: XLA propagates the params' shardings).
     """
     if stop_strings and tokenizer is None:
         raise SampleError("stop_strings need a tokenizer to decode the samples; pass tokenizer=")
@@ -248,7 +250,7 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
     keys_B = row_keys(seed, len(prompts))
     automaton_state, start_state = automaton_arrays(automaton, model_cfg.vocab_size)
     s = start_decoding(model_cfg, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
-                       tokenizer=tokenizer, vocab_size=vocab_size)
+                       tokenizer=tokenizer, vocab_size=vocab_size, rules=rules)
     out = decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, keys_B, automaton_state, start_state,
                  first_slot=s.first_slot, max_new_tokens=max_new_tokens, strategy=strategy, stop_ids=s.stop_ids,
                  eos_id=EOS_ID, pad_id=PAD_ID, vocab_size=s.vocab_size)

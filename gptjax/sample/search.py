@@ -85,14 +85,15 @@ def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: in
 
 
 def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: int, length_penalty: float = 1.0,
-                stop_tokens=None, tokenizer=None, vocab_size: int | None = None) -> list[list[Completion]]:
+                stop_tokens=None, tokenizer=None, vocab_size: int | None = None, rules: tuple = ()
+                ) -> list[list[Completion]]:
     """Beam search from each prompt (lists of token ids): per prompt, up to `beam_width` Completions,
     best first, each with `.score` = sum(logprobs) / len(tokens)**length_penalty. A beam ends at a stop
     token (default EOS) or after max_new_tokens. Deterministic; no sampling strategy applies."""
     if beam_width < 1:
         raise SampleError(f"beam_width={beam_width}: must be >= 1")
     s = start_decoding(model_cfg, params, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
-                       tokenizer=tokenizer, vocab_size=vocab_size)
+                       tokenizer=tokenizer, vocab_size=vocab_size, rules=rules)
     out = beam_decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, first_slot=s.first_slot,
                       max_new_tokens=max_new_tokens, beam_width=beam_width, length_penalty=float(length_penalty),
                       stop_ids=s.stop_ids, pad_id=PAD_ID, vocab_size=s.vocab_size)

@@ -28,7 +28,6 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
 
 from gptjax.atomic import write_json_atomic
 from gptjax.config import create_workdir, validate
@@ -93,18 +92,18 @@ def data_identity(cfg, data: DataStreams) -> dict:
 
 
 def run_in_mesh(fn, cfg, workdir: str):
-    """Runs fn(cfg, workdir, mesh) with the config's mesh and logical-axis rules active."""
+    """Runs fn(cfg, workdir, mesh) with the config's mesh set (the logical-axis rules are passed explicitly)."""
     validate(cfg, workdir)
     create_workdir(workdir)
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         return fn(cfg, workdir, mesh)
 
 
 def jit_train_step(cfg, mesh, members: Members, spec: StateSpec, optimizer, schedule):
     """The members' train step, jitted with the state and batch shardings; it donates the state."""
     step_fn = make_train_step(spec.graphdef, optimizer, schedule, grad_accum=cfg.optim.grad_accum,
-                              dropout=cfg.model.dropout)
+                              dropout=cfg.model.dropout, rules=tuple(cfg.parallel.rules))
     return jax.jit(members.train_step(step_fn),
                    in_shardings=(spec.shardings, batch_sharding(mesh, tuple(cfg.parallel.rules))),
                    out_shardings=(spec.shardings, replicated(mesh)), donate_argnums=0,
@@ -114,7 +113,7 @@ def jit_train_step(cfg, mesh, members: Members, spec: StateSpec, optimizer, sche
 def sharded_train_step(cfg, mesh, members: Members | None = None):
     """(jitted train step, fresh sharded state, batch sharding) for `cfg` on `mesh` (one model, or
     `members`), for benchmarks, tests and notebooks that drive steps themselves. Call inside
-    `jax.set_mesh(mesh)` and `nnx.logical_axis_rules(cfg.parallel.rules)`; the step donates the state."""
+    `jax.set_mesh(mesh)`; the step donates the state."""
     members = members or Members.solo(cfg)
     optimizer, schedule = members.optimizer(cfg)
     spec = members.state_spec(cfg, optimizer, mesh, tuple(cfg.parallel.rules))
@@ -127,7 +126,7 @@ def seconds_per_train_step(cfg, batch_np, steps: int, warmup: int = 3) -> float:
     compilation and `warmup` steps. Steps are dispatched back to back and waited for once at the end,
     as in a training loop. For benchmarks and notebooks."""
     mesh = make_mesh(cfg.parallel)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(tuple(cfg.parallel.rules)):
+    with jax.set_mesh(mesh):
         step, state, data = sharded_train_step(cfg, mesh)
         batch = jax.device_put(batch_np, data)
         for _ in range(warmup):
@@ -361,7 +360,7 @@ def _evaluate_checkpoint(cfg, workdir: str, mesh) -> dict:
         raise CheckpointError(f"{workdir}: the checkpoint was trained with tokenizer {network.meta.get('tokenizer_hash')!r}, "
                               f"this config's data with {data.tokenizer_hash!r}; evaluate with the config that trained it")
     data_sharding = batch_sharding(mesh, rules)
-    eval_step = jit_eval_step(Members.solo(cfg), model_graphdef(network.model_cfg),
+    eval_step = jit_eval_step(Members.solo(cfg), model_graphdef(network.model_cfg, rules),
                               params_shardings(network.model_cfg, mesh, rules), data_sharding)
     losses = validation_losses(eval_step, network.params, data, 1, data_sharding)[0]
     result = {"step": network.step, **{f"eval_{k}": v for k, v in losses.items()}, "entropy_rate": data.entropy_rate}

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.model.build import abstract_model, init_params
+from gptjax.model.build import abstract_model, init_params, model_graphdef
 from gptjax.parallel.mesh import param_shardings, replicated
 
 
@@ -75,7 +75,7 @@ def state_spec(model_cfg, optimizer, mesh, rules, seed: int) -> StateSpec:
 
     abstract = jax.eval_shape(init)
     shardings = state_shardings(model_cfg, mesh, rules, abstract)
-    return StateSpec(nnx.graphdef(abstract_model(model_cfg)), init, shardings, placed(abstract, shardings))
+    return StateSpec(model_graphdef(model_cfg, rules), init, shardings, placed(abstract, shardings))
 
 
 def create_train_state(model_cfg, optimizer, mesh, rules, seed: int):

@@ -18,9 +18,10 @@ def lm_loss(params, graphdef, batch_BxT1, dropout_key=None):
     return fused_cross_entropy(x_BxTxD, model.readout_DxV(), batch_BxT1[:, 1:])
 
 
-def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropout: float = 0.0):
+def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropout: float = 0.0, rules: tuple = ()):
     """Builds the pure step. With grad_accum > 1 the batch is split into that many microbatches whose
-    gradients are averaged before one optimizer update (same result, less activation memory)."""
+    gradients are averaged before one optimizer update (same result, less activation memory), each
+    microbatch kept spread over the batch shards by the logical-axis `rules`."""
     grad_fn = jax.value_and_grad(lm_loss)
 
     def train_step(state, batch_BxT1):
@@ -32,7 +33,7 @@ def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int = 1, dropo
             # Microbatch a takes rows a, a+A, a+2A, ...: each microbatch stays spread over every
             # batch shard instead of living on 1/A of the devices.
             micro_AxMxT1 = batch_BxT1.reshape(-1, grad_accum, batch_BxT1.shape[-1]).swapaxes(0, 1)
-            micro_AxMxT1 = constrain(micro_AxMxT1, (None, "batch", None))
+            micro_AxMxT1 = constrain(micro_AxMxT1, (None, "batch", None), rules)
 
             def accumulate(carry, inputs):
                 micro, index = inputs
