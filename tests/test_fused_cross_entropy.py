@@ -73,3 +73,23 @@ def test_the_training_loss_equals_cross_entropy_of_the_models_logits(tie):
     np.testing.assert_allclose(lm_loss(params, graphdef, batch), via_logits(params), rtol=1e-6)
     grads = jax.grad(lm_loss)(params, graphdef, batch)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, jax.grad(via_logits)(params))
+
+
+def test_a_weight_mask_gives_the_masked_mean_and_its_gradients():
+    """SFT's loss: cross-entropy on the masked (assistant) positions only, averaged over them; masked-out
+    positions add nothing to the loss or the gradients, and an all-zero mask gives 0, not nan."""
+    x, w, targets = inputs(3, 13, 16, 70)
+    weights = (jax.random.uniform(jax.random.key(1), (3, 13)) < 0.4).astype(jnp.float32)
+
+    def plain(x, w):
+        logits = jnp.dot(x.reshape(-1, x.shape[-1]), w, preferred_element_type=jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets.reshape(-1))
+        return jnp.sum(ce * weights.reshape(-1)) / jnp.sum(weights)
+
+    fused = lambda x, w: fused_cross_entropy(x, w, targets, 5, weights_BxT=weights)  # noqa: E731
+    np.testing.assert_allclose(fused(x, w), plain(x, w), rtol=1e-6)
+    for got, want in zip(jax.grad(fused, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert float(jnp.abs(jax.grad(fused)(x, w)[weights == 0]).max()) == 0.0  # masked rows get no gradient
+    zero = fused_cross_entropy(x, w, targets, 5, weights_BxT=jnp.zeros((3, 13)))
+    assert float(zero) == 0.0

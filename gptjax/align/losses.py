@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax.config.align import DPO_LOSSES, GRPO_ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from gptjax.sample.strategies import token_logprobs as decoded_token_logprobs
 
 ADVANTAGE_KINDS = GRPO_ADVANTAGES + ("rloo",)  # mode=rloo's leave-one-out baseline
 
@@ -58,11 +59,10 @@ def _log_softmax_2d(logits_BxTxV):
 
 
 def token_logprobs(logits_BxTxV, tokens_BxT):
-    """logp_BxT: float32 log-softmax of logits_BxTxV at tokens_BxT."""
-    B, T, _ = logits_BxTxV.shape
-    logp_NxV = _log_softmax_2d(logits_BxTxV)
-    logp_Nx1 = jnp.take_along_axis(logp_NxV, tokens_BxT.reshape(B * T, 1), axis=-1)
-    return logp_Nx1.reshape(B, T)
+    """logp_BxT: float32 log-softmax of logits_BxTxV at tokens_BxT (the decoder's own `token_logprobs`,
+    on the 2-D view XLA:CPU differentiates fastest)."""
+    B, T, V = logits_BxTxV.shape
+    return decoded_token_logprobs(logits_BxTxV.reshape(B * T, V), tokens_BxT.reshape(B * T)).reshape(B, T)
 
 
 def entropy(logits_BxTxV):

@@ -12,7 +12,6 @@ import functools
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from gptjax.align import data as align_data
@@ -22,6 +21,7 @@ from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID, pad_rows
 from gptjax.parallel.mesh import batch_sharding
 from gptjax.model.build import model_graphdef
+from gptjax.model.fused_cross_entropy import fused_cross_entropy
 from gptjax.train.loop import run_in_mesh
 
 
@@ -77,15 +77,14 @@ def to_arrays(rendered, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def masked_lm_loss(params, graphdef, tokens_BxL, mask_BxL):
-    """Mean cross-entropy of predicting tokens[:, 1:] where mask[:, 1:] (the assistant tokens): (loss, count)."""
+    """Mean cross-entropy of predicting tokens[:, 1:] where mask[:, 1:] (the assistant tokens): (loss, count).
+    The LM head and the cross-entropy run fused in chunks with the mask as weights, as in pretraining
+    (model/fused_cross_entropy.py): the B x T x V logits are never all held."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(tokens_BxL[:, :-1])
-    B, T, V = logits_BxTxV.shape
-    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
-        logits_BxTxV.reshape(B * T, V).astype(jnp.float32), tokens_BxL[:, 1:].reshape(B * T)).reshape(B, T)
+    x_BxTxD = model.readout_input(model.hidden(tokens_BxL[:, :-1]))
     mask_BxT = mask_BxL[:, 1:].astype(jnp.float32)
-    count = jnp.sum(mask_BxT)
-    return jnp.sum(ce_BxT * mask_BxT) / jnp.maximum(count, 1.0), count
+    loss = fused_cross_entropy(x_BxTxD, model.readout_DxV(), tokens_BxL[:, 1:], weights_BxT=mask_BxT)
+    return loss, jnp.sum(mask_BxT)
 
 
 def sft_loss(params, batch, graphdef):

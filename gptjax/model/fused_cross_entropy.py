@@ -11,7 +11,7 @@ linear cross-entropy does the same on GPUs.
 
 Chunks run along the time axis, so every chunk keeps all B rows and stays sharded over the batch axes
 like the activations; the readout matrix may be sharded over vocab. Logits and statistics are float32
-whatever the compute dtype; the mean is over all B*T positions.
+whatever the compute dtype; the mean is over all B*T positions, or weighted by a loss mask.
 """
 
 import functools
@@ -36,80 +36,88 @@ def _chunk_logits(x_BxCxD, w_DxV):
     return jnp.dot(x_BxCxD.reshape(B * C, D), w_DxV, preferred_element_type=jnp.float32)  # 2-D: fast on CPU
 
 
-def _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC):
-    """(summed cross-entropy of the chunk, its logits_RxV, their lse_R) with R = B*C rows."""
+def _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC, weights_BxC):
+    """(weighted summed cross-entropy of the chunk, its logits_RxV, their lse_R) with R = B*C rows."""
     logits_RxV = _chunk_logits(x_BxCxD, w_DxV)
     lse_R = jax.nn.logsumexp(logits_RxV, axis=-1)
     target_logits_R = jnp.take_along_axis(logits_RxV, targets_BxC.reshape(-1, 1), axis=-1)[:, 0]
-    return jnp.sum(lse_R - target_logits_R), logits_RxV, lse_R
+    return jnp.sum((lse_R - target_logits_R) * weights_BxC.reshape(-1)), logits_RxV, lse_R
 
 
-def _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, count):
+def _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, weights_BxC, total_weight):
     """(summed loss, d(mean loss)/dx_BxCxD, the chunk's share of d(mean loss)/dw_DxV) for one chunk."""
     B, C, D = x_BxCxD.shape
-    loss_sum, logits_RxV, lse_R = _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC)
+    loss_sum, logits_RxV, lse_R = _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC, weights_BxC)
     targets_R = targets_BxC.reshape(-1)
-    # d(mean loss)/d(logits) = (softmax - onehot) / count
+    # d(mean loss)/d(logits) = weight * (softmax - onehot) / total weight
     d_logits_RxV = jnp.exp(logits_RxV - lse_R[:, None])
-    d_logits_RxV = (d_logits_RxV.at[jnp.arange(B * C), targets_R].add(-1.0) / count).astype(w_DxV.dtype)
+    d_logits_RxV = d_logits_RxV.at[jnp.arange(B * C), targets_R].add(-1.0)
+    d_logits_RxV = (d_logits_RxV * weights_BxC.reshape(-1, 1) / total_weight).astype(w_DxV.dtype)
     dx_BxCxD = jnp.dot(d_logits_RxV, w_DxV.T, preferred_element_type=jnp.float32).reshape(B, C, D)
     dw_DxV = jnp.dot(x_BxCxD.reshape(-1, D).T, d_logits_RxV, preferred_element_type=jnp.float32)
     return loss_sum, dx_BxCxD, dw_DxV
 
 
-def _fold_time_chunks(step, carry, x_BxTxD, targets_BxT, chunk: int):
-    """Folds `carry, out_BxC... = step(carry, x_BxCxD, targets_BxC)` over time chunks of x and targets: the
-    whole chunks under `lax.scan`, then the T mod chunk positions left over. Returns the last carry and the
-    outputs joined along time (None where `step` outputs None).
+def _fold_time_chunks(step, carry, chunk: int, *arrays_BxT):
+    """Folds `carry, out_BxC... = step(carry, *chunks_BxC)` over time chunks of `arrays_BxT` (all B x T
+    leading): the whole chunks under `lax.scan`, then the T mod chunk positions left over. Returns the last
+    carry and the outputs joined along time (None where `step` outputs None).
 
     `lax.scan` runs the chunks one after another: XLA:CPU schedules the chunks of an unrolled loop side by
     side, which kept every chunk's B*C x V logits alive at once (4 x 16 MB at the bench shapes)."""
-    B = x_BxTxD.shape[0]
-    x_NxBxCxD, x_tail = _time_chunks(x_BxTxD, chunk)
-    targets_NxBxC, targets_tail = _time_chunks(targets_BxT, chunk)
-    carry, out_NxBxC = jax.lax.scan(lambda c, xs: step(c, *xs), carry, (x_NxBxCxD, targets_NxBxC))
+    B = arrays_BxT[0].shape[0]
+    whole, tails = zip(*(_time_chunks(a, chunk) for a in arrays_BxT))
+    carry, out_NxBxC = jax.lax.scan(lambda c, xs: step(c, *xs), carry, whole)
     outs = [] if out_NxBxC is None else [out_NxBxC.swapaxes(0, 1).reshape(B, -1, *out_NxBxC.shape[3:])]
-    if x_tail.shape[1]:
-        carry, out_tail = step(carry, x_tail, targets_tail)
+    if tails[0].shape[1]:
+        carry, out_tail = step(carry, *tails)
         outs += [] if out_tail is None else [out_tail]
     return carry, jnp.concatenate(outs, axis=1) if outs else None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _loss(x_BxTxD, w_DxV, targets_BxT, chunk):
-    B, T, _ = x_BxTxD.shape
-
-    def add_chunk(total, x_BxCxD, targets_BxC):
-        return total + _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC)[0], None
-
-    total, _ = _fold_time_chunks(add_chunk, jnp.zeros((), jnp.float32), x_BxTxD, targets_BxT, chunk)
-    return total / (B * T)
+def _total_weight(weights_BxT):
+    return jnp.maximum(jnp.sum(weights_BxT), 1.0)  # an all-zero mask averages to 0, not nan
 
 
-def _loss_fwd(x_BxTxD, w_DxV, targets_BxT, chunk):
-    B, T, _ = x_BxTxD.shape
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _loss(x_BxTxD, w_DxV, targets_BxT, weights_BxT, chunk):
+    def add_chunk(total, x_BxCxD, targets_BxC, weights_BxC):
+        return total + _chunk_loss_sum(x_BxCxD, w_DxV, targets_BxC, weights_BxC)[0], None
 
-    def add_chunk(carry, x_BxCxD, targets_BxC):
+    total, _ = _fold_time_chunks(add_chunk, jnp.zeros((), jnp.float32), chunk, x_BxTxD, targets_BxT, weights_BxT)
+    return total / _total_weight(weights_BxT)
+
+
+def _loss_fwd(x_BxTxD, w_DxV, targets_BxT, weights_BxT, chunk):
+    total_weight = _total_weight(weights_BxT)
+
+    def add_chunk(carry, x_BxCxD, targets_BxC, weights_BxC):
         total, dw_DxV = carry
-        loss_sum, dx_BxCxD, dw_part = _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, B * T)
+        loss_sum, dx_BxCxD, dw_part = _chunk_loss_and_grads(x_BxCxD, w_DxV, targets_BxC, weights_BxC, total_weight)
         return (total + loss_sum, dw_DxV + dw_part), dx_BxCxD
 
     zeros = (jnp.zeros((), jnp.float32), jnp.zeros(w_DxV.shape, jnp.float32))
-    (total, dw_DxV), dx_BxTxD = _fold_time_chunks(add_chunk, zeros, x_BxTxD, targets_BxT, chunk)
-    return total / (B * T), (dx_BxTxD.astype(x_BxTxD.dtype), dw_DxV.astype(w_DxV.dtype), targets_BxT)
+    (total, dw_DxV), dx_BxTxD = _fold_time_chunks(add_chunk, zeros, chunk, x_BxTxD, targets_BxT, weights_BxT)
+    residuals = (dx_BxTxD.astype(x_BxTxD.dtype), dw_DxV.astype(w_DxV.dtype), targets_BxT, weights_BxT)
+    return total / total_weight, residuals
 
 
 def _loss_bwd(chunk, residuals, g):
-    dx_BxTxD, dw_DxV, targets_BxT = residuals
+    dx_BxTxD, dw_DxV, targets_BxT, weights_BxT = residuals
     zero_targets = jnp.zeros(targets_BxT.shape, jax.dtypes.float0)  # integer input: no gradient
-    return (g * dx_BxTxD).astype(dx_BxTxD.dtype), (g * dw_DxV).astype(dw_DxV.dtype), zero_targets
+    # The weights are a mask: no gradient flows to them.
+    return ((g * dx_BxTxD).astype(dx_BxTxD.dtype), (g * dw_DxV).astype(dw_DxV.dtype), zero_targets,
+            jnp.zeros_like(weights_BxT))
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)
 
 
-def fused_cross_entropy(x_BxTxD, w_DxV, targets_BxT, chunk: int = CHUNK_POSITIONS):
+def fused_cross_entropy(x_BxTxD, w_DxV, targets_BxT, chunk: int = CHUNK_POSITIONS, weights_BxT=None):
     """Mean cross-entropy (nats) of the logits x_BxTxD @ w_DxV against targets_BxT, equal to
     `optax.softmax_cross_entropy_with_integer_labels` on the full logits up to float rounding, with
-    gradients for x and w and no B x T x V array kept (see the module docstring)."""
-    return _loss(x_BxTxD, w_DxV, targets_BxT.astype(jnp.int32), int(chunk))
+    gradients for x and w and no B x T x V array kept (see the module docstring). With `weights_BxT` (a
+    loss mask: SFT's assistant tokens) it is the weighted mean sum(weight * ce) / max(sum(weight), 1)."""
+    if weights_BxT is None:
+        weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
+    return _loss(x_BxTxD, w_DxV, targets_BxT.astype(jnp.int32), weights_BxT.astype(jnp.float32), int(chunk))
