@@ -38,7 +38,7 @@ from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import create_workdir, default_config, validate
 from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
-from gptjax.scaling import adaptive, trial_lock
+from gptjax.scaling import adaptive, trial_lock, vectorized
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
 from gptjax.train.loop import TrainingDivergedError, json_config, train
@@ -287,10 +287,8 @@ def _train_trial(cfg, trial: Trial, workdir: str, directory: str) -> list[dict]:
     start = time.perf_counter()
     try:
         if len(trial.learning_rates) > 1:
-            from gptjax.scaling.vectorized import train_group
-
             members = [{"lr": lr, "seed": trial.seed} for lr in trial.learning_rates]
-            results = train_group(tcfg, members, directory)
+            results = vectorized.train_group(tcfg, members, directory)
         else:
             results = [_train_one(tcfg, directory)]
     except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
@@ -331,18 +329,11 @@ def _lock_trial(trial: Trial, directory: str) -> str:
 def _train_one(tcfg, directory: str) -> dict:
     """One model through the regular training loop (sharded over the mesh, as any pretraining run)."""
     start = time.perf_counter()
-    base = dict(lr=tcfg.optim.lr, seed=tcfg.seed, steps=tcfg.train.steps,
-                tokens=tcfg.train.steps * tcfg.data.batch_size * tcfg.data.seq_len, group_size=1)
     try:
         final = train(tcfg, directory)
     except TrainingDivergedError as e:
-        return dict(base, status="diverged", reason=str(e), eval_loss=math.nan,
-                    wall_seconds=time.perf_counter() - start)
-    # A run killed after its last checkpoint comes back with eval metrics only: train metrics are NaN.
-    return dict(base, status="ok", reason="", eval_loss=final["eval_loss"], eval_loss_se=final.get("eval_loss_se"),
-                eval_bits_per_byte=final.get("eval_bits_per_byte"), train_loss=final.get("loss", math.nan),
-                tokens_per_sec=final.get("tokens_per_sec", math.nan), compile_seconds=final["compile_seconds"],
-                wall_seconds=time.perf_counter() - start, epochs=final.get("epochs"))
+        final = {"diverged": str(e)}
+    return vectorized.member_result(tcfg, tcfg.optim.lr, tcfg.seed, final, group_size=1, wall_seconds=time.perf_counter() - start)
 
 
 def trial_cost(trial: Trial) -> float:

@@ -33,14 +33,21 @@ def train_group(cfg, members: list[dict], workdir: str) -> list[dict]:
     start = time.perf_counter()
     finals = train_members(cfg, workdir, group)
     wall_seconds = time.perf_counter() - start
-    results = []
-    for lr, seed, final in zip(group.lrs, group.seeds, finals):
-        ok = "diverged" not in final
-        result = dict(lr=lr, seed=seed, status="ok" if ok else "diverged", reason=final.get("diverged", ""),
-                      steps=cfg.train.steps, tokens=cfg.train.steps * cfg.data.batch_size * cfg.data.seq_len,
-                      train_loss=final.get("loss", math.nan) if ok else math.nan,
-                      tokens_per_sec=final.get("tokens_per_sec", math.nan), wall_seconds=wall_seconds,
-                      compile_seconds=final["compile_seconds"], group_size=group.size, epochs=final.get("epochs"))
-        result.update({k: v if ok else math.nan for k, v in final.items() if k.startswith("eval_")})
-        results.append(result)
-    return results
+    return [member_result(cfg, lr, seed, final, group_size=group.size, wall_seconds=wall_seconds)
+            for lr, seed, final in zip(group.lrs, group.seeds, finals)]
+
+
+def member_result(cfg, lr: float, seed: int, final: dict, *, group_size: int, wall_seconds: float) -> dict:
+    """A sweep result row of one trained model from its final metrics (`train_members`), for a group's
+    member or a model trained alone: status "diverged" with the reason (and NaN losses) when `final`
+    has "diverged". A run killed after its last checkpoint comes back with eval metrics only: its train
+    metrics are NaN."""
+    ok = "diverged" not in final
+    result = dict(lr=lr, seed=seed, status="ok" if ok else "diverged", reason=final.get("diverged", ""),
+                  steps=cfg.train.steps, tokens=cfg.train.steps * cfg.data.batch_size * cfg.data.seq_len,
+                  train_loss=final.get("loss", math.nan) if ok else math.nan,
+                  tokens_per_sec=final.get("tokens_per_sec", math.nan), wall_seconds=wall_seconds,
+                  compile_seconds=final.get("compile_seconds", math.nan), group_size=group_size,
+                  epochs=final.get("epochs"), eval_loss=math.nan)
+    result.update({k: v if ok else math.nan for k, v in final.items() if k.startswith("eval_")})
+    return result
