@@ -3,7 +3,8 @@
 For each of the align.task's prompts the align.init_from policy samples align.samples_per_prompt
 completions (rl.temperature, rl.top_p, rl.max_new_tokens); a judge scores each, and the best
 distinct completion is chosen over the worst (all K ranked, when K > 2 and no two scores tie).
-Prompts whose completions are all the same text, or all tie, carry no preference and are skipped.
+Prompts whose completions are all the same text, or all tie, carry no preference and are skipped;
+a completion whose stored row (prompt + reply text + <|eos|>) outgrows the context is left out.
 Judges (align.judge):
   gold          the task's programmatic reward (a rubric; arithmetic: exact answer)
   reward_model  a trained reward model's score (align.reward_model)
@@ -103,9 +104,10 @@ def _label(cfg, workdir: str, mesh) -> dict:
     elif a.judge == "self":
         ask = self_judge(policy, mesh, rules, a.constitution, batch)
 
+    limit = min(policy.model_cfg.max_len, rm.model_cfg.max_len) if a.judge == "reward_model" else policy.model_cfg.max_len
     jobs = [(i, j) for i in range(len(prompts)) for j in range(K)]
     root, strategy = jax.random.key(cfg.seed), Strategy(temperature=r.temperature, top_p=r.top_p)
-    texts, scores, gold = [], [], []
+    texts, scores, gold, fits = [], [], [], []
     for chunk, n in full_batches(jobs, batch):
         keys = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(root, i), j) for i, j in chunk])
         completions = generate(policy.model_cfg, policy.params, [tokens[i] for i, _ in chunk],
@@ -114,23 +116,28 @@ def _label(cfg, workdir: str, mesh) -> dict:
         chunk = chunk[:n]
         texts += [c.text for c in completions]
         gold += [task.reward(metas[i], c.text) for (i, _), c in zip(chunk, completions)]
+        # Each row as the reward model / DPO will read it from the JSONL: the reply's text ended by
+        # <|eos|>. That can outgrow the context the sampled tokens fit in (bytes that are not UTF-8
+        # come back as U+FFFD, 3 bytes; a reply cut at max_new_tokens gains the <|eos|>): such
+        # completions are scored cut to the context but left out of the pairs (counted).
+        rows = [tokens[i] + chat.response_tokens(c.text, tokenizer) for (i, _), c in zip(chunk, completions)]
+        fits += [len(x) <= limit for x in rows]
         if a.judge == "gold":
             scores += gold[-n:]
-        elif a.judge == "reward_model":  # the reply as the reward model / DPO will read it from the JSONL
-            rows = [tokens[i] + chat.response_tokens(c.text, tokenizer) for (i, _), c in zip(chunk, completions)]
+        elif a.judge == "reward_model":
+            rows = [x[:limit] for x in rows]
             scores += rm(pad_rows(rows, max(map(len, rows)), PAD_ID), [len(x) for x in rows]).tolist()
         else:
             scores += ask([prompts[i] for i, _ in chunk], [c.text for c in completions]).tolist()
 
-    texts_PxK = [texts[p * K:(p + 1) * K] for p in range(len(prompts))]
-    scores_PxK, gold_PxK = np.array(scores).reshape(-1, K), np.array(gold).reshape(-1, K)
     rows, agree, compared = [], 0, 0
     for p, prompt in enumerate(prompts):
-        row = preference_row(prompt, texts_PxK[p], scores_PxK[p])
+        kept = [k for k in range(p * K, (p + 1) * K) if fits[k]]
+        row = preference_row(prompt, [texts[k] for k in kept], np.array([scores[k] for k in kept]))
         if row is None:
             continue
         rows.append(row)
-        gold_of = dict(zip(texts_PxK[p], gold_PxK[p]))
+        gold_of = {texts[k]: gold[k] for k in kept}
         chosen, rejected = (row["chosen"], row["rejected"]) if "chosen" in row else (
             row["responses"][row["ranking"][0]], row["responses"][row["ranking"][-1]])
         if gold_of[chosen] != gold_of[rejected]:
@@ -143,5 +150,5 @@ def _label(cfg, workdir: str, mesh) -> dict:
     if jax.process_index() == 0:
         align_data.write_preferences(output, rows)
     return dict(output=os.path.abspath(output), judge=a.judge, prompts=len(prompts), rows=len(rows),
-                skipped=len(prompts) - len(rows), mean_gold_reward=float(np.mean(gold)),
+                skipped=len(prompts) - len(rows), too_long=fits.count(False), mean_gold_reward=float(np.mean(gold)),
                 gold_agreement=agree / compared if compared else None, gold_compared=compared)
