@@ -157,7 +157,7 @@ def rollout_vs_hf(args, sft_dir: str, tmp: str) -> dict:
                                  strategy=Strategy(temperature=1.0, top_p=1.0), length=length,
                                  tokenizer=trained.tokenizer)
         stopped.append(float(ro.stopped_R.mean()))
-        return ro.response_RxN
+        return ro.response_RxE
 
     def ours():
         keys = jax.random.split(jax.random.key(next(counter)), R)  # as sample_rollouts: one key per row

@@ -457,8 +457,8 @@ def test_rl_update_shuffles_on_device_and_equals_minibatch_by_minibatch_updates(
     R, N, L = 8, 4, 16
     rng = np.random.default_rng(0)
     tokens_RxL = rng.integers(7, start.model_cfg.vocab_size, (R, L)).astype(np.int32)
-    host = dict(tokens_RxL=tokens_RxL, positions_RxN=np.tile(np.arange(5, 5 + N), (R, 1)).astype(np.int32),
-                response_RxN=tokens_RxL[:, 6:6 + N], mask_RxN=rng.random((R, N)) < 0.8,
+    host = dict(tokens_RxL=tokens_RxL, positions_RxE=np.tile(np.arange(5, 5 + N), (R, 1)).astype(np.int32),
+                response_RxE=tokens_RxL[:, 6:6 + N], mask_RxE=rng.random((R, N)) < 0.8,
                 old_logp=-rng.uniform(1, 3, (R, N)).astype(np.float32),
                 ref_logp=-rng.uniform(1, 3, (R, N)).astype(np.float32),
                 advantages=rng.normal(size=(R, N)).astype(np.float32))

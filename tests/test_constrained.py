@@ -66,7 +66,7 @@ def random_regex(rng, depth=0):
 
 def walk(automaton, tokens):
     """States visited by feeding `tokens` from the start; stops early (returns None) at a forbidden token."""
-    table, state, states = np.asarray(automaton.next_state_SxV), automaton.start_state, [automaton.start_state]
+    table, state, states = np.asarray(automaton.next_state_ZxV), automaton.start_state, [automaton.start_state]
     for t in tokens:
         state = table[state, t]
         if state < 0:
@@ -77,7 +77,7 @@ def walk(automaton, tokens):
 
 def random_walk(automaton, tokenizer, rng, max_steps=60):
     """Token ids chosen uniformly among the allowed ones until EOS is drawn (None if no EOS in max_steps)."""
-    table, final = np.asarray(automaton.next_state_SxV), np.asarray(automaton.is_final_S)
+    table, final = np.asarray(automaton.next_state_ZxV), np.asarray(automaton.is_final_Z)
     state, tokens = automaton.start_state, []
     for _ in range(max_steps):
         token = rng.choice(np.flatnonzero(table[state] >= 0))
@@ -115,7 +115,7 @@ def test_automaton_accepts_exactly_the_matching_token_sequences(tokenizer, seed)
     rng = np.random.default_rng(seed)
     regex, sample = random_regex(rng)
     automaton = regex_automaton(regex, tokenizer)
-    table, final = np.asarray(automaton.next_state_SxV), np.asarray(automaton.is_final_S)
+    table, final = np.asarray(automaton.next_state_ZxV), np.asarray(automaton.is_final_Z)
     assert table.shape[1] == tokenizer.vocab_size and table.shape[0] % 32 == 0
     # Special tokens: never allowed, except EOS exactly in the accepting states (where it stays put).
     others = [i for i in range(len(SPECIAL_TOKENS)) if i != tokenizer.eos_id]
@@ -144,10 +144,10 @@ def test_dead_end_states_are_pruned():
     # No token spells "c": after "a" the pattern can never be completed, so "a" must not be allowed.
     stub = StubTokenizer([None, None, b"a", b"b"])
     automaton = regex_automaton("a+c|b", stub)
-    table = np.asarray(automaton.next_state_SxV)
+    table = np.asarray(automaton.next_state_ZxV)
     assert table.shape == (32, 4) and table[0, 2] == -1 and table[0, 3] == 1
     assert list(table[1]) == [-1, 1, -1, -1] and (table[2:] == -1).all()  # final: EOS only; 2..31: padding
-    assert list(np.flatnonzero(np.asarray(automaton.is_final_S))) == [1]
+    assert list(np.flatnonzero(np.asarray(automaton.is_final_Z))) == [1]
     with pytest.raises(ConstraintError, match="'a\\+c'.*no sequence"):
         regex_automaton("a+c", stub)
     with pytest.raises(ConstraintError, match="'c'"):
@@ -215,7 +215,7 @@ def test_json_schema_automaton_yields_valid_documents(tokenizer, schema):
     valid = json.dumps({"name": "ab", "n": -10} if schema["type"] == "object" and "name" in schema["properties"]
                        else [True, False] if schema["type"] == "array" else {"kind": "b0", "x": 1.5})
     states = walk(automaton, tokenizer.encode(valid))
-    assert states is not None and np.asarray(automaton.is_final_S)[states[-1]]
+    assert states is not None and np.asarray(automaton.is_final_Z)[states[-1]]
 
 
 @pytest.fixture(scope="module")

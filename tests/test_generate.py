@@ -176,8 +176,8 @@ def test_stop_strings_truncate_generation():
 
 @dataclasses.dataclass
 class Automaton:
-    next_state_SxV: jax.Array
-    is_final_S: jax.Array
+    next_state_ZxV: jax.Array
+    is_final_Z: jax.Array
     start_state: int
 
 

@@ -194,8 +194,8 @@ def test_bad_sample_configs_are_config_errors(overrides, match):
 
 @dataclasses.dataclass
 class Automaton:
-    next_state_SxV: jnp.ndarray
-    is_final_S: jnp.ndarray
+    next_state_ZxV: jnp.ndarray
+    is_final_Z: jnp.ndarray
     start_state: int
 
 

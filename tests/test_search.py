@@ -108,9 +108,9 @@ def test_best_of_n_ranks_by_mean_logprob_or_by_a_scorer():
     assert [c.score for c in ranked] == sorted((c.mean_logprob for c in ranked), reverse=True)
     assert len({tuple(c.tokens) for c in ranked}) > 1  # six different samples
 
-    def count_of_token_9(tokens_NxT, lengths_N):
-        assert (tokens_NxT[:, :3] == prompt).all()  # the scorer sees prompt + completion
-        return [(row[3:n] == 9).sum() for row, n in zip(tokens_NxT, lengths_N)]
+    def count_of_token_9(tokens_RxL, lengths_R):
+        assert (tokens_RxL[:, :3] == prompt).all()  # the scorer sees prompt + completion
+        return [(row[3:n] == 9).sum() for row, n in zip(tokens_RxL, lengths_R)]
 
     ranked = best_of_n(m, params, prompt, n=6, max_new_tokens=8, seed=1, scorer=count_of_token_9)
     assert ranked[0].tokens.count(9) == max(c.tokens.count(9) for c in ranked) == ranked[0].score
@@ -123,8 +123,8 @@ def test_best_of_n_with_a_reward_model_scorer():
     r_cfg = tiny_config(scalar_head=True).model
     reward = nnx.merge(model_graphdef(r_cfg), init_params(r_cfg, jax.random.key(5)))
 
-    def reward_at_last_token(tokens_NxT, lengths_N):
-        return np.asarray(reward.scalar(jnp.asarray(tokens_NxT)))[np.arange(len(lengths_N)), lengths_N - 1]
+    def reward_at_last_token(tokens_RxL, lengths_R):
+        return np.asarray(reward.scalar(jnp.asarray(tokens_RxL)))[np.arange(len(lengths_R)), lengths_R - 1]
 
     ranked = best_of_n(m, params, [3, 4], n=4, max_new_tokens=6, scorer=reward_at_last_token)
     tokens, lengths = token_batch([3, 4], ranked)

@@ -4,7 +4,7 @@ The policy starts from align.init_from and is pulled toward the preferred respon
 relative to a frozen reference (align.reference, default init_from): with h = (logp_w - ref_w) -
 (logp_l - ref_l), DPO minimises -log sigmoid(beta * h) (dpo.label_smoothing mixes in the flipped
 label), IPO (h - 1/(2 beta))^2 on per-token-averaged log-probs. The data are the reward model's:
-align.data's preference JSONL (pairs or K-way rankings, each ranking's pairs weighted 1/C(K,2)) or
+align.data's preference JSONL (pairs or M-way rankings, each ranking's pairs weighted 1/C(M,2)) or
 the embedded task's pairs. The reference's log-probs of every response are computed once before
 training and the reference is then dropped, so training holds one network. Metrics: loss, implicit
 rewards beta * (logp - ref) of chosen and rejected, their margin and accuracy, and the chosen and
@@ -41,9 +41,9 @@ def response_logprobs(params, graphdef, tokens_RxL, prompt_len_R, lengths_R):
 
 def pair_logprobs(logp_R, batch):
     """(winner_P, loser_P) of the batch's pairs, P = B * pairs per group, from per-row values logp_R."""
-    logp_BxK = logp_R.reshape(batch["weight_BxP"].shape[0], -1)
-    winner = jnp.take_along_axis(logp_BxK, batch["pairs_BxPx2"][..., 0], axis=1)
-    loser = jnp.take_along_axis(logp_BxK, batch["pairs_BxPx2"][..., 1], axis=1)
+    logp_BxM = logp_R.reshape(batch["weight_BxP"].shape[0], -1)
+    winner = jnp.take_along_axis(logp_BxM, batch["pairs_BxPx2"][..., 0], axis=1)
+    loser = jnp.take_along_axis(logp_BxM, batch["pairs_BxPx2"][..., 1], axis=1)
     return winner.ravel(), loser.ravel()
 
 
@@ -65,8 +65,8 @@ def dpo_batch_loss(params, batch, graphdef, *, beta: float, kind: str, label_smo
     return loss, (metrics, total)
 
 
-def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int, P: int, length: int):
-    """Per group set, per group, logp_K: the frozen reference's summed log-prob of each response. The
+def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, M: int, P: int, length: int):
+    """Per group set, per group, logp_M: the frozen reference's summed log-prob of each response. The
     reference (align.reference, default the starting policy) is only held while this runs."""
     reference = load_network(cfg.align.reference, mesh, rules, what="align.reference") if cfg.align.reference else policy
     check_same_vocabulary(policy, reference, "align.reference")
@@ -74,14 +74,14 @@ def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, K: int,
     rows, rows1, B = batch_sharding(mesh, rules), batch_sharding(mesh, rules, 1), cfg.align.batch_size
     out = []
     for groups in group_sets:
-        logp_GxK = []
+        group_logps = []
         for chunk, n in full_batches(groups, B):
-            arrays = group_arrays(chunk, K, P, length)
+            arrays = group_arrays(chunk, M, P, length)
             logp_R, _ = logprobs(reference.params, tokens_RxL=jax.device_put(arrays.tokens_RxL, rows),
                                  prompt_len_R=jax.device_put(arrays.prompt_len_R, rows1),
                                  lengths_R=jax.device_put(arrays.lengths_R, rows1))
-            logp_GxK += list(np.asarray(logp_R).reshape(B, K)[:n])
-        out.append(logp_GxK)
+            group_logps += list(np.asarray(logp_R).reshape(B, M)[:n])
+        out.append(group_logps)
     return out
 
 
@@ -97,16 +97,16 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg = start.model_cfg
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
-    K = max(len(g.responses) for g in train_set + val_set)
-    P = K * (K - 1) // 2
+    M = max(len(g.responses) for g in train_set + val_set)
+    P = M * (M - 1) // 2
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
 
     # The reference's log-probs of every response, once (pitfall: a second network held all run long).
-    train_ref, val_ref = reference_logprobs(cfg, start, [train_set, val_set], mesh, rules, K=K, P=P, length=length)
+    train_ref, val_ref = reference_logprobs(cfg, start, [train_set, val_set], mesh, rules, M=M, P=P, length=length)
 
     def to_batch(examples, n: int) -> dict:
-        """Host arrays of (group, reference logp_K) examples; only the first n count."""
-        batch = preference_batch([group for group, _ in examples], n, K=K, P=P, length=length)
+        """Host arrays of (group, reference logp_M) examples; only the first n count."""
+        batch = preference_batch([group for group, _ in examples], n, M=M, P=P, length=length)
         batch["ref_logp_R"] = np.concatenate([ref for _, ref in examples]).astype(np.float32)
         return batch
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from gptjax.align.losses import group_advantages
 
 
-def advantages(sequence_rewards_BxG, mask_RxN, kind: str) -> dict:
-    """{"advantages": advantages_RxN}, R = B*G rows in group order, zero on padding tokens."""
+def advantages(sequence_rewards_BxG, mask_RxE, kind: str) -> dict:
+    """{"advantages": advantages_RxE}, R = B*G rows in group order, zero on padding tokens."""
     adv_R = group_advantages(sequence_rewards_BxG, kind).reshape(-1)
-    return dict(advantages=adv_R[:, None] * mask_RxN.astype(jnp.float32))
+    return dict(advantages=adv_R[:, None] * mask_RxE.astype(jnp.float32))

@@ -68,11 +68,11 @@ def token_logprobs(logits_BxTxV, tokens_BxT):
 def entropy(logits_BxTxV):
     """entropy_BxT: float32 entropy of softmax(logits_BxTxV) at each position."""
     B, T, _ = logits_BxTxV.shape
-    logp_NxV = _log_softmax_2d(logits_BxTxV)
-    p_NxV = jnp.exp(logp_NxV)
+    logp_RxV = _log_softmax_2d(logits_BxTxV)
+    p_RxV = jnp.exp(logp_RxV)
     # A banned token (logit -inf) has p = 0 and must add 0, not 0 * -inf = nan (also in the gradient).
-    finite_logp_NxV = jnp.where(p_NxV > 0, logp_NxV, 0.0)
-    return -jnp.sum(p_NxV * finite_logp_NxV, axis=-1).reshape(B, T)
+    finite_logp_RxV = jnp.where(p_RxV > 0, logp_RxV, 0.0)
+    return -jnp.sum(p_RxV * finite_logp_RxV, axis=-1).reshape(B, T)
 
 
 def kl_estimates(logp_BxT, ref_logp_BxT):

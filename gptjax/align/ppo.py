@@ -12,31 +12,31 @@ import jax.numpy as jnp
 from gptjax.align.losses import gae, masked_whiten
 
 
-def token_rewards(scores_R, kl_RxN, mask_RxN, kl_coef):
-    """rewards_RxN: -kl_coef * KL per token, plus the score at each row's last real token."""
-    mask = mask_RxN.astype(jnp.float32)
-    last_RxN = mask * (1.0 - jnp.pad(mask[:, 1:], ((0, 0), (0, 1))))  # 1 at the last real token
-    return (-kl_coef * kl_RxN + scores_R[:, None] * last_RxN) * mask
+def token_rewards(scores_R, kl_RxE, mask_RxE, kl_coef):
+    """rewards_RxE: -kl_coef * KL per token, plus the score at each row's last real token."""
+    mask = mask_RxE.astype(jnp.float32)
+    last_RxE = mask * (1.0 - jnp.pad(mask[:, 1:], ((0, 0), (0, 1))))  # 1 at the last real token
+    return (-kl_coef * kl_RxE + scores_R[:, None] * last_RxE) * mask
 
 
-def advantages(values_RxN, scores_R, kl_RxN, mask_RxN, kl_coef, *, gamma: float, lam: float, whiten: bool) -> dict:
+def advantages(values_RxE, scores_R, kl_RxE, mask_RxE, kl_coef, *, gamma: float, lam: float, whiten: bool) -> dict:
     """{"advantages", "returns"} of PPO: GAE over the token rewards, whitened advantages if `whiten`."""
-    rewards_RxN = token_rewards(scores_R, kl_RxN, mask_RxN, kl_coef)
-    adv_RxN, returns_RxN = gae(rewards_RxN, values_RxN, mask_RxN, gamma, lam)
+    rewards_RxE = token_rewards(scores_R, kl_RxE, mask_RxE, kl_coef)
+    adv_RxE, returns_RxE = gae(rewards_RxE, values_RxE, mask_RxE, gamma, lam)
     if whiten:
-        adv_RxN = masked_whiten(adv_RxN, mask_RxN)
-    return dict(advantages=adv_RxN, returns=returns_RxN, rewards=rewards_RxN)
+        adv_RxE = masked_whiten(adv_RxE, mask_RxE)
+    return dict(advantages=adv_RxE, returns=returns_RxE, rewards=rewards_RxE)
 
 
-def explained_variance(values_RxN, returns_RxN, mask_RxN):
+def explained_variance(values_RxE, returns_RxE, mask_RxE):
     """1 - Var(returns - values) / Var(returns) over real tokens: 1 = perfect values, <= 0 = useless
     (nan when the returns do not vary). A device scalar: computed inside the jitted scoring pass."""
-    mask = mask_RxN.astype(jnp.float32)
+    mask = mask_RxE.astype(jnp.float32)
     count = jnp.maximum(jnp.sum(mask), 1.0)
 
-    def variance(x_RxN):
-        mean = jnp.sum(x_RxN * mask) / count
-        return jnp.sum(jnp.square(x_RxN - mean) * mask) / count
+    def variance(x_RxE):
+        mean = jnp.sum(x_RxE * mask) / count
+        return jnp.sum(jnp.square(x_RxE - mean) * mask) / count
 
-    returns_variance = variance(returns_RxN)
-    return jnp.where(returns_variance > 0, 1.0 - variance(returns_RxN - values_RxN) / returns_variance, jnp.nan)
+    returns_variance = variance(returns_RxE)
+    return jnp.where(returns_variance > 0, 1.0 - variance(returns_RxE - values_RxE) / returns_variance, jnp.nan)

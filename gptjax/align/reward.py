@@ -3,9 +3,9 @@
 The reward model is the decoder with a scalar head (`model.scalar_head`), started from align.init_from
 (an SFT or pretraining checkpoint; the head is new); its score of prompt + response is the head's
 output at the last real token, the response's <|eos|>. Data: align.data (JSONL of pairs
-{"prompt","chosen","rejected"} or K-way rankings {"prompt","responses","ranking"}) or the embedded
+{"prompt","chosen","rejected"} or M-way rankings {"prompt","responses","ranking"}) or the embedded
 task's preference pairs. A batch element is one prompt with all its responses, each scored once; a
-ranking of K contributes all K(K-1)/2 pairs, each weighted 1/C(K,2) so every prompt counts once
+ranking of M contributes all M(M-1)/2 pairs, each weighted 1/C(M,2) so every prompt counts once
 (InstructGPT). Eval reports held-out pairwise accuracy. With align.normalize_reward the saved
 `reward_bias` is the mean score of the preferred responses of the training set (the SFT
 distribution), and `RewardModel.score` subtracts it, so those score 0 on average.
@@ -43,21 +43,21 @@ def last_token_scores(params, graphdef, tokens_RxL, lengths_R):
 
 @dataclasses.dataclass
 class GroupBatch:
-    """B preference groups as arrays: K response rows per group (unused rows are [BOS], weight 0)."""
+    """B preference groups as arrays: M response rows per group (unused rows are [BOS], weight 0)."""
 
-    tokens_RxL: np.ndarray  # R = B*K
+    tokens_RxL: np.ndarray  # R = B*M
     lengths_R: np.ndarray
     prompt_len_R: np.ndarray  # the response of row r is tokens_RxL[r, prompt_len_R[r]:lengths_R[r]]
-    pairs_BxPx2: np.ndarray  # (winner, loser) indices within the group's K rows
+    pairs_BxPx2: np.ndarray  # (winner, loser) indices within the group's M rows
     weight_BxP: np.ndarray
 
 
-def group_arrays(groups, K: int, P: int, length: int) -> GroupBatch:
+def group_arrays(groups, M: int, P: int, length: int) -> GroupBatch:
     rows, prompt_len = [], []
     pairs, weights = np.zeros((len(groups), P, 2), np.int32), np.zeros((len(groups), P), np.float32)
     for b, g in enumerate(groups):
-        rows += [g.prompt + r for r in g.responses] + [[BOS_ID]] * (K - len(g.responses))
-        prompt_len += [len(g.prompt)] * len(g.responses) + [1] * (K - len(g.responses))
+        rows += [g.prompt + r for r in g.responses] + [[BOS_ID]] * (M - len(g.responses))
+        prompt_len += [len(g.prompt)] * len(g.responses) + [1] * (M - len(g.responses))
         pairs[b, :len(g.pairs)] = g.pairs
         weights[b, :len(g.pairs)] = g.weight
     return GroupBatch(pad_rows(rows, length, PAD_ID), np.array([len(r) for r in rows], np.int32),
@@ -66,10 +66,10 @@ def group_arrays(groups, K: int, P: int, length: int) -> GroupBatch:
 
 def preference_loss(params, graphdef, batch: dict):
     """Weighted Bradley–Terry loss over every pair of every group: (loss, accuracy)."""
-    scores_BxK = last_token_scores(params, graphdef, batch["tokens_RxL"], batch["lengths_R"]).reshape(
+    scores_BxM = last_token_scores(params, graphdef, batch["tokens_RxL"], batch["lengths_R"]).reshape(
         batch["weight_BxP"].shape[0], -1)
-    winner_BxP = jnp.take_along_axis(scores_BxK, batch["pairs_BxPx2"][..., 0], axis=1)
-    loser_BxP = jnp.take_along_axis(scores_BxK, batch["pairs_BxPx2"][..., 1], axis=1)
+    winner_BxP = jnp.take_along_axis(scores_BxM, batch["pairs_BxPx2"][..., 0], axis=1)
+    loser_BxP = jnp.take_along_axis(scores_BxM, batch["pairs_BxPx2"][..., 1], axis=1)
     return pairwise_loss(winner_BxP.ravel(), loser_BxP.ravel(), batch["weight_BxP"].ravel())
 
 
@@ -79,9 +79,9 @@ def reward_loss(params, batch: dict, graphdef):
     return loss, ({"accuracy": accuracy}, jnp.sum(batch["weight_BxP"]))
 
 
-def preference_batch(groups, n: int, K: int, P: int, length: int) -> dict:
+def preference_batch(groups, n: int, M: int, P: int, length: int) -> dict:
     """Host arrays of preference groups (`group_arrays`); only the first n count (the rest weigh 0)."""
-    batch = group_arrays(groups, K, P, length)
+    batch = group_arrays(groups, M, P, length)
     batch.weight_BxP[n:] = 0.0
     return dataclasses.asdict(batch)
 
@@ -146,8 +146,8 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg, init = with_scalar_head(start, jax.random.key(cfg.seed + 1), mesh, rules)
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
-    K = max(len(g.responses) for g in train_set + val_set)
-    P = K * (K - 1) // 2
+    M = max(len(g.responses) for g in train_set + val_set)
+    P = M * (M - 1) // 2
     length = bucket(max(len(g.prompt) + len(r) for g in train_set + val_set for r in g.responses), model_cfg.max_len)
     graphdef = model_graphdef(model_cfg, rules)
     score_fn = jax.jit(functools.partial(last_token_scores, graphdef=graphdef))
@@ -167,7 +167,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     result = supervised_stage(
         cfg, workdir, mesh, "reward", model_cfg, tokenizer, init,
         loss_fn=functools.partial(reward_loss, graphdef=graphdef),
-        to_batch=functools.partial(preference_batch, K=K, P=P, length=length),
+        to_batch=functools.partial(preference_batch, M=M, P=P, length=length),
         batch_shardings=preference_shardings(mesh, rules), train_set=train_set, val_set=val_set,
         identity=stage_identity(cfg, examples=len(train_set)), extra_meta=reward_bias)
     return dict(result, train_groups=len(train_set), val_groups=len(val_set))

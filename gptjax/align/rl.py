@@ -131,31 +131,31 @@ def load_networks(cfg, tokenizer, mesh, rules) -> Networks:
 def score_rollouts(params, value_params, ref_params, batch, scores_R, kl_coef, *, nets: Networks, r, mode: str):
     """The scoring pass (one forward of each network over the rollout batch) and the advantages:
     (the update's data: batch + old/ref logp, advantages (PPO: old values, returns); device metrics)."""
-    forward = functools.partial(response_forward, tokens_RxL=batch["tokens_RxL"], positions_RxN=batch["positions_RxN"],
-                                response_RxN=batch["response_RxN"], temperature=r.temperature)
-    mask_RxN = batch["mask_RxN"]
+    forward = functools.partial(response_forward, tokens_RxL=batch["tokens_RxL"], positions_RxE=batch["positions_RxE"],
+                                response_RxE=batch["response_RxE"], temperature=r.temperature)
+    mask_RxE = batch["mask_RxE"]
     out = forward(params, nets.policy, with_values=nets.shared_value)
     ref_logp = out["logp"] if ref_params is None else forward(ref_params, nets.reference_graphdef)["logp"]
     old_logp = out["logp"]
     data = dict(batch, old_logp=old_logp, ref_logp=ref_logp)
-    kl_RxN = kl_penalty(old_logp, ref_logp, r.kl_estimator) * mask_RxN
-    metrics = dict(entropy=masked_mean(out["entropy"], mask_RxN), reward_mean=jnp.mean(scores_R),
+    kl_RxE = kl_penalty(old_logp, ref_logp, r.kl_estimator) * mask_RxE
+    metrics = dict(entropy=masked_mean(out["entropy"], mask_RxE), reward_mean=jnp.mean(scores_R),
                    reward_std=jnp.std(scores_R))
     G = r.group_size
     metrics["frac_reward_zero_std"] = frac_zero_std(scores_R.reshape(-1, G)) if G > 1 else jnp.zeros(())
     if ref_params is not None:  # without a reference there is no KL to report
         kls = kl_estimates(old_logp, ref_logp)
-        metrics.update(kl_k1=jnp.mean(jnp.sum(kls["k1"] * mask_RxN, -1)), kl_k3=jnp.mean(jnp.sum(kls["k3"] * mask_RxN, -1)))
+        metrics.update(kl_k1=jnp.mean(jnp.sum(kls["k1"] * mask_RxE, -1)), kl_k3=jnp.mean(jnp.sum(kls["k3"] * mask_RxE, -1)))
     if mode == "ppo":
         values = out["values"] if nets.shared_value else forward(value_params, nets.value_graphdef,
                                                                  with_values=True)["values"]
-        adv = ppo.advantages(values, scores_R, kl_RxN, mask_RxN, kl_coef if r.kl_in_reward else 0.0,
+        adv = ppo.advantages(values, scores_R, kl_RxE, mask_RxE, kl_coef if r.kl_in_reward else 0.0,
                              gamma=r.gamma, lam=r.lam, whiten=r.whiten_advantages)
         data.update(old_values=values, returns=adv["returns"])
-        metrics["explained_variance"] = ppo.explained_variance(values, adv["returns"], mask_RxN)
+        metrics["explained_variance"] = ppo.explained_variance(values, adv["returns"], mask_RxE)
     else:
-        sequence_R = scores_R - (kl_coef * kl_RxN.sum(-1) if r.kl_in_reward else 0.0)
-        adv = grpo.advantages(sequence_R.reshape(-1, G), mask_RxN, "rloo" if mode == "rloo" else r.advantage)
+        sequence_R = scores_R - (kl_coef * kl_RxE.sum(-1) if r.kl_in_reward else 0.0)
+        adv = grpo.advantages(sequence_R.reshape(-1, G), mask_RxE, "rloo" if mode == "rloo" else r.advantage)
     data["advantages"] = adv["advantages"]
     return jax.tree.map(jax.lax.stop_gradient, data), metrics
 
@@ -163,9 +163,9 @@ def score_rollouts(params, value_params, ref_params, batch, scores_R, kl_coef, *
 def policy_loss(params, mb, kl_coef, *, nets: Networks, r, aggregation: str, ptx: bool):
     """The clipped surrogate of one minibatch, plus the KL loss (when not in the reward), the entropy
     bonus, the shared value head's loss and the pretraining mix: (loss, metrics)."""
-    out = response_forward(params, nets.policy, mb["tokens_RxL"], mb["positions_RxN"], mb["response_RxN"],
+    out = response_forward(params, nets.policy, mb["tokens_RxL"], mb["positions_RxE"], mb["response_RxE"],
                            with_values=nets.shared_value, temperature=r.temperature)
-    mask = mb["mask_RxN"]
+    mask = mb["mask_RxE"]
     loss, m = ppo_policy_loss(out["logp"], mb["old_logp"], mb["advantages"], mask, r.clip, mode=aggregation)
     m = dict(m, policy_loss=loss)
     if not r.kl_in_reward:  # KL as a loss term: its gradient flows through the policy's logprobs
@@ -184,9 +184,9 @@ def policy_loss(params, mb, kl_coef, *, nets: Networks, r, aggregation: str, ptx
 
 def value_model_loss(value_params, mb, *, nets: Networks, r):
     """PPO's separate value model's clipped loss on one minibatch: (loss, clip fraction)."""
-    values = response_forward(value_params, nets.value_graphdef, mb["tokens_RxL"], mb["positions_RxN"],
-                              mb["response_RxN"], with_values=True)["values"]
-    return ppo_value_loss(values, mb["old_values"], mb["returns"], mb["mask_RxN"], r.value_clip)
+    values = response_forward(value_params, nets.value_graphdef, mb["tokens_RxL"], mb["positions_RxE"],
+                              mb["response_RxE"], with_values=True)["values"]
+    return ppo_value_loss(values, mb["old_values"], mb["returns"], mb["mask_RxE"], r.value_clip)
 
 
 def update_on_rollouts(items, data, key, ptx_batches, *, nets: Networks, r, opt, value_opt, aggregation: str):
@@ -194,13 +194,13 @@ def update_on_rollouts(items, data, key, ptx_batches, *, nets: Networks, r, opt,
     device (each epoch a permutation keyed by fold_in(key, epoch)); `ptx_batches` stacks each update's
     demonstrations (or is None). Returns (items, the metrics averaged over the updates)."""
     R = data["tokens_RxL"].shape[0]
-    order_UxM = jnp.stack([jax.random.permutation(jax.random.fold_in(key, epoch), R)
+    order_UxR = jnp.stack([jax.random.permutation(jax.random.fold_in(key, epoch), R)
                            for epoch in range(r.epochs)]).reshape(r.epochs * r.minibatches, R // r.minibatches)
     loss_fn = functools.partial(policy_loss, nets=nets, r=r, aggregation=aggregation, ptx=ptx_batches is not None)
 
     def one_update(items, inputs):
-        rows_M, ptx = inputs
-        mb = dict(jax.tree.map(lambda x: x[rows_M], data), **(ptx or {}))
+        rows_R, ptx = inputs
+        mb = dict(jax.tree.map(lambda x: x[rows_R], data), **(ptx or {}))
         params, train = items["params"], dict(items["train"])
         (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, train["kl_coef"])
         updates, train["opt_state"] = opt.tx.update(grads, train["opt_state"], params)
@@ -216,7 +216,7 @@ def update_on_rollouts(items, data, key, ptx_batches, *, nets: Networks, r, opt,
             m.update(value_loss=value_loss, value_clipfrac=value_clipfrac)
         return dict(params=params, train=train), m
 
-    items, metrics_U = jax.lax.scan(one_update, items, (order_UxM, ptx_batches))
+    items, metrics_U = jax.lax.scan(one_update, items, (order_UxR, ptx_batches))
     return items, jax.tree.map(jnp.mean, metrics_U)
 
 
@@ -227,9 +227,9 @@ def _rl(cfg, workdir: str, mesh) -> dict:
     reference, rm, policy_cfg = nets.reference, nets.reward_model, nets.policy_cfg
     task = get_task(cfg.align.task)
     train_prompts, val_prompts = task_prompts(cfg, task, tokenizer, policy_cfg.max_len)
-    N, G, B = r.max_new_tokens, r.group_size, cfg.align.batch_size
+    E, G, B = r.max_new_tokens, r.group_size, cfg.align.batch_size
     R = B * G
-    length = bucket(max(map(len, train_prompts.tokens + val_prompts.tokens)) + N, policy_cfg.max_len)
+    length = bucket(max(map(len, train_prompts.tokens + val_prompts.tokens)) + E, policy_cfg.max_len)
     if rm is not None and length > rm.model_cfg.max_len:
         raise align_data.AlignDataError(f"rollouts of {length} tokens exceed the reward model's context "
                                         f"({rm.model_cfg.max_len}); lower rl.max_new_tokens")
@@ -281,11 +281,11 @@ def _rl(cfg, workdir: str, mesh) -> dict:
         prompt_ids = np.repeat(epoch_batch(len(train_prompts.tokens), B, cfg.seed, s), G)
         clock = time.perf_counter()
         ro = sample_rollouts(policy_cfg, items["params"], [train_prompts.tokens[i] for i in prompt_ids], rollout_key,
-                             max_new_tokens=N, strategy=strategy, length=length, tokenizer=tokenizer, rules=rules)
+                             max_new_tokens=E, strategy=strategy, length=length, tokenizer=tokenizer, rules=rules)
         rollout_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
-        batch = jax.device_put(dict(tokens_RxL=ro.tokens_RxL, positions_RxN=ro.positions_RxN,
-                                    response_RxN=ro.response_RxN, mask_RxN=ro.mask_RxN), rows)
+        batch = jax.device_put(dict(tokens_RxL=ro.tokens_RxL, positions_RxE=ro.positions_RxE,
+                                    response_RxE=ro.response_RxE, mask_RxE=ro.mask_RxE), rows)
         gold_R = np.array([task.reward(train_prompts.meta[i], t) for i, t in zip(prompt_ids, ro.texts)], np.float32)
         if rm is not None:
             scores_R = rm.score_device(batch["tokens_RxL"], jax.device_put(ro.last_index_R + 1, rows1))
@@ -316,11 +316,11 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
     def evaluate(items):
         return evaluate_policy(items["params"], policy_cfg, tokenizer, task, train_prompts, val_prompts, rm,
-                               max_new_tokens=N, strategy=strategy, seed=cfg.seed, length=length, rules=rules)
+                               max_new_tokens=E, strategy=strategy, seed=cfg.seed, length=length, rules=rules)
 
     # epochs x minibatches updates per step set the LR schedule's length (stage_optimizer), like train.steps
     identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
-                              group_size=G, max_new_tokens=N, updates_per_step=updates_per_step)
+                              group_size=G, max_new_tokens=E, updates_per_step=updates_per_step)
     return run_stage(cfg, workdir, mode, policy_cfg, tokenizer, fresh=fresh,
                      abstract=placed(jax.eval_shape(fresh), item_shardings), step=step, evaluate=evaluate,
                      identity=identity)

@@ -2,10 +2,10 @@
 
 `generate` left-pads prompts; training's forward pass has no padding mask, so each rollout is laid out
 again as prompt + completion from column 0, right-padded to a fixed length L (causal attention means
-the trailing pads change nothing before them). Per-token quantities live on a response axis of N =
+the trailing pads change nothing before them). Per-token quantities live on a response axis of E =
 max_new_tokens: token t of row b is tokens_BxL[b, p_b + t], predicted from position p_b - 1 + t.
 `response_forward` computes the policy's (or reference's) logprobs, entropies and optional values of
-those tokens in one forward pass, the LM head and value head evaluated at the N response positions only.
+those tokens in one forward pass, the LM head and value head evaluated at the E response positions only.
 """
 
 import dataclasses
@@ -26,9 +26,9 @@ class Rollouts:
     """R sampled completions as host arrays in the training layout."""
 
     tokens_RxL: np.ndarray  # prompt + completion, right-padded with <|pad|>
-    positions_RxN: np.ndarray  # where each response token is predicted from: p_b - 1 + t (clipped to L - 2)
-    response_RxN: np.ndarray  # the completion tokens, <|pad|> after the last
-    mask_RxN: np.ndarray  # True on real completion tokens
+    positions_RxE: np.ndarray  # where each response token is predicted from: p_b - 1 + t (clipped to L - 2)
+    response_RxE: np.ndarray  # the completion tokens, <|pad|> after the last
+    mask_RxE: np.ndarray  # True on real completion tokens
     prompt_len_R: np.ndarray
     length_R: np.ndarray  # completion tokens generated (the <|eos|> included when stopped)
     stopped_R: np.ndarray  # True when the completion ended with <|eos|>
@@ -45,12 +45,12 @@ def layout(prompts: list[list[int]], completions: list[Completion], length: int,
     rows = [list(p) + c.tokens for p, c in zip(prompts, completions)]
     prompt_len_R = np.array([len(p) for p in prompts], np.int32)
     length_R = np.array([len(c.tokens) for c in completions], np.int32)
-    t_1xN = np.arange(max_new_tokens)[None, :]
+    t_1xE = np.arange(max_new_tokens)[None, :]
     return Rollouts(
         tokens_RxL=pad_rows(rows, length, PAD_ID),
-        positions_RxN=np.minimum(prompt_len_R[:, None] - 1 + t_1xN, length - 2).astype(np.int32),
-        response_RxN=pad_rows([c.tokens for c in completions], max_new_tokens, PAD_ID),
-        mask_RxN=t_1xN < length_R[:, None],
+        positions_RxE=np.minimum(prompt_len_R[:, None] - 1 + t_1xE, length - 2).astype(np.int32),
+        response_RxE=pad_rows([c.tokens for c in completions], max_new_tokens, PAD_ID),
+        mask_RxE=t_1xE < length_R[:, None],
         prompt_len_R=prompt_len_R,
         length_R=length_R,
         stopped_R=np.array([c.finish_reason == "stop_token" for c in completions]),
@@ -66,16 +66,16 @@ def sample_rollouts(model_cfg, params, prompts: list[list[int]], key, *, max_new
     return layout(prompts, completions, length, max_new_tokens)
 
 
-def response_forward(params, graphdef, tokens_RxL, positions_RxN, response_RxN, with_values: bool = False,
+def response_forward(params, graphdef, tokens_RxL, positions_RxE, response_RxE, with_values: bool = False,
                      temperature: float = 1.0) -> dict:
-    """One forward pass: float32 logp_RxN and entropy_RxN of the response tokens under softmax(logits /
-    temperature), the sampler's distribution (and values_RxN, the scalar head at the state before each
+    """One forward pass: float32 logp_RxE and entropy_RxE of the response tokens under softmax(logits /
+    temperature), the sampler's distribution (and values_RxE, the scalar head at the state before each
     token, when `with_values`)."""
     model = nnx.merge(graphdef, params)
     hidden_RxTxD = model.hidden(tokens_RxL[:, :-1])
-    at_RxNxD = jnp.take_along_axis(hidden_RxTxD, positions_RxN[..., None], axis=1)
-    logits_RxNxV = model.logits(at_RxNxD) / temperature
-    out = dict(logp=token_logprobs(logits_RxNxV, response_RxN), entropy=entropy(logits_RxNxV))
+    at_RxExD = jnp.take_along_axis(hidden_RxTxD, positions_RxE[..., None], axis=1)
+    logits_RxExV = model.logits(at_RxExD) / temperature
+    out = dict(logp=token_logprobs(logits_RxExV, response_RxE), entropy=entropy(logits_RxExV))
     if with_values:
-        out["values"] = model.scalar_head(at_RxNxD * model.output_mult)[..., 0].astype(jnp.float32)
+        out["values"] = model.scalar_head(at_RxExD * model.output_mult)[..., 0].astype(jnp.float32)
     return out

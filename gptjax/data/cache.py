@@ -37,17 +37,17 @@ SPLIT_CHUNK = 1 << 20  # documents hashed at a time while choosing the split
 WAIT_SECONDS = 6 * 3600  # how long a process waits for the other processes' parts
 
 
-def _mix64(x_N: np.ndarray) -> np.ndarray:
+def _mix64(x_M: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on uint64 (wrapping arithmetic): a fast, well-spread hash of integers."""
-    x_N = (x_N ^ (x_N >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x_N = (x_N ^ (x_N >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x_N ^ (x_N >> np.uint64(31))
+    x_M = (x_M ^ (x_M >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x_M = (x_M ^ (x_M >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x_M ^ (x_M >> np.uint64(31))
 
 
 def document_hashes(seed: int, start: int, stop: int) -> np.ndarray:
     """uint64 hashes of document indices start..stop-1 under `seed` (data.split_seed)."""
-    index_N = np.arange(start, stop, dtype=np.uint64)
-    return _mix64(index_N + _mix64(np.asarray([seed], np.uint64))[0])
+    index_M = np.arange(start, stop, dtype=np.uint64)
+    return _mix64(index_M + _mix64(np.asarray([seed], np.uint64))[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +92,10 @@ def split_documents(n_docs: int, val_fraction: float, seed: int, name: str) -> D
     best_hash, best_index = np.zeros(0, np.uint64), np.zeros(0, np.int64)
     for start in range(0, n_docs, SPLIT_CHUNK):
         stop = min(start + SPLIT_CHUNK, n_docs)
-        hash_N = np.concatenate([best_hash, document_hashes(seed, start, stop)])
-        index_N = np.concatenate([best_index, np.arange(start, stop, dtype=np.int64)])
-        keep = np.argpartition(hash_N, n_val - 1)[:n_val] if len(hash_N) > n_val else slice(None)
-        best_hash, best_index = hash_N[keep], index_N[keep]
+        hash_M = np.concatenate([best_hash, document_hashes(seed, start, stop)])
+        index_M = np.concatenate([best_index, np.arange(start, stop, dtype=np.int64)])
+        keep = np.argpartition(hash_M, n_val - 1)[:n_val] if len(hash_M) > n_val else slice(None)
+        best_hash, best_index = hash_M[keep], index_M[keep]
     return DocumentSplit(n_docs, val_fraction, seed, np.sort(best_index))
 
 

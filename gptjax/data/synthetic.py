@@ -17,18 +17,18 @@ class MarkovChain:
         self.alphabet_size, self.order = alphabet_size, order
         rng = np.random.default_rng(seed)
         n_contexts = alphabet_size**order
-        self.transitions_CxA = rng.dirichlet(np.full(alphabet_size, concentration), size=n_contexts)
-        cdf_CxA = np.cumsum(self.transitions_CxA, axis=1)
-        cdf_CxA[:, -1] = 1.0  # guard against rounding leaving the last bin short
+        self.transitions_ZxV = rng.dirichlet(np.full(alphabet_size, concentration), size=n_contexts)
+        cdf_ZxV = np.cumsum(self.transitions_ZxV, axis=1)
+        cdf_ZxV[:, -1] = 1.0  # guard against rounding leaving the last bin short
         # Row c's CDF shifted into [c, c+1]: one searchsorted over all rows samples every context at
         # once in O(B log(C A)) instead of comparing against B full rows.
-        self._shifted_cdf = (cdf_CxA + np.arange(n_contexts)[:, None]).reshape(-1)
-        self.stationary_C = self._stationary_distribution()
+        self._shifted_cdf = (cdf_ZxV + np.arange(n_contexts)[:, None]).reshape(-1)
+        self.stationary_Z = self._stationary_distribution()
 
     def _stationary_distribution(self, iterations: int = 10_000, tol: float = 1e-13) -> np.ndarray:
         """Stationary distribution over contexts, by power iteration on the context chain."""
         A, k = self.alphabet_size, self.order
-        p_next = self.transitions_CxA.reshape((A,) * k + (A,))
+        p_next = self.transitions_ZxV.reshape((A,) * k + (A,))
         pi = np.full((A,) * k, 1.0 / A**k)
         for _ in range(iterations):
             # context (x1..xk) -> (x2..xk, y): sum over the symbol that drops out.
@@ -41,14 +41,14 @@ class MarkovChain:
 
     def entropy_rate(self) -> float:
         """H = sum_c pi(c) H(next | c), in nats per token."""
-        row_entropy_C = -xlogy(self.transitions_CxA, self.transitions_CxA).sum(axis=1)
-        return float(self.stationary_C @ row_entropy_C)
+        row_entropy_Z = -xlogy(self.transitions_ZxV, self.transitions_ZxV).sum(axis=1)
+        return float(self.stationary_Z @ row_entropy_Z)
 
     def sample(self, rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
         """(batch, length) int32 sequences started from the stationary distribution."""
         A, k = self.alphabet_size, self.order
         out_BxL = np.empty((batch, length), np.int32)
-        context_B = rng.choice(A**k, size=batch, p=self.stationary_C)
+        context_B = rng.choice(A**k, size=batch, p=self.stationary_Z)
         first_k = np.stack([(context_B // A ** (k - 1 - i)) % A for i in range(k)], axis=1)
         out_BxL[:, : min(k, length)] = first_k[:, :length]
         for t in range(k, length):

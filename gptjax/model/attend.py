@@ -3,8 +3,8 @@
 Training (the einsum kernel), prefill and KV-cache decoding all call `attend`; the blocked kernel
 (flash_attention.py) keeps its own loop over blocks but shares the grouping and the scale below.
 
-Shape letters: B rows, T queries, S keys, N query heads, K key/value heads, G = N // K query heads per
-KV head, H head dim. Query head n = k * G + g uses KV head k, as in `jax.nn.dot_product_attention`, so
+Shape letters: B rows, T queries, S keys, N query heads, K key/value heads, Q = N // K query heads per
+KV head, H head dim. Query head n = k * Q + i uses KV head k, as in `jax.nn.dot_product_attention`, so
 GQA never repeats keys or values. Scores accumulate in float32 whatever the compute dtype: the softmax of
 rounded logits loses the small differences between keys that long contexts depend on.
 """
@@ -19,15 +19,15 @@ def logit_scale(scale, head_dim: int) -> float:
 
 
 def grouped_queries(q_BxTxNxH, K: int):
-    """q_BxKxGxTxH: the query heads gathered under the KV head each one reads."""
+    """q_BxKxQxTxH: the query heads gathered under the KV head each one reads."""
     B, T, N, H = q_BxTxNxH.shape
     return q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
 
 
-def ungrouped(out_BxKxGxTxH):
+def ungrouped(out_BxKxQxTxH):
     """out_BxTxNxH: the inverse of `grouped_queries`."""
-    B, K, G, T, H = out_BxKxGxTxH.shape
-    return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
+    B, K, Q, T, H = out_BxKxQxTxH.shape
+    return out_BxKxQxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, K * Q, H)
 
 
 def head_major(k_BxTxKxH):
@@ -45,7 +45,7 @@ def attend(q_BxTxNxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, scale=None):
     mask shared by the rows) is True; `scale` multiplies the logits (None: 1/sqrt(H)). Every query must
     see at least one key."""
     H, N, K = q_BxTxNxH.shape[-1], q_BxTxNxH.shape[2], k_BxKxSxH.shape[1]
-    # Without GQA (G = 1) the group axis is left out: XLA:CPU runs the contractions with a unit axis
+    # Without GQA (Q = 1) the group axis is left out: XLA:CPU runs the contractions with a unit axis
     # 15-30% slower (fwd+bwd at B=32, T=128, N=4, H=32: 17.5 vs 20.8 ms).
     grouped = N != K
     q_BxKx_xTxH = grouped_queries(q_BxTxNxH, K) if grouped else head_major(q_BxTxNxH)

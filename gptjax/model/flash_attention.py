@@ -8,7 +8,7 @@ matrix is ever formed. The custom VJP stores only the output and the per-query l
 recomputes each block's probabilities in the backward pass, instead of keeping the T x T probabilities
 of the forward pass alive for it.
 
-Layout: heads-major (B, K, G, T, H) inside, where query head n = k * G + g uses KV head k, as in
+Layout: heads-major (B, K, Q, T, H) inside, where query head n = k * Q + i uses KV head k, as in
 `jax.nn.dot_product_attention`; scores and statistics in float32 whatever the compute dtype. An
 optional `kv_valid_BxS` mask hides keys (padding); every query must still see at least one key, which
 causal self-attention guarantees for any row whose first token is real.
@@ -29,7 +29,7 @@ def _blocks(T: int, block: int) -> list[tuple[int, int]]:
 
 
 def _block_scores(q_blk, k_blk, scale, q_start, k_start, kv_valid_blk):
-    """float32 scores (B, K, G, tq, tk) of one block pair, -inf where the key is later or invalid."""
+    """float32 scores (B, K, Q, tq, tk) of one block pair, -inf where the key is later or invalid."""
     s = jnp.einsum("bkgqh,bksh->bkgqs", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
     q_pos = q_start + jnp.arange(q_blk.shape[3])[:, None]
     k_pos = k_start + jnp.arange(k_blk.shape[2])[None, :]
@@ -40,7 +40,7 @@ def _block_scores(q_blk, k_blk, scale, q_start, k_start, kv_valid_blk):
 
 
 def _forward(q, k, v, kv_valid, scale, block):
-    """(out (B, K, G, T, H) in v's dtype, lse (B, K, G, T) float32)."""
+    """(out (B, K, Q, T, H) in v's dtype, lse (B, K, Q, T) float32)."""
     T = q.shape[3]
     outs, lses = [], []
     for q_start, q_stop in _blocks(T, block):
@@ -68,7 +68,7 @@ def _forward(q, k, v, kv_valid, scale, block):
 def _backward(q, k, v, kv_valid, scale, block, out, lse, d_out):
     """Gradients (dq, dk, dv) in the head-major layout, each block's probabilities recomputed from lse."""
     T = q.shape[3]
-    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (B, K, G, T)
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (B, K, Q, T)
     dq_blocks, dk_blocks, dv_blocks = [], {}, {}  # dk/dv: per key block, summed over the query blocks
     for q_start, q_stop in _blocks(T, block):
         q_blk, do_blk = q[:, :, :, q_start:q_stop], d_out[:, :, :, q_start:q_stop]
@@ -118,5 +118,5 @@ def blocked_causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale=None, kv_val
     the logits; None means 1/sqrt(H)."""
     scale = float(logit_scale(scale, q_BxTxNxH.shape[-1]))
     q = grouped_queries(q_BxTxNxH, k_BxTxKxH.shape[2])
-    out_BxKxGxTxH = _attention(q, head_major(k_BxTxKxH), head_major(v_BxTxKxH), kv_valid_BxT, scale, int(block))
-    return ungrouped(out_BxKxGxTxH)
+    out_BxKxQxTxH = _attention(q, head_major(k_BxTxKxH), head_major(v_BxTxKxH), kv_valid_BxT, scale, int(block))
+    return ungrouped(out_BxKxQxTxH)

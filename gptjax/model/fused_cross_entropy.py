@@ -23,8 +23,8 @@ CHUNK_POSITIONS = 64  # time steps per chunk: B * 64 rows of V logits at a time
 
 
 def _time_chunks(a_BxT, chunk: int):
-    """(a_NxBxC..., tail_BxR...): the N = T // chunk whole chunks of `a` along time, stacked on a leading axis
-    for `lax.scan`, and the R = T mod chunk positions left over (R may be 0)."""
+    """(a_UxBxC..., tail_BxC...): the U = T // chunk whole chunks of `a` along time, stacked on a leading axis
+    for `lax.scan`, and the T mod chunk positions left over (maybe none)."""
     B, T = a_BxT.shape[:2]
     n = T // chunk
     whole = a_BxT[:, :n * chunk].reshape(B, n, chunk, *a_BxT.shape[2:]).swapaxes(0, 1)
@@ -67,8 +67,8 @@ def _fold_time_chunks(step, carry, chunk: int, *arrays_BxT):
     side, which kept every chunk's B*C x V logits alive at once (4 x 16 MB at the bench shapes)."""
     B = arrays_BxT[0].shape[0]
     whole, tails = zip(*(_time_chunks(a, chunk) for a in arrays_BxT))
-    carry, out_NxBxC = jax.lax.scan(lambda c, xs: step(c, *xs), carry, whole)
-    outs = [] if out_NxBxC is None else [out_NxBxC.swapaxes(0, 1).reshape(B, -1, *out_NxBxC.shape[3:])]
+    carry, out_UxBxC = jax.lax.scan(lambda c, xs: step(c, *xs), carry, whole)
+    outs = [] if out_UxBxC is None else [out_UxBxC.swapaxes(0, 1).reshape(B, -1, *out_UxBxC.shape[3:])]
     if tails[0].shape[1]:
         carry, out_tail = step(carry, *tails)
         outs += [] if out_tail is None else [out_tail]

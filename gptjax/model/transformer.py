@@ -158,8 +158,8 @@ class Transformer(nnx.Module):
         rounding of the logits (a bf16 result would round them to ~3 significant digits). It runs on a 2-D
         view (fast on XLA:CPU)."""
         B, T, D = x_BxTxD.shape
-        x_NxD = self.readout_input(x_BxTxD).reshape(B * T, D)
-        return jnp.dot(x_NxD, self.readout_DxV(), preferred_element_type=jnp.float32).reshape(B, T, -1)
+        x_RxD = self.readout_input(x_BxTxD).reshape(B * T, D)
+        return jnp.dot(x_RxD, self.readout_DxV(), preferred_element_type=jnp.float32).reshape(B, T, -1)
 
     def readout_input(self, x_BxTxD):
         """What the LM head multiplies: the hidden states times μP's output multiplier, in the compute dtype."""

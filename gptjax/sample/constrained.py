@@ -5,8 +5,8 @@ outlines-core compiles the pattern against the tokenizer's vocabulary into a tok
 from which no accepting state can be reached (so sampling can never paint itself into a corner), and
 store it as a dense table the jitted decode loop indexes on device:
 
-    allowed_BxV = automaton.next_state_SxV[state_B] >= 0     # mask the logits with this
-    state_B = automaton.next_state_SxV[state_B, token_B]     # after sampling token_B
+    allowed_BxV = automaton.next_state_ZxV[state_B] >= 0     # mask the logits with this
+    state_B = automaton.next_state_ZxV[state_B, token_B]     # after sampling token_B
 
 Special tokens are never allowed, except EOS in accepting states (where it keeps the state), so a
 sequence ends exactly when the text so far matches and the model chooses to stop.
@@ -40,12 +40,12 @@ class ConstraintError(ValueError):
 class TokenAutomaton:
     """A token-level automaton as device arrays (a jax pytree; `start_state` is static).
 
-    next_state_SxV: int32 [S, V]; the state after token v in state s, -1 where v is not allowed.
-    is_final_S: bool [S]; states in which the text so far matches the pattern (EOS allowed).
+    next_state_ZxV: int32 [S, V]; the state after token v in state s, -1 where v is not allowed.
+    is_final_Z: bool [S]; states in which the text so far matches the pattern (EOS allowed).
     """
 
-    next_state_SxV: jax.Array
-    is_final_S: jax.Array
+    next_state_ZxV: jax.Array
+    is_final_Z: jax.Array
     start_state: int = dataclasses.field(default=0, metadata=dict(static=True))
 
 
@@ -56,7 +56,7 @@ def regex_automaton(regex: str, tokenizer, max_table_bytes: int = MAX_TABLE_BYTE
     key = (regex, tokenizer.hash)
     if key in _CACHE:
         _CACHE.move_to_end(key)
-        _check_size(regex, *_CACHE[key].next_state_SxV.shape, max_table_bytes)  # built under another limit?
+        _check_size(regex, *_CACHE[key].next_state_ZxV.shape, max_table_bytes)  # built under another limit?
         return _CACHE[key]
     _CACHE[key] = _build(regex, tokenizer, max_table_bytes)
     if len(_CACHE) > CACHE_SIZE:
@@ -142,16 +142,16 @@ def _build(regex: str, tokenizer, max_table_bytes: int) -> TokenAutomaton:
     # Unreachable padding states round S up, so that patterns of similar size share one compiled loop.
     n_states = -(-len(order) // STATE_BUCKET) * STATE_BUCKET
     _check_size(regex, n_states, tokenizer.vocab_size, max_table_bytes)
-    next_state_SxV = np.full((n_states, tokenizer.vocab_size), -1, np.int32)
+    next_state_ZxV = np.full((n_states, tokenizer.vocab_size), -1, np.int32)
     for s in order:
         kept = [(t, number[n]) for t, n in transitions.get(s, {}).items() if n in number]
         if kept:
             tokens, targets = np.array(kept, np.int64).T
-            next_state_SxV[number[s], tokens] = targets
-    is_final_S = np.zeros(n_states, bool)
-    is_final_S[[number[s] for s in finals if s in number]] = True
-    next_state_SxV[is_final_S, tokenizer.eos_id] = np.flatnonzero(is_final_S)
-    return TokenAutomaton(jnp.asarray(next_state_SxV), jnp.asarray(is_final_S))
+            next_state_ZxV[number[s], tokens] = targets
+    is_final_Z = np.zeros(n_states, bool)
+    is_final_Z[[number[s] for s in finals if s in number]] = True
+    next_state_ZxV[is_final_Z, tokenizer.eos_id] = np.flatnonzero(is_final_Z)
+    return TokenAutomaton(jnp.asarray(next_state_ZxV), jnp.asarray(is_final_Z))
 
 
 def _live_states(transitions: dict, finals: set) -> set:

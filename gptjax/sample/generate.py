@@ -54,7 +54,7 @@ class Completion:
 
 
 def left_pad(prompts, *, max_new_tokens: int, max_len: int, vocab_size: int, pad_id: int = PAD_ID):
-    """(tokens_BxP, start_B) int32 numpy arrays: each prompt right-aligned in P columns (a multiple of
+    """(tokens_BxL, start_B) int32 numpy arrays: each prompt right-aligned in P columns (a multiple of
     PROMPT_BUCKET), `pad_id` before it; start_B[b] is the column of row b's first token."""
     if len(prompts) == 0:
         raise SampleError("no prompts given; pass at least one list of token ids")
@@ -71,11 +71,11 @@ def left_pad(prompts, *, max_new_tokens: int, max_len: int, vocab_size: int, pad
         if bad:
             raise SampleError(f"prompt {i} holds token id {bad[0]}, outside the model's vocabulary [0, {vocab_size})")
     P = -(-max(len(p) for p in prompts) // PROMPT_BUCKET) * PROMPT_BUCKET
-    tokens_BxP = np.full((len(prompts), P), pad_id, np.int32)
+    tokens_BxL = np.full((len(prompts), P), pad_id, np.int32)
     for i, prompt in enumerate(prompts):
-        tokens_BxP[i, P - len(prompt):] = prompt
+        tokens_BxL[i, P - len(prompt):] = prompt
     start_B = np.array([P - len(p) for p in prompts], np.int32)
-    return tokens_BxP, start_B
+    return tokens_BxL, start_B
 
 
 def next_token_logits(model, tokens_BxT, caches, start_B, first_slot):
@@ -86,11 +86,11 @@ def next_token_logits(model, tokens_BxT, caches, start_B, first_slot):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "length"))
-def prefill(graphdef, params, prompt_BxP, start_B, *, length: int):
+def prefill(graphdef, params, prompt_BxL, start_B, *, length: int):
     """Runs left-padded prompts through the model in one pass: (KV caches of `length` slots holding
     them, float32 logits_BxV of each row's next token)."""
     model = nnx.merge(graphdef, params)
-    logits_BxV, caches = next_token_logits(model, prompt_BxP, empty_caches(model, start_B, length), start_B, 0)
+    logits_BxV, caches = next_token_logits(model, prompt_BxL, empty_caches(model, start_B, length), start_B, 0)
     return caches, logits_BxV
 
 
@@ -113,25 +113,25 @@ def start_decoding(model_cfg, params, prompts, *, max_new_tokens: int, stop_toke
     max_new_tokens decode steps. stop_tokens: default EOS; vocab_size: default the tokenizer's
     vocabulary when given, else the model's; rules: the logical-axis rules (cfg.parallel.rules) that
     shard activations and KV caches under a mesh."""
-    tokens_BxP, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
+    tokens_BxL, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
                                    vocab_size=model_cfg.vocab_size)
-    graphdef, P = model_graphdef(model_cfg, rules), tokens_BxP.shape[1]
-    caches, logits_BxV = prefill(graphdef, params, tokens_BxP, start_B, length=P + max_new_tokens)
+    graphdef, P = model_graphdef(model_cfg, rules), tokens_BxL.shape[1]
+    caches, logits_BxV = prefill(graphdef, params, tokens_BxL, start_B, length=P + max_new_tokens)
     return DecodeStart(graphdef, caches, logits_BxV, jnp.asarray(start_B), first_slot=P,
                        stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))),
                        vocab_size=vocab_size or (tokenizer.vocab_size if tokenizer else model_cfg.vocab_size))
 
 
 def allowed_tokens(logits_BxV, vocab_size: int, automaton, state_B, eos_id: int):
-    """Bool allowed_BxV: ids below `vocab_size`, and with an automaton (next_state_SxV, is_final_S)
+    """Bool allowed_BxV: ids below `vocab_size`, and with an automaton (next_state_ZxV, is_final_Z)
     the tokens state_B allows, EOS only in final states (or in a dead-end state, to end the row)."""
     allowed_BxV = jnp.broadcast_to(jnp.arange(logits_BxV.shape[-1]) < vocab_size, logits_BxV.shape)
     if automaton is None:
         return allowed_BxV
-    next_state_SxV, is_final_S = automaton
-    allowed_BxV = allowed_BxV & (next_state_SxV[state_B] >= 0)
+    next_state_ZxV, is_final_Z = automaton
+    allowed_BxV = allowed_BxV & (next_state_ZxV[state_B] >= 0)
     dead_end_B = ~allowed_BxV.at[:, eos_id].set(False).any(-1)
-    return allowed_BxV.at[:, eos_id].set(is_final_S[state_B] | dead_end_B)
+    return allowed_BxV.at[:, eos_id].set(is_final_Z[state_B] | dead_end_B)
 
 
 @functools.partial(jax.jit, donate_argnames=("caches",),
@@ -140,13 +140,13 @@ def allowed_tokens(logits_BxV, vocab_size: int, automaton, state_B, eos_id: int)
 def decode(graphdef, params, caches, logits_BxV, start_B, keys_B, automaton, start_state, *, first_slot: int,
            max_new_tokens: int, strategy: Strategy, stop_ids: tuple, eos_id: int, pad_id: int, vocab_size: int):
     """The sampling loop, after `prefill` (whose caches it consumes): up to max_new_tokens steps, ending
-    early once every row has stopped. Returns (tokens_BxN, logprobs_BxN, n_B, stopped_B, caches): rows
+    early once every row has stopped. Returns (tokens_BxE, logprobs_BxE, n_B, stopped_B, caches): rows
     hold n_B generated tokens followed by pads; stopped_B tells whether the last one is a stop token;
     the caches are returned so that their donated buffers are updated in place."""
-    B, N = logits_BxV.shape[0], max_new_tokens
+    B, E = logits_BxV.shape[0], max_new_tokens
 
     def not_finished(c):
-        return (c["step"] < N) & ~jnp.all(c["stopped_B"])
+        return (c["step"] < E) & ~jnp.all(c["stopped_B"])
 
     def step(c):
         i, live_B = c["step"], ~c["stopped_B"]
@@ -163,13 +163,13 @@ def decode(graphdef, params, caches, logits_BxV, start_B, keys_B, automaton, sta
         logits_BxV, caches = next_token_logits(model, token_B[:, None], c["caches"], start_B, first_slot + i)
         return dict(step=i + 1, caches=caches, logits_BxV=logits_BxV, state_B=state_B,
                     stopped_B=c["stopped_B"] | stops_B, n_B=c["n_B"] + live_B,
-                    tokens_BxN=c["tokens_BxN"].at[:, i].set(token_B), logprobs_BxN=c["logprobs_BxN"].at[:, i].set(logprob_B))
+                    tokens_BxE=c["tokens_BxE"].at[:, i].set(token_B), logprobs_BxE=c["logprobs_BxE"].at[:, i].set(logprob_B))
 
     init = dict(step=jnp.int32(0), caches=caches, logits_BxV=logits_BxV, state_B=jnp.full((B,), start_state, jnp.int32),
                 stopped_B=jnp.zeros((B,), bool), n_B=jnp.zeros((B,), jnp.int32),
-                tokens_BxN=jnp.full((B, N), pad_id, jnp.int32), logprobs_BxN=jnp.zeros((B, N), jnp.float32))
+                tokens_BxE=jnp.full((B, E), pad_id, jnp.int32), logprobs_BxE=jnp.zeros((B, E), jnp.float32))
     out = jax.lax.while_loop(not_finished, step, init)
-    return out["tokens_BxN"], out["logprobs_BxN"], out["n_B"], out["stopped_B"], out["caches"]
+    return out["tokens_BxE"], out["logprobs_BxE"], out["n_B"], out["stopped_B"], out["caches"]
 
 
 def row_keys(seed, batch: int):
@@ -184,16 +184,16 @@ def row_keys(seed, batch: int):
 
 
 def automaton_arrays(automaton, model_vocab: int):
-    """(next_state_SxV padded to the model's vocabulary with -1, is_final_S) and the start state, or
+    """(next_state_ZxV padded to the model's vocabulary with -1, is_final_Z) and the start state, or
     (None, 0) without an automaton."""
     if automaton is None:
         return None, 0
-    next_state_SxV = jnp.asarray(automaton.next_state_SxV, jnp.int32)
-    if next_state_SxV.ndim != 2 or next_state_SxV.shape[1] > model_vocab:
-        raise SampleError(f"the automaton's next_state_SxV has shape {tuple(next_state_SxV.shape)}; it needs "
+    next_state_ZxV = jnp.asarray(automaton.next_state_ZxV, jnp.int32)
+    if next_state_ZxV.ndim != 2 or next_state_ZxV.shape[1] > model_vocab:
+        raise SampleError(f"the automaton's next_state_ZxV has shape {tuple(next_state_ZxV.shape)}; it needs "
                           f"[states, V] with V <= the model's vocabulary of {model_vocab}")
-    next_state_SxV = jnp.pad(next_state_SxV, ((0, 0), (0, model_vocab - next_state_SxV.shape[1])), constant_values=-1)
-    return (next_state_SxV, jnp.asarray(automaton.is_final_S, bool)), int(automaton.start_state)
+    next_state_ZxV = jnp.pad(next_state_ZxV, ((0, 0), (0, model_vocab - next_state_ZxV.shape[1])), constant_values=-1)
+    return (next_state_ZxV, jnp.asarray(automaton.is_final_Z, bool)), int(automaton.start_state)
 
 
 def stop_string_cut(tokens: list[int], tokenizer, stop_strings) -> tuple[int, str] | None:
@@ -209,10 +209,10 @@ def stop_string_cut(tokens: list[int], tokenizer, stop_strings) -> tuple[int, st
     return None
 
 
-def to_completions(tokens_BxN, logprobs_BxN, n_B, stopped_B, tokenizer=None, stop_strings=()) -> list[Completion]:
+def to_completions(tokens_BxE, logprobs_BxE, n_B, stopped_B, tokenizer=None, stop_strings=()) -> list[Completion]:
     """Host-side results: truncated at stop strings (if any) and decoded when a tokenizer is given."""
     completions = []
-    for tokens, logprobs, n, stopped in zip(np.asarray(tokens_BxN), np.asarray(logprobs_BxN), n_B, stopped_B):
+    for tokens, logprobs, n, stopped in zip(np.asarray(tokens_BxE), np.asarray(logprobs_BxE), n_B, stopped_B):
         tokens, logprobs = tokens[:n].tolist(), logprobs[:n].tolist()
         reason, text = ("stop_token" if stopped else "length"), None
         if tokenizer is not None:
@@ -237,8 +237,8 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
     key per prompt) or one typed key per prompt, which makes each prompt's sample independent of the
     batch it is in; the same seed gives the same output. stop_tokens: ids that end a row (default: EOS).
     stop_strings: end a row at the first of these in the decoded text (needs `tokenizer`, checked after
-    decoding). automaton: constrained decoding, an object with device arrays `next_state_SxV` (int32,
-    -1 = token not allowed in that state), `is_final_S` (bool) and an int `start_state`; EOS is allowed
+    decoding). automaton: constrained decoding, an object with device arrays `next_state_ZxV` (int32,
+    -1 = token not allowed in that state), `is_final_Z` (bool) and an int `start_state`; EOS is allowed
     only in final states. vocab_size: ids at or above it are never sampled (default: the tokenizer's
     vocabulary when given, else the model's). rules: the logical-axis rules (cfg.parallel.rules) that
     shard activations and KV caches under a mesh (() = none: XLA propagates the params' shardings).

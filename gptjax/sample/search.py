@@ -30,10 +30,10 @@ from gptjax.sample.strategies import SampleError, Strategy
 def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: int, max_new_tokens: int,
                 beam_width: int, length_penalty: float, stop_ids: tuple, pad_id: int, vocab_size: int):
     """Beam search after `prefill` (from its B-row caches: the W beams of a prompt share its
-    prefill). Returns (tokens_BxWxN, logprobs_BxWxN, lengths_BxW, finished_BxW, scores_BxW), beams
+    prefill). Returns (tokens_BxWxE, logprobs_BxWxE, lengths_BxW, finished_BxW, scores_BxW), beams
     sorted best first; a beam whose score is -inf never existed (fewer hypotheses than beams)."""
     B, V = logits_BxV.shape
-    W, N, R = beam_width, max_new_tokens, logits_BxV.shape[0] * beam_width
+    W, E, R = beam_width, max_new_tokens, logits_BxV.shape[0] * beam_width
     rows_R = jnp.repeat(jnp.arange(B), W)
     start_R = start_B[rows_R]
     vocab_1x1xV = jnp.arange(V)[None, None, :] < vocab_size
@@ -41,7 +41,7 @@ def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: in
     finished_1x1xV = jnp.where(jnp.arange(V) == pad_id, 0.0, -jnp.inf)[None, None, :]
 
     def not_finished(c):
-        return (c["step"] < N) & ~jnp.all(c["finished_BxW"])
+        return (c["step"] < E) & ~jnp.all(c["finished_BxW"])
 
     def step(c):
         i, finished_BxW = c["step"], c["finished_BxW"]
@@ -69,8 +69,8 @@ def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: in
                     scores_BxW=scores_BxW, lengths_BxW=inherit(c["lengths_BxW"]) + ~was_finished_BxW,
                     finished_BxW=was_finished_BxW | finished_now_BxW,
                     stopped_BxW=inherit(c["stopped_BxW"]) | (finished_now_BxW & jnp.isfinite(sums_BxW)),
-                    tokens_BxWxN=inherit(c["tokens_BxWxN"]).at[:, :, i].set(token_BxW),
-                    logprobs_BxWxN=inherit(c["logprobs_BxWxN"]).at[:, :, i].set(
+                    tokens_BxWxE=inherit(c["tokens_BxWxE"]).at[:, :, i].set(token_BxW),
+                    logprobs_BxWxE=inherit(c["logprobs_BxWxE"]).at[:, :, i].set(
                         jnp.where(was_finished_BxW, 0.0, token_logprob_BxW)))
 
     # Beams 1..W-1 start at -inf, so the first step draws W distinct tokens from beam 0.
@@ -78,10 +78,10 @@ def beam_decode(graphdef, params, caches, logits_BxV, start_B, *, first_slot: in
     # Every beam starts from its prompt's prefill.
     init = dict(step=jnp.int32(0), caches=select_rows(caches, rows_R), logits_RxV=logits_BxV[rows_R], sums_BxW=sums_BxW,
                 scores_BxW=sums_BxW, lengths_BxW=jnp.zeros((B, W), jnp.int32), finished_BxW=jnp.zeros((B, W), bool),
-                stopped_BxW=jnp.zeros((B, W), bool), tokens_BxWxN=jnp.full((B, W, N), pad_id, jnp.int32),
-                logprobs_BxWxN=jnp.zeros((B, W, N), jnp.float32))
+                stopped_BxW=jnp.zeros((B, W), bool), tokens_BxWxE=jnp.full((B, W, E), pad_id, jnp.int32),
+                logprobs_BxWxE=jnp.zeros((B, W, E), jnp.float32))
     out = jax.lax.while_loop(not_finished, step, init)
-    return out["tokens_BxWxN"], out["logprobs_BxWxN"], out["lengths_BxW"], out["stopped_BxW"], out["scores_BxW"]
+    return out["tokens_BxWxE"], out["logprobs_BxWxE"], out["lengths_BxW"], out["stopped_BxW"], out["scores_BxW"]
 
 
 def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: int, length_penalty: float = 1.0,
@@ -98,8 +98,8 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
                       max_new_tokens=max_new_tokens, beam_width=beam_width, length_penalty=float(length_penalty),
                       stop_ids=s.stop_ids, pad_id=PAD_ID, vocab_size=s.vocab_size)
     tokens, logprobs, lengths, stopped, scores = jax.device_get(out)
-    B, W, N = tokens.shape
-    flat = to_completions(tokens.reshape(B * W, N), logprobs.reshape(B * W, N), lengths.reshape(-1),
+    B, W, E = tokens.shape
+    flat = to_completions(tokens.reshape(B * W, E), logprobs.reshape(B * W, E), lengths.reshape(-1),
                           stopped.reshape(-1), tokenizer=tokenizer)
     results = []
     for b in range(B):
@@ -112,7 +112,7 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
 
 
 def token_batch(prompt, completions) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens_NxT, lengths_N): prompt + each completion, right-padded with <|pad|> (a scorer's input)."""
+    """(tokens_RxL, lengths_R): prompt + each completion, right-padded with <|pad|> (a scorer's input)."""
     rows = [list(prompt) + c.tokens for c in completions]
     return pad_rows(rows, max(map(len, rows))), np.array([len(r) for r in rows], np.int32)
 
@@ -120,7 +120,7 @@ def token_batch(prompt, completions) -> tuple[np.ndarray, np.ndarray]:
 def best_of_n(model_cfg, params, prompt, *, n: int, max_new_tokens: int, strategy: Strategy = Strategy(), seed=0,
               scorer: Callable | None = None, **generate_kwargs) -> list[Completion]:
     """Samples n completions of one prompt and returns them best first, each with `.score`: its mean
-    logprob, or `scorer(tokens_NxT, lengths_N) -> scores_N` on the prompt + completion token batch of
+    logprob, or `scorer(tokens_RxL, lengths_R) -> scores_R` on the prompt + completion token batch of
     `token_batch` (e.g. a reward model's value at each row's last token). Other keyword arguments go
     to `generate`."""
     if n < 1:

@@ -156,14 +156,14 @@ def jit_eval_step(members: Members, graphdef, params_sharding, data_sharding):
 def validation_losses(eval_step, params, data: DataStreams, size: int, sharding) -> list[dict]:
     """`evaluate` for any params: `size` members' results on data.val_batches placed with `sharding`."""
     losses = [eval_step(params, host_local_batch(b, sharding)) for b in data.val_batches]
-    losses_NxK = np.reshape(jax.device_get(losses), (len(losses), size))
+    losses_UxM = np.reshape(jax.device_get(losses), (len(losses), size))
     results = []
     n = len(losses)
     for k in range(size):
-        result = {"loss": float(np.mean(losses_NxK[:, k]))}
+        result = {"loss": float(np.mean(losses_UxM[:, k]))}
         # The eval set's sampling noise: the spread of per-batch losses over sqrt(batches). Sweeps compare
         # it with the loss gaps they fit (batches are consecutive text, so this is a block estimate).
-        result["loss_se"] = float(np.std(losses_NxK[:, k], ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        result["loss_se"] = float(np.std(losses_UxM[:, k], ddof=1) / math.sqrt(n)) if n > 1 else math.nan
         if data.tokens_per_byte is not None:
             result["bits_per_byte"] = result["loss"] / math.log(2) * data.tokens_per_byte
         results.append(result)
