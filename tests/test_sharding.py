@@ -73,13 +73,16 @@ def test_multi_host_flag_initializes_jax_distributed(monkeypatch):
     from gptjax.parallel import mesh as mesh_lib
 
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **k: calls.append(k))
     cfg = tiny_config()
     mesh_lib.maybe_initialize_distributed(cfg.parallel)
     assert calls == []
     cfg.parallel.multi_host = True
+    mesh_lib.maybe_initialize_distributed(cfg.parallel)  # auto-detection: nothing given
+    cfg.parallel.update(coordinator="localhost:1234", num_processes=2, process_id=1)  # as gptjax.launch sets them
     mesh_lib.maybe_initialize_distributed(cfg.parallel)
-    assert calls == [1]
+    assert calls == [dict(coordinator_address=None, num_processes=None, process_id=None),
+                     dict(coordinator_address="localhost:1234", num_processes=2, process_id=1)]
 
 
 def test_activations_are_constrained_by_the_rules_the_model_was_built_with():

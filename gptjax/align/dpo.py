@@ -23,7 +23,7 @@ from gptjax.align.reward import (group_arrays, preference_batch, preference_file
                                  preference_shardings, preference_texts)
 from gptjax.align.stage import (bucket, check_same_vocabulary, full_batches, stage_identity, start_tokenizer,
                                 starting_network, supervised_stage)
-from gptjax.parallel.mesh import batch_sharding
+from gptjax.parallel.mesh import batch_sharding, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import Network, load_network
@@ -77,10 +77,10 @@ def reference_logprobs(cfg, policy: Network, group_sets, mesh, rules, *, M: int,
         group_logps = []
         for chunk, n in full_batches(groups, B):
             arrays = group_arrays(chunk, M, P, length)
-            logp_R, _ = logprobs(reference.params, tokens_RxL=jax.device_put(arrays.tokens_RxL, rows),
-                                 prompt_len_R=jax.device_put(arrays.prompt_len_R, rows1),
-                                 lengths_R=jax.device_put(arrays.lengths_R, rows1))
-            group_logps += list(np.asarray(logp_R).reshape(B, M)[:n])
+            logp_R, _ = logprobs(reference.params, tokens_RxL=to_device(arrays.tokens_RxL, rows),
+                                 prompt_len_R=to_device(arrays.prompt_len_R, rows1),
+                                 lengths_R=to_device(arrays.lengths_R, rows1))
+            group_logps += list(to_host(logp_R).reshape(B, M)[:n])
         out.append(group_logps)
     return out
 

@@ -29,7 +29,7 @@ from gptjax.align.rl import task_prompts
 from gptjax.align.stage import bucket, check_same_vocabulary, full_batches
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID, pad_rows
-from gptjax.parallel.mesh import batch_sharding
+from gptjax.parallel.mesh import batch_sharding, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
@@ -62,10 +62,10 @@ def self_judge(policy, mesh, rules, constitution: str, batch_size: int):
         scores = []
         for chunk, n in full_batches(jobs, batch_size):
             tokens = pad_rows([q + a for q, a in chunk], bucket(longest, max_len), PAD_ID)
-            logp, _ = logprobs(policy.params, tokens_RxL=jax.device_put(tokens, rows),
-                               prompt_len_R=jax.device_put(np.array([len(q) for q, _ in chunk], np.int32), rows1),
-                               lengths_R=jax.device_put(np.array([len(q) + len(a) for q, a in chunk], np.int32), rows1))
-            scores += np.asarray(logp)[:n].tolist()
+            logp, _ = logprobs(policy.params, tokens_RxL=to_device(tokens, rows),
+                               prompt_len_R=to_device(np.array([len(q) for q, _ in chunk], np.int32), rows1),
+                               lengths_R=to_device(np.array([len(q) + len(a) for q, a in chunk], np.int32), rows1))
+            scores += to_host(logp)[:n].tolist()
         yes_no = np.array(scores).reshape(-1, 2)
         return yes_no[:, 0] - yes_no[:, 1]
 

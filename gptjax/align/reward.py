@@ -26,7 +26,7 @@ from gptjax.align.stage import (AlignError, bucket, full_batches, stage_identity
                                 starting_network, supervised_stage, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import BOS_ID, PAD_ID, pad_rows
-from gptjax.parallel.mesh import batch_sharding
+from gptjax.parallel.mesh import batch_sharding, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import load_network
@@ -159,9 +159,9 @@ def _reward(cfg, workdir: str, mesh) -> dict:
         preferred = [g.prompt + g.responses[g.pairs[0][0]] for g in train_set[:NORMALIZATION_ROWS]]
         scores = []
         for chunk, n in full_batches(preferred, B):
-            s = score_fn(items["params"], tokens_RxL=jax.device_put(pad_rows(chunk, length, PAD_ID), rows),
+            s = score_fn(items["params"], tokens_RxL=to_device(pad_rows(chunk, length, PAD_ID), rows),
                          lengths_R=np.array([len(r) for r in chunk], np.int32))
-            scores += np.asarray(s)[:n].tolist()
+            scores += to_host(s)[:n].tolist()
         return {"reward_bias": float(np.mean(scores))}
 
     result = supervised_stage(
@@ -197,4 +197,4 @@ class RewardModel:
         if tokens_RxL.shape[1] > self.model_cfg.max_len:
             raise AlignError(f"rows of {tokens_RxL.shape[1]} tokens exceed the reward model's context "
                              f"({self.model_cfg.max_len})")
-        return np.asarray(self.score_device(pad_rows(tokens_RxL, length), np.asarray(lengths_R, np.int32)), np.float64)
+        return to_host(self.score_device(pad_rows(tokens_RxL, length), np.asarray(lengths_R, np.int32))).astype(np.float64)

@@ -36,7 +36,7 @@ from gptjax.align.stage import (bucket, check_same_vocabulary, epoch_batch, init
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID, pad_rows
-from gptjax.parallel.mesh import batch_sharding, replicated
+from gptjax.parallel.mesh import batch_sharding, replicated, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
@@ -284,19 +284,19 @@ def _rl(cfg, workdir: str, mesh) -> dict:
                              max_new_tokens=E, strategy=strategy, length=length, tokenizer=tokenizer, rules=rules)
         rollout_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
-        batch = jax.device_put(dict(tokens_RxL=ro.tokens_RxL, positions_RxE=ro.positions_RxE,
+        batch = to_device(dict(tokens_RxL=ro.tokens_RxL, positions_RxE=ro.positions_RxE,
                                     response_RxE=ro.response_RxE, mask_RxE=ro.mask_RxE), rows)
         gold_R = np.array([task.reward(train_prompts.meta[i], t) for i, t in zip(prompt_ids, ro.texts)], np.float32)
         if rm is not None:
-            scores_R = rm.score_device(batch["tokens_RxL"], jax.device_put(ro.last_index_R + 1, rows1))
+            scores_R = rm.score_device(batch["tokens_RxL"], to_device(ro.last_index_R + 1, rows1))
         else:
-            scores_R = jax.device_put(gold_R, rows1)
-        scores_R = scores_R - r.missing_eos_penalty * jax.device_put(~ro.stopped_R, rows1)  # no EOS, no full score
+            scores_R = to_device(gold_R, rows1)
+        scores_R = scores_R - r.missing_eos_penalty * to_device(~ro.stopped_R, rows1)  # no EOS, no full score
         data, metrics = score(items["params"], items["train"].get("value_params"),
                               reference.params if reference is not None else None, batch, scores_R,
                               items["train"]["kl_coef"])
         jax.block_until_ready(data)
-        kl_coef = float(items["train"]["kl_coef"])  # a host copy: the update donates the device one
+        kl_coef = float(to_host(items["train"]["kl_coef"]))  # a host copy: the update donates the device one
         score_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         items, update_metrics = update(items, data, shuffle_key, ptx_batches(s))
@@ -311,7 +311,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
                        rollout_seconds=rollout_seconds, score_seconds=score_seconds, train_seconds=train_seconds)
         if mode == "ppo" and r.adaptive_kl:
             new_coef = adaptive_kl_coef(kl_coef, float(metrics["kl_k1"]), r.kl_target, R, r.kl_horizon)
-            items["train"]["kl_coef"] = jax.device_put(jnp.asarray(new_coef, jnp.float32), replicated(mesh))
+            items["train"]["kl_coef"] = to_device(np.float32(new_coef), replicated(mesh))
         return items, metrics
 
     def evaluate(items):

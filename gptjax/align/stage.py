@@ -21,7 +21,7 @@ import optax
 from gptjax.align.data import SPLIT_RULE
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 from gptjax.model.build import init_params
-from gptjax.parallel.mesh import replicated
+from gptjax.parallel.mesh import replicated, to_device, to_host
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import Task, fit, json_config
 from gptjax.train.members import Members
@@ -242,12 +242,12 @@ def supervised_stage(cfg, workdir: str, mesh, name: str, model_cfg, tokenizer: T
 
     def step(items, s):
         examples = [train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]
-        return update(items, jax.device_put(to_batch(examples, B), batch_shardings))
+        return update(items, to_device(to_batch(examples, B), batch_shardings))
 
     def evaluate(items) -> dict:
         sums, total = {}, 0.0
         for chunk, n in full_batches(val_set, B):
-            loss, (metrics, weight) = eval_fn(items["params"], jax.device_put(to_batch(chunk, n), batch_shardings))
+            loss, (metrics, weight) = to_host(eval_fn(items["params"], to_device(to_batch(chunk, n), batch_shardings)))
             weight = float(weight)
             for key, value in dict(metrics, loss=loss).items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight

@@ -30,7 +30,10 @@ def defaults() -> ml_collections.ConfigDict:
             mesh=(-1, 1, 1),  # (data, fsdp, tensor); one -1 takes the rest of the devices
             num_devices=-1,  # -1 = all visible devices
             rules=DEFAULT_RULES,
-            multi_host=False,  # call jax.distributed.initialize() first
+            multi_host=False,  # call jax.distributed.initialize() first (gptjax.launch sets the next three)
+            coordinator="",  # "host:port" of process 0; "" = auto-detection (TPU pods, SLURM, Kubernetes)
+            num_processes=0,  # 0 = auto-detected; with a coordinator, the job's process count
+            process_id=-1,  # -1 = auto-detected; with a coordinator, this process's id in [0, num_processes)
         )
     )
 
@@ -66,9 +69,19 @@ def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, ...]:
     return mesh
 
 
+def validate_processes(p) -> None:
+    """The multi-process keys: a coordinator needs the process count and this process's id."""
+    if p.coordinator and not p.multi_host:
+        fail("parallel.coordinator", p.coordinator, "is read only with parallel.multi_host=True")
+    if p.coordinator and (p.num_processes < 1 or not 0 <= p.process_id < p.num_processes):
+        fail("parallel.coordinator", p.coordinator, "needs parallel.num_processes >= 1 and parallel.process_id in "
+             f"[0, num_processes) (got {p.num_processes}, {p.process_id}); gptjax.launch sets all three")
+
+
 def validate(cfg, device_count: int | None, process_count: int | None) -> tuple[int, ...]:
     """Device and process counts, the mesh and the rules; returns the resolved mesh shape."""
     d, p, grad_accum = cfg.data, cfg.parallel, cfg.optim.grad_accum
+    validate_processes(p)
     if device_count is None or process_count is None:
         import jax  # deferred: validation of everything else needs no backend
 

@@ -9,15 +9,23 @@ model holds the ones it was built with: `model_graphdef(model_cfg, rules)`), nev
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from gptjax.config.parallel import MESH_AXES, resolve_mesh_shape
 
 
 def maybe_initialize_distributed(parallel_cfg) -> None:
-    """Joins the multi-host job when the config asks for it (env vars give coordinator and ids)."""
-    if parallel_cfg.multi_host:
-        jax.distributed.initialize()
+    """Joins the multi-process job when the config asks for it: with parallel.coordinator (and the
+    process count and id, as gptjax.launch passes them), else by jax's auto-detection (TPU pods, SLURM,
+    Kubernetes; JAX_COORDINATOR_ADDRESS). CPU devices of different processes talk over gloo."""
+    p = parallel_cfg
+    if not p.multi_host or jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=p.coordinator or None,
+                               num_processes=p.num_processes if p.num_processes > 0 else None,
+                               process_id=p.process_id if p.process_id >= 0 else None)
 
 
 def make_mesh(parallel_cfg) -> jax.sharding.Mesh:
@@ -79,8 +87,44 @@ def constrain(x, names, rules):
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
+# The host <-> device paths. In a multi-process job every process runs the same program: data comes onto
+# devices as this process's rows (a training batch each process reads its own part of: host_local_batch)
+# or as host arrays every process holds in full (prompts, rollouts, preference batches: to_device), and
+# comes back with to_host, which gathers what lives on other processes' devices (a collective: every
+# process calls it at the same point, as they all run the same code).
+
+
 def host_local_batch(batch_np: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Places this process's slice of a global batch on its devices (single- or multi-host)."""
     if jax.process_count() == 1:
         return jax.device_put(batch_np, sharding)
     return jax.make_array_from_process_local_data(sharding, batch_np)
+
+
+def to_device(tree, shardings):
+    """Host arrays that every process holds in full (the same values) as global arrays on `shardings` (one
+    sharding, or a tree of them matching `tree`): each process places its own devices' slices only, so
+    nothing is sent between hosts (`jax.device_put` would gather and compare the whole tree across them)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def place(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: place(x, shardings), tree)
+    return jax.tree.map(place, tree, shardings)
+
+
+def to_host(tree):
+    """Numpy copies of (global) arrays on every process: gathered from the other processes' devices where
+    an array is sharded over them."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)

@@ -29,6 +29,7 @@ from gptjax.data.tokenizer import EOS_ID, PAD_ID
 from gptjax.model.kv_cache import cache_positions, empty_caches
 from gptjax.sample.strategies import SampleError, Strategy, sample_tokens, token_logprobs
 from gptjax.model.build import model_graphdef
+from gptjax.parallel.mesh import to_host
 
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this many tokens
 
@@ -254,4 +255,4 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
     out = decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, keys_B, automaton_state, start_state,
                  first_slot=s.first_slot, max_new_tokens=max_new_tokens, strategy=strategy, stop_ids=s.stop_ids,
                  eos_id=EOS_ID, pad_id=PAD_ID, vocab_size=s.vocab_size)
-    return to_completions(*jax.device_get(out[:4]), tokenizer=tokenizer, stop_strings=stop_strings)
+    return to_completions(*to_host(out[:4]), tokenizer=tokenizer, stop_strings=stop_strings)

@@ -22,6 +22,7 @@ from gptjax.model.kv_cache import select_rows
 from gptjax.data.tokenizer import pad_rows
 from gptjax.sample.generate import PAD_ID, Completion, generate, next_token_logits, start_decoding, to_completions
 from gptjax.sample.strategies import SampleError, Strategy
+from gptjax.parallel.mesh import to_host
 
 
 # Not donating the prefill caches: their B rows become B*W beam rows, so no output could reuse them.
@@ -97,7 +98,7 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
     out = beam_decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, first_slot=s.first_slot,
                       max_new_tokens=max_new_tokens, beam_width=beam_width, length_penalty=float(length_penalty),
                       stop_ids=s.stop_ids, pad_id=PAD_ID, vocab_size=s.vocab_size)
-    tokens, logprobs, lengths, stopped, scores = jax.device_get(out)
+    tokens, logprobs, lengths, stopped, scores = to_host(out)
     B, W, E = tokens.shape
     flat = to_completions(tokens.reshape(B * W, E), logprobs.reshape(B * W, E), lengths.reshape(-1),
                           stopped.reshape(-1), tokenizer=tokenizer)

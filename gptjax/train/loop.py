@@ -34,7 +34,7 @@ from gptjax.config import create_workdir, validate
 from gptjax.data.cache import SPLIT_RULE
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.model.build import model_graphdef
-from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated
+from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated, to_host
 from gptjax.train import flops
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
 from gptjax.train.members import Members
@@ -156,7 +156,7 @@ def jit_eval_step(members: Members, graphdef, params_sharding, data_sharding):
 def validation_losses(eval_step, params, data: DataStreams, size: int, sharding) -> list[dict]:
     """`evaluate` for any params: `size` members' results on data.val_batches placed with `sharding`."""
     losses = [eval_step(params, host_local_batch(b, sharding)) for b in data.val_batches]
-    losses_UxM = np.reshape(jax.device_get(losses), (len(losses), size))
+    losses_UxM = np.reshape(to_host(losses), (len(losses), size))
     results = []
     n = len(losses)
     for k in range(size):
@@ -276,7 +276,7 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
 
     def flush(step: int) -> None:
         nonlocal clock, clock_step
-        rows = jax.device_get([m for _, m in pending])
+        rows = to_host([m for _, m in pending])
         seconds = (time.perf_counter() - clock) / max(step - clock_step, 1)
         speed = {"step_seconds": seconds}
         if task.tokens_per_step:
