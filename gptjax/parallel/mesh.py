@@ -118,13 +118,15 @@ def to_device(tree, shardings):
 
 
 def to_host(tree):
-    """Numpy copies of (global) arrays on every process: gathered from the other processes' devices where
-    an array is sharded over them."""
+    """Numpy copies of the (global) arrays in `tree` on every process, gathered from the other processes'
+    devices where an array is sharded over them; other leaves are left as they are (as `jax.device_get`)."""
     def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
-        return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(get, tree)
