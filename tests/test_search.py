@@ -127,7 +127,7 @@ def test_best_of_n_with_a_reward_model_scorer():
         return np.asarray(reward.scalar(jnp.asarray(tokens_RxL)))[np.arange(len(lengths_R)), lengths_R - 1]
 
     ranked = best_of_n(m, params, [3, 4], n=4, max_new_tokens=6, scorer=reward_at_last_token)
-    tokens, lengths = token_batch([3, 4], ranked)
+    tokens, lengths = token_batch([[3, 4]] * len(ranked), ranked)
     np.testing.assert_allclose([c.score for c in ranked], reward_at_last_token(tokens, lengths), rtol=1e-5)
     assert ranked[0].score == max(c.score for c in ranked)
 

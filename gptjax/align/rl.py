@@ -35,10 +35,10 @@ from gptjax.align.stage import (bucket, check_same_vocabulary, epoch_batch, init
                                 param_norm, params_shardings, run_stage, stage_identity, stage_optimizer,
                                 start_tokenizer, starting_network, with_scalar_head)
 from gptjax.align.tasks import get_task
-from gptjax.data.tokenizer import PAD_ID, pad_rows
 from gptjax.parallel.mesh import batch_sharding, replicated, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.sample.generate import generate
+from gptjax.sample.search import token_batch
 from gptjax.sample.strategies import Strategy
 from gptjax.train.loop import run_in_mesh
 from gptjax.train.network import Network, load_network
@@ -316,7 +316,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
     def evaluate(items):
         return evaluate_policy(items["params"], policy_cfg, tokenizer, task, train_prompts, val_prompts, rm,
-                               max_new_tokens=E, strategy=strategy, seed=cfg.seed, length=length, rules=rules)
+                               max_new_tokens=E, strategy=strategy, seed=cfg.seed, rules=rules)
 
     # epochs x minibatches updates per step set the LR schedule's length (stage_optimizer), like train.steps
     identity = stage_identity(cfg, reference=cfg.align.reference, reward_model=cfg.align.reward_model,
@@ -327,7 +327,7 @@ def _rl(cfg, workdir: str, mesh) -> dict:
 
 
 def evaluate_policy(params, policy_cfg, tokenizer, task, train_prompts: Prompts, val_prompts: Prompts, rm, *,
-                    max_new_tokens: int, strategy: Strategy, seed: int, length: int, rules: tuple) -> dict:
+                    max_new_tokens: int, strategy: Strategy, seed: int, rules: tuple) -> dict:
     """Held-out prompts, completed greedily ("reward": the task's reward, arithmetic: accuracy;
     "proxy_reward": the reward model's score) and sampled as in training with a fixed key
     ("sampled_reward", "sampled_proxy_reward"); and greedily on training prompts ("train_reward")."""
@@ -339,16 +339,10 @@ def evaluate_policy(params, policy_cfg, tokenizer, task, train_prompts: Prompts,
         result[f"{prefix}reward"] = float(np.mean([task.reward(val_prompts.meta[i], c.text)
                                                    for i, c in enumerate(completions)]))
         if rm is not None:
-            result[f"{prefix}proxy_reward"] = float(np.mean(rm(*_rows(prompts, completions, length))))
+            result[f"{prefix}proxy_reward"] = float(np.mean(rm(*token_batch(prompts, completions))))
     train_count = min(EVAL_PROMPTS, len(train_prompts.tokens))
     trained_on = generate(policy_cfg, params, train_prompts.tokens[:train_count], max_new_tokens=max_new_tokens,
                           strategy=Strategy(temperature=0.0), tokenizer=tokenizer, rules=rules)
     result["train_reward"] = float(np.mean([task.reward(train_prompts.meta[i], c.text)
                                             for i, c in enumerate(trained_on)]))
     return result
-
-
-def _rows(prompts, completions, length):
-    """(tokens_RxL, lengths_R): prompt + completion rows right-padded (a reward model's input)."""
-    rows = [list(p) + c.tokens for p, c in zip(prompts, completions)]
-    return pad_rows(rows, length, PAD_ID), np.array([len(x) for x in rows], np.int32)

@@ -112,9 +112,9 @@ def beam_search(model_cfg, params, prompts, *, beam_width: int, max_new_tokens: 
     return results
 
 
-def token_batch(prompt, completions) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens_RxL, lengths_R): prompt + each completion, right-padded with <|pad|> (a scorer's input)."""
-    rows = [list(prompt) + c.tokens for c in completions]
+def token_batch(prompts, completions) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens_RxL, lengths_R): each prompt + its completion, right-padded with <|pad|> (a scorer's input)."""
+    rows = [list(prompt) + c.tokens for prompt, c in zip(prompts, completions, strict=True)]
     return pad_rows(rows, max(map(len, rows))), np.array([len(r) for r in rows], np.int32)
 
 
@@ -131,7 +131,7 @@ def best_of_n(model_cfg, params, prompt, *, n: int, max_new_tokens: int, strateg
     if scorer is None:
         scores = np.array([c.mean_logprob for c in completions])
     else:
-        scores = np.asarray(scorer(*token_batch(prompt, completions)), np.float64)
+        scores = np.asarray(scorer(*token_batch([prompt] * n, completions)), np.float64)
         if scores.shape != (n,):
             raise SampleError(f"the scorer returned shape {scores.shape} for {n} completions; it must return one "
                               "score per row")
