@@ -38,22 +38,74 @@ def test_pretraining_on_two_processes_equals_one_process(tmp_path):
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
 
 
-@pytest.mark.slow
-def test_sft_then_grpo_on_two_processes_equal_one_process(tmp_path):
-    """SFT, then GRPO from it: rollouts sampled with the KV cache, scored and updated across processes."""
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory) -> tuple[str, dict, dict]:
+    """A short SFT run on one process and on two: (the one-process workdir, both final metrics)."""
+    root = tmp_path_factory.mktemp("multihost_sft")
     sft = ["--config=configs/sft.py", "--config.train.steps=6", "--config.train.eval_every=6",
            "--config.optim.warmup_steps=2"]
-    sft_one = run(sft + [f"--workdir={tmp_path / 'sft1'}"], 1)
-    sft_two = run(sft + [f"--workdir={tmp_path / 'sft2'}"], 2)
-    assert sft_two["loss"] == pytest.approx(sft_one["loss"], rel=1e-6) and sft_two["eval_loss"] == pytest.approx(sft_one["eval_loss"], rel=1e-6)
-    grpo = ["--config=configs/grpo.py", f"--config.align.init_from={tmp_path / 'sft1'}", "--config.train.steps=2",
-            "--config.train.eval_every=2", "--config.align.num_examples=80", "--config.optim.warmup_steps=1"]
-    one = run(grpo + [f"--workdir={tmp_path / 'grpo1'}"], 1)
-    two = run(grpo + [f"--workdir={tmp_path / 'grpo2'}"], 2)
+    return str(root / "one"), run(sft + [f"--workdir={root / 'one'}"], 1), run(sft + [f"--workdir={root / 'two'}"], 2)
+
+
+def post_training(*args: str) -> list[str]:
+    return [*args, "--config.train.steps=2", "--config.train.eval_every=2", "--config.align.num_examples=80",
+            "--config.optim.warmup_steps=1"]
+
+
+@pytest.mark.slow
+def test_sft_on_two_processes_equals_one_process(sft_runs):
+    _, one, two = sft_runs
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_grpo_on_two_processes_equals_one_process(sft_runs, tmp_path):
+    """Rollouts sampled with the KV cache, scored and updated across processes."""
+    grpo = post_training("--config=configs/grpo.py", f"--config.align.init_from={sft_runs[0]}")
+    one = run(grpo + [f"--workdir={tmp_path / 'one'}"], 1)
+    two = run(grpo + [f"--workdir={tmp_path / 'two'}"], 2)
     for key in ("reward_mean", "gold_reward", "response_length", "eval_reward", "eval_train_reward"):
         assert two[key] == one[key], key  # the same sampled tokens
     for key in ("loss", "kl_k1", "grad_norm", "param_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key  # reductions over gloo: another order
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [["--config.sample.temperature=0.8"],
+                                      ["--config.sample.beam_width=2", "--config.sample.num_samples=2"],
+                                      ["--config.sample.regex=[0-9]+"]], ids=["sampled", "beam", "regex"])
+def test_sampling_on_two_processes_writes_what_one_process_writes(strategy, sft_runs, tmp_path):
+    sample = ["--config=configs/sample.py", f"--workdir={sft_runs[0]}", "--config.sample.prompt=2+3=",
+              "--config.sample.chat=True", "--config.sample.num_samples=4", "--config.sample.max_new_tokens=6",
+              "--config.sample.stop_strings=()", *strategy]
+    one = run(sample + [f"--config.sample.output={tmp_path / 'one.jsonl'}"], 1)
+    two = run(sample + [f"--config.sample.output={tmp_path / 'two.jsonl'}"], 2)
+    assert two["completions"] == one["completions"]
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_reward_dpo_and_label_on_two_processes_equal_one_process(sft_runs, tmp_path):
+    reward = post_training("--config=configs/reward.py:arithmetic", f"--config.align.init_from={sft_runs[0]}")
+    one = run(reward + [f"--workdir={tmp_path / 'rm1'}"], 1)
+    two = run(reward + [f"--workdir={tmp_path / 'rm2'}"], 2)
+    assert two["eval_accuracy"] == one["eval_accuracy"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+    dpo = post_training("--config=configs/dpo.py", f"--config.align.init_from={sft_runs[0]}")
+    one = run(dpo + [f"--workdir={tmp_path / 'dpo1'}"], 1)
+    two = run(dpo + [f"--workdir={tmp_path / 'dpo2'}"], 2)
+    assert two["eval_accuracy"] == one["eval_accuracy"]
+    assert two["eval_margin"] == pytest.approx(one["eval_margin"], rel=1e-4, abs=1e-7)
+    label = ["--config=configs/dpo.py", "--config.mode=label", "--config.align.judge=reward_model",
+             f"--config.align.reward_model={tmp_path / 'rm1'}", "--config.align.samples_per_prompt=4",
+             f"--config.align.init_from={sft_runs[0]}", "--config.align.num_examples=40",
+             "--config.rl.max_new_tokens=4"]
+    one = run(label + [f"--workdir={tmp_path / 'label1'}"], 1)
+    two = run(label + [f"--workdir={tmp_path / 'label2'}"], 2)
+    assert two["rows"] == one["rows"] > 0
+    assert (tmp_path / "label2/preferences.jsonl").read_text() == (tmp_path / "label1/preferences.jsonl").read_text()
 
 
 def test_a_failing_process_fails_the_launch_with_its_line(tmp_path):
