@@ -36,6 +36,8 @@ def test_pretraining_on_two_processes_equals_one_process(tmp_path):
     # gloo's all-reduces sum the gradients in another order than one process's: equal to float32 rounding
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+    evaluate = ["--config=configs/pretrain_synthetic.py", "--config.mode=eval", f"--workdir={tmp_path / 'one'}"]
+    assert run(evaluate, 2)["eval_loss"] == run(evaluate, 1)["eval_loss"] == one["eval_loss"]
 
 
 @pytest.fixture(scope="module")
