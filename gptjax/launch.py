@@ -6,7 +6,8 @@ Each process runs `python -m gptjax.main <args>` with parallel.multi_host=True, 
 (localhost and a free port), parallel.num_processes and parallel.process_id; with --devices_per_process
 each gets M CPU devices (XLA's host-platform device count; CPU processes talk over gloo). Process 0's
 output streams through; the others' is kept and shown only if one fails. The launch fails (with the exit
-code and last line of the first process that failed, the others stopped) if any process fails.
+code and last line of the first process that failed, the others stopped) if any process fails. SIGTERM
+to the launcher goes on to every process (each checkpoints the same step and exits 0: a rerun resumes).
 On a real cluster the same gptjax.main runs once per host by auto-detection instead (README "Many hosts").
 """
 
@@ -58,6 +59,8 @@ def launch(main_args: list[str], processes: int, devices_per_process: int = 0, p
             log = os.path.join(logs, f"process{i}.log")
             out = None if i == 0 else open(log, "w")  # process 0 streams; the others are kept for a failure
             running.append((subprocess.Popen(command, env=env, stdout=out, stderr=out), log))
+        # SIGTERM (a scheduler's preemption notice) goes on to every process: they checkpoint and exit 0.
+        signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signal.SIGTERM) for p, _ in running])
         failed = None
         while failed is None and any(p.poll() is None for p, _ in running):
             failed = next((i for i, (p, _) in enumerate(running) if p.poll() not in (None, 0)), None)

@@ -28,6 +28,7 @@ from gptjax.sample.strategies import SampleError
 from gptjax.scaling.sweep import TrialFailedError, run_sweep
 from gptjax.train.checkpoint import CheckpointError
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
+from gptjax.train.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
@@ -57,6 +58,9 @@ def main(argv):
         if cfg.mode not in MODES:
             raise ConfigError(f"mode={cfg.mode!r}: must be one of {', '.join(MODES)}")
         result = MODES[cfg.mode](cfg, _WORKDIR.value)  # each mode validates cfg first (as from a notebook)
+    except Preempted as e:  # SIGTERM: checkpointed; a rerun resumes
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(0)
     except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
             TrialFailedError, AlignError, AlignDataError, ChatError) as e:
         print(f"error: {e}", file=sys.stderr)  # one line: not also an absl log line saying the same

@@ -3,8 +3,10 @@ against one process with the same 4 devices: the same numbers, every process fin
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,6 +40,30 @@ def test_pretraining_on_two_processes_equals_one_process(tmp_path):
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
     evaluate = ["--config=configs/pretrain_synthetic.py", "--config.mode=eval", f"--workdir={tmp_path / 'one'}"]
     assert run(evaluate, 2)["eval_loss"] == run(evaluate, 1)["eval_loss"] == one["eval_loss"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launch_checkpoints_one_step_on_every_process_and_the_rerun_resumes(tmp_path):
+    args = ["--config=configs/pretrain_synthetic.py", "--config.train.steps=200", "--config.train.eval_every=200",
+            "--config.train.checkpoint_every=1000", "--config.train.log_every=1"]
+    reference = run(args + [f"--workdir={tmp_path / 'reference'}"], 2)
+    stopped = tmp_path / "stopped"
+    command = [sys.executable, "-m", "gptjax.launch", "--processes=2", "--devices_per_process=2", "--", *args,
+               f"--workdir={stopped}", "--config.train.progress_bar=False"]
+    proc = subprocess.Popen(command, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (stopped / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # as a scheduler would: the launch passes it to both processes
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-2000:]
+    [line] = [x for x in stderr.splitlines() if x.startswith("preempted:")]  # process 0's; process 1 exits 0 too
+    at = int(line.split("at step ")[1].split()[0])
+    assert 1 <= at < 200
+    assert sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == [at]
+    resumed = run(args + [f"--workdir={stopped}"], 2)
+    assert resumed["loss"] == reference["loss"] and resumed["eval_loss"] == reference["eval_loss"]
 
 
 @pytest.fixture(scope="module")

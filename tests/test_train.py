@@ -84,6 +84,34 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, source):
         assert len({r["batch_crc32"] for r in resumed.values()}) == 160  # no batch repeated
 
 
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_step_it_is_at_and_the_rerun_resumes_exactly(tmp_path):
+    """SIGTERM (a scheduler's preemption notice) mid-run: exit 0 with one line, a checkpoint at the step the
+    run had reached (between the regular ones), and a rerun bit-identical to an uninterrupted run."""
+    overrides = ["--config.train.steps=300", "--config.train.checkpoint_every=1000", "--config.train.eval_every=300"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    subprocess.run(_cli(reference, *overrides), check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    proc = subprocess.Popen(_cli(stopped, *overrides), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ((stopped / "metrics.jsonl").is_file() and _train_rows(stopped)) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    [line] = [x for x in stderr.splitlines() if x.startswith("preempted:")]
+    at = int(line.split("at step ")[1].split()[0])
+    assert 1 <= at < 300 and line.endswith("rerun the same command to resume")
+    assert sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == [at]
+    subprocess.run(_cli(stopped, *overrides), check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    expected, resumed = _train_rows(reference), _train_rows(stopped)
+    assert sorted(resumed) == list(range(1, 301))
+    for step in range(at + 1, 301):
+        assert resumed[step]["loss"] == expected[step]["loss"], step
+        assert resumed[step]["batch_crc32"] == expected[step]["batch_crc32"], step
+
+
 def test_resuming_with_another_tokenizer_is_a_clear_error(tmp_path):
     from gptjax.data.tokenizer import train_tokenizer
     from test_data import write_corpus

@@ -40,6 +40,7 @@ from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compati
 from gptjax.train.members import Members
 from gptjax.train.metrics import MetricsWriter
 from gptjax.train.network import load_network
+from gptjax.train.preemption import Preempted, PreemptionWatch
 from gptjax.train.state import StateSpec, params_shardings
 from gptjax.train.step import make_eval_step, make_train_step
 from gptjax.train.xla_options import training_compiler_options
@@ -250,7 +251,8 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
     Logs every train.log_every steps (JSONL, TensorBoard, progress bar), evaluates every eval_every and
     checkpoints every checkpoint_every and at the end. A non-finite guarded metric stops the run before
     anything is saved (its last good checkpoint kept); in a group it retires that member and the others
-    go on. Returns each member's final metrics (its latest train row and eval_* results)."""
+    go on. On SIGTERM it checkpoints the step it is at and raises `Preempted` (train/preemption.py).
+    Returns each member's final metrics (its latest train row and eval_* results)."""
     t, members = cfg.train, task.members
     K = members.size
     write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
@@ -308,6 +310,7 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
         if log:
             writer.write(step, "eval", members.eval_row(results))
 
+    watch = PreemptionWatch().__enter__()
     try:
         if start == 0 and task.evaluate and task.evaluate_first:
             record_eval(state, 0)
@@ -327,9 +330,17 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
                 clock = time.perf_counter()  # keep eval time out of the step time
             if checkpoint_now:
                 task.save(checkpointer, step, state)
+            if watch.reached(step) and not is_last:  # every process asks at every step (a sync point)
+                if not checkpoint_now:
+                    flush(step)
+                    task.save(checkpointer, step, state)
+                checkpointer.wait()
+                raise Preempted(f"{task.name}: stopped by SIGTERM at step {step} with a checkpoint there "
+                                f"({checkpointer.directory}); rerun the same command to resume")
         if task.evaluate and not any(k.startswith("eval_") for k in finals[0]):  # a rerun of a finished run
             record_eval(state, t.steps, log=False)
     finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
+        watch.__exit__()
         writer.close()
         checkpointer.close()
     return finals
