@@ -154,3 +154,30 @@ def test_a_coordinator_without_process_ids_is_a_config_error():
     cfg.parallel.update(multi_host=True, coordinator="localhost:1234")
     with pytest.raises(ConfigError, match="parallel.coordinator.*num_processes"):
         validate(cfg)
+
+
+@pytest.mark.slow
+def test_a_token_cache_the_hosts_do_not_share_is_an_error_at_start_and_a_shared_one_trains(tmp_path):
+    """Two 'hosts' (processes started by hand, as a cluster would) each with its own ~/.cache: both stop at
+    start with one line naming data.cache_dir, instead of waiting hours for parts the other one writes."""
+    def job(caches: list[str], workdir) -> list[subprocess.CompletedProcess]:
+        port = 20000 + os.getpid() % 20000
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "gptjax.main", "--config=configs/pretrain_shakespeare.py", f"--workdir={workdir}",
+             "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.progress_bar=False",
+             "--config.parallel.multi_host=True", f"--config.parallel.coordinator=localhost:{port}",
+             "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"],
+            env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                     XDG_CACHE_HOME=cache), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, cache in enumerate(caches)]
+        outputs = [p.communicate(timeout=300) for p in procs]  # read as they run: a full pipe would block
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs)]
+
+    for i, done in enumerate(job([str(tmp_path / "host0"), str(tmp_path / "host1")], tmp_path / "apart")):
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: data.cache_dir={tmp_path / f'host{i}' / 'gptjax' / 'tokens'} is not shared: process(es) [1] do "
+            "not see what process 0 writes there; set data.cache_dir to a directory every host mounts")
+    losses = [json.loads(done.stdout.strip().splitlines()[-1])["loss"]
+              for done in job([str(tmp_path / "shared")] * 2, tmp_path / "together")]
+    assert losses[0] == losses[1]

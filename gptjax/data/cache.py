@@ -123,6 +123,32 @@ def default_cache_dir() -> str:
     return os.path.join(root, "gptjax", "tokens")
 
 
+def check_shared(cache_dir: str) -> None:
+    """In a multi-process job, fails at start on every process unless `cache_dir` is one directory they all
+    see (each process writes only its part of the token cache and waits for the others'): process 0 leaves
+    a token file there, every process looks for it, and they compare answers."""
+    import jax  # deferred: the cache itself needs no backend
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(2**31))))
+    marker = os.path.join(cache_dir, f".shared-check-{token}")
+    if jax.process_index() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(marker, "w"):
+            pass
+    multihost_utils.sync_global_devices("gptjax token cache: marker written")
+    seen = multihost_utils.process_allgather(np.array([os.path.isfile(marker)]))
+    multihost_utils.sync_global_devices("gptjax token cache: marker read")
+    if jax.process_index() == 0:
+        os.remove(marker)
+    missing = np.flatnonzero(~np.ravel(seen)).tolist()
+    if missing:
+        raise DataSourceError(f"data.cache_dir={cache_dir} is not shared: process(es) {missing} do not see what "
+                              "process 0 writes there; set data.cache_dir to a directory every host mounts")
+
+
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 

@@ -21,7 +21,8 @@ import grain
 import jax
 import numpy as np
 
-from gptjax.data.cache import DocumentSplit, cached_tokens, default_cache_dir, split_documents, tokenizer_sample
+from gptjax.data.cache import (DocumentSplit, cached_tokens, check_shared, default_cache_dir, split_documents,
+                               tokenizer_sample)
 from gptjax.data.sources import DataSourceError, Documents, open_source, parse_source
 from gptjax.data.synthetic import MarkovChain, SyntheticBatches
 from gptjax.data.tokenizer import NUM_SPECIAL_TOKENS, Tokenizer, train_tokenizer
@@ -145,6 +146,7 @@ def text_streams(cfg, workdir: str, docs: Documents) -> DataStreams:
     d, shard = cfg.data, _process_shard()
     local_batch = d.batch_size // jax.process_count()
     cache_dir = d.cache_dir or default_cache_dir()
+    check_shared(cache_dir)
     # The tokenizer and token caches are keyed by the split (split_seed, val_fraction), not by seed.
     split = split_documents(len(docs), d.val_fraction, d.split_seed, docs.name)
     tokenizer = load_or_train_tokenizer(cfg, workdir, docs, split, cache_dir)
