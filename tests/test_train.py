@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from gptjax.config import ConfigError, validate
 from gptjax.train.checkpoint import CheckpointError, Checkpointer
 from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
 from gptjax.train.metrics import read_metrics
@@ -209,6 +210,19 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     # The kept checkpoint restores to finite parameters.
     result = evaluate_checkpoint(cfg, workdir)
     assert result["step"] == good and np.isfinite(result["eval_loss"])
+
+
+def test_profile_steps_write_a_trace_tensorboard_reads(tmp_path):
+    cfg = tiny_config()
+    cfg.train.profile_steps = (3, 4)
+    workdir = tmp_path / "run"
+    train(cfg, str(workdir))
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert traces[0].relative_to(workdir / "profile").parts[0] == "plugins"  # plugins/profile/RUN/HOST.xplane.pb
+    cfg.train.profile_steps = (4, 99)
+    with pytest.raises(ConfigError, match="train.profile_steps"):
+        validate(cfg)
 
 
 def test_metrics_tensorboard_and_eval_mode(tmp_path):

@@ -43,6 +43,9 @@ def train_defaults() -> ml_collections.ConfigDict:
             # (warmup/cosine/WSD are laid out over train.steps), so it is refused unless this is True;
             # then it resumes with a warning. Other optim changes are always refused on resume.
             allow_steps_change=False,
+            # (first, last): a jax.profiler trace of those steps in WORKDIR/profile (TensorBoard's profile
+            # plugin reads it; each process writes its own); () = none
+            profile_steps=(),
         )
     )
 
@@ -74,3 +77,6 @@ def validate_train(t) -> None:
     for key in ("steps", "eval_every", "log_every", "checkpoint_every", "max_to_keep"):
         if t[key] <= 0:
             fail(f"train.{key}", t[key], "must be positive")
+    profile = tuple(t.profile_steps)
+    if profile and not (len(profile) == 2 and 1 <= profile[0] <= profile[1] <= t.steps):
+        fail("train.profile_steps", profile, f"must be () or (first, last) with 1 <= first <= last <= {t.steps}")

@@ -311,12 +311,20 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
             writer.write(step, "eval", members.eval_row(results))
 
     watch = PreemptionWatch().__enter__()
+    profile, tracing = tuple(t.profile_steps), False  # train.profile_steps: (first, last) traced
     try:
         if start == 0 and task.evaluate and task.evaluate_first:
             record_eval(state, 0)
             clock = time.perf_counter()
         for step in range(start + 1, t.steps + 1):
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                tracing = True
             state, metrics = task.step(state, step)
+            if tracing and step == profile[1]:
+                jax.block_until_ready(metrics)  # the trace holds the last profiled step's device work
+                jax.profiler.stop_trace()
+                tracing = False
             pending.append((step, metrics))
             is_last = step == t.steps
             checkpoint_now = step % t.checkpoint_every == 0 or is_last
@@ -341,6 +349,8 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
             record_eval(state, t.steps, log=False)
     finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
         watch.__exit__()
+        if tracing:
+            jax.profiler.stop_trace()
         writer.close()
         checkpointer.close()
     return finals
