@@ -57,15 +57,19 @@ def launch(main_args: list[str], processes: int, devices_per_process: int = 0, p
         running = []
         for i, command in enumerate(commands(main_args, processes, port)):
             log = os.path.join(logs, f"process{i}.log")
-            out = None if i == 0 else open(log, "w")  # process 0 streams; the others are kept for a failure
-            running.append((subprocess.Popen(command, env=env, stdout=out, stderr=out), log))
+            if i == 0:  # process 0 streams; the others' output is kept for a failure
+                running.append((subprocess.Popen(command, env=env), log))
+                continue
+            with open(log, "w") as out:  # the child keeps its own descriptor
+                running.append((subprocess.Popen(command, env=env, stdout=out, stderr=out), log))
         # SIGTERM (a scheduler's preemption notice) goes on to every process: they checkpoint and exit 0.
         signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signal.SIGTERM) for p, _ in running])
-        failed = None
-        while failed is None and any(p.poll() is None for p, _ in running):
-            failed = next((i for i, (p, _) in enumerate(running) if p.poll() not in (None, 0)), None)
+        while True:
+            codes = [p.poll() for p, _ in running]
+            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None or None not in codes:
+                break
             time.sleep(0.2)
-        failed = next((i for i, (p, _) in enumerate(running) if p.poll() not in (None, 0)), failed)
         if failed is None:
             return 0
         for p, _ in running:

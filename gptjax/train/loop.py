@@ -310,7 +310,7 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
         if log:
             writer.write(step, "eval", members.eval_row(results))
 
-    watch = PreemptionWatch().__enter__()
+    watch = PreemptionWatch()
     profile, tracing = tuple(t.profile_steps), False  # train.profile_steps: (first, last) traced
     try:
         if start == 0 and task.evaluate and task.evaluate_first:
@@ -348,7 +348,7 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
         if task.evaluate and not any(k.startswith("eval_") for k in finals[0]):  # a rerun of a finished run
             record_eval(state, t.steps, log=False)
     finally:  # also on divergence: flush TensorBoard/JSONL and finish any checkpoint in flight
-        watch.__exit__()
+        watch.close()
         if tracing:
             jax.profiler.stop_trace()
         writer.close()

@@ -18,21 +18,18 @@ class Preempted(BaseException):
 
 
 class PreemptionWatch:
-    """`with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`."""
+    """Watches for a preemption notice from creation until `close()`; `reached(step)`: save and stop."""
 
     def __init__(self):
         self._notice = threading.Event()
         self._previous = None
-
-    def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._notice.set())
-        return self
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-        return False
+            self._previous = None
 
     def reached(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop; called by every process at every step."""
