@@ -62,6 +62,8 @@ def test_sigterm_to_the_launch_checkpoints_one_step_on_every_process_and_the_rer
     at = int(line.split("at step ")[1].split()[0])
     assert 1 <= at < 200
     assert sorted(int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == [at]
+    positions = {p.name: json.loads(p.read_text()) for p in (stopped / "checkpoints" / str(at) / "data").glob("*.json")}
+    assert positions == {f"process_{i}-of-2.json": {"index": at} for i in (0, 1)}  # each process's own position
     resumed = run(args + [f"--workdir={stopped}"], 2)
     assert resumed["loss"] == reference["loss"] and resumed["eval_loss"] == reference["eval_loss"]
 

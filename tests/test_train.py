@@ -137,7 +137,7 @@ def test_a_text_checkpoint_from_before_the_hash_split_is_refused(tmp_path, monke
 
     save = Checkpointer.save
 
-    def save_as_before(self, step, state, meta):
+    def save_as_before(self, step, state, meta, data_state):  # nor did it keep each process's data position
         meta = json.loads(json.dumps(meta))
         del meta["data_identity"]["document_split"]
         save(self, step, state, meta)
@@ -358,7 +358,7 @@ def test_resume_with_another_optimizer_is_a_clear_error(tmp_path, key, value):
 def test_checkpoint_without_optimizer_identity_resumes_and_a_changed_optimizer_is_a_clear_error(tmp_path, monkeypatch):
     # A checkpoint as written before the optimizer identity was recorded in its meta.
     save = Checkpointer.save
-    monkeypatch.setattr(Checkpointer, "save", lambda self, step, state, meta: save(
+    monkeypatch.setattr(Checkpointer, "save", lambda self, step, state, meta, data_state: save(
         self, step, state, {k: v for k, v in meta.items() if k != "optimizer_identity"}))
     workdir = str(tmp_path / "run")
     train(tiny_config(), workdir)
@@ -375,9 +375,10 @@ def test_checkpoint_without_optimizer_identity_resumes_and_a_changed_optimizer_i
 def test_checkpoint_from_before_newer_config_keys_still_resumes(tmp_path, monkeypatch):
     # Written before model.mup_base_head_dim and data.split_seed existed: at their defaults they reproduce
     # that run exactly (the split came from `seed`), so resuming must not call it another model or stream.
+    # Nor did it keep each process's data position apart: the one in its meta continues the data order.
     save = Checkpointer.save
 
-    def save_as_before(self, step, state, meta):
+    def save_as_before(self, step, state, meta, data_state):
         meta = json.loads(json.dumps(meta))
         del meta["config"]["model"]["mup_base_head_dim"], meta["data_identity"]["split_seed"]
         save(self, step, state, meta)
@@ -385,9 +386,16 @@ def test_checkpoint_from_before_newer_config_keys_still_resumes(tmp_path, monkey
     monkeypatch.setattr(Checkpointer, "save", save_as_before)
     workdir = str(tmp_path / "run")
     train(tiny_config(), workdir)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "10", "data"))
+    monkeypatch.undo()
     longer = tiny_config()
     longer.train.update(steps=12, allow_steps_change=True)
     assert _steps_appended_by(lambda: train(longer, workdir), workdir) == [11, 12]
+    straight = tiny_config()
+    straight.train.update(steps=12)
+    train(straight, str(tmp_path / "straight"))
+    assert [_train_rows(workdir)[s]["batch_crc32"] for s in (11, 12)] == \
+        [_train_rows(str(tmp_path / "straight"))[s]["batch_crc32"] for s in (11, 12)]
     other_split = tiny_config()
     other_split.train.update(steps=14, allow_steps_change=True)
     other_split.data.split_seed = 1  # the old run's split came from seed 0

@@ -103,8 +103,9 @@ def load_or_train_tokenizer(cfg, workdir: str, docs: Documents, split: DocumentS
             tokenizer = Tokenizer.load(cached)
         else:  # deterministic: every process of a multi-host job trains the same one
             tokenizer = train_tokenizer(tokenizer_sample(docs, split, d.tokenizer_sample_bytes), cfg.model.vocab_size)
-            os.makedirs(cache_dir, exist_ok=True)
-            tokenizer.save(cached)
+            if jax.process_index() == 0:  # a shared cache: one writer
+                os.makedirs(cache_dir, exist_ok=True)
+                tokenizer.save(cached)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise DataSourceError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
                               f"{cfg.model.vocab_size}; raise model.vocab_size to at least {tokenizer.vocab_size}")

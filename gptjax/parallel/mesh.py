@@ -87,6 +87,13 @@ def constrain(x, names, rules):
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
+def sync_processes(name: str) -> None:
+    """Waits until every process of the job reaches this point (nothing to wait for on one process): after
+    process 0 writes a shared file that the others read next."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 # The host <-> device paths. In a multi-process job every process runs the same program: data comes onto
 # devices as this process's rows (a training batch each process reads its own part of: host_local_batch)
 # or as host arrays every process holds in full (prompts, rollouts, preference batches: to_device), and

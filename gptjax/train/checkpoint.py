@@ -1,14 +1,17 @@
 """Checkpoints with orbax: async saves, atomic steps, restore onto the target sharding.
 
-The only module that imports orbax. A checkpoint step holds two items:
+The only module that imports orbax. A pretraining checkpoint step holds three items:
   state  the train-state pytree (params, opt_state, step, rng)   StandardSave
-  meta   JSON: step, config, data-iterator state, tokenizer hash,   JsonSave
+  meta   JSON: step, config, process 0's data-iterator state, tokenizer hash,   JsonSave
          optimizer identity (what the optimizer state and LR schedule belong to)
+  data   each process's own data-iterator state, data/process_<i>-of-<n>.json   ProcessStateSave
+         (every process of a multi-host job reads its own slice of the data; older checkpoints have none)
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 mid-save never leaves a step that later reads as finished.
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging as std_logging
@@ -17,10 +20,12 @@ import sys
 import time
 from typing import Callable, TypeVar
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
 from gptjax.config import model as model_config
+from gptjax.parallel.mesh import sync_processes
 
 
 class CheckpointError(RuntimeError):
@@ -28,6 +33,41 @@ class CheckpointError(RuntimeError):
 
 
 T = TypeVar("T")
+
+
+class ProcessStateHandler(ocp.CheckpointHandler):
+    """A small JSON dict per process, each process writing and reading only its own file."""
+
+    @staticmethod
+    def _file(directory) -> str:
+        return os.path.join(os.fspath(directory), f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+
+    def save(self, directory, args: "ProcessStateSave") -> None:
+        with open(self._file(directory), "w", encoding="utf-8") as f:  # orbax renames the whole step when done
+            json.dump(args.state, f)
+
+    def restore(self, directory, args: "ProcessStateRestore | None" = None) -> dict | None:
+        """This process's dict, or None when the step was written by another number of processes."""
+        path = self._file(directory)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def metadata(self, directory) -> None:
+        return None
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessStateSave(ocp.args.CheckpointArgs):
+    state: dict
+
+
+@ocp.args.register_with_handler(ProcessStateHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessStateRestore(ocp.args.CheckpointArgs):
+    pass
 
 
 class Checkpointer:
@@ -90,16 +130,29 @@ class Checkpointer:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.exists(target):
             target = f"{target}.{len(os.listdir(os.path.dirname(target)))}"
-        os.rename(os.path.join(self.directory, str(step)), target)
+        if jax.process_index() == 0:  # one shared directory: one process moves it, the others wait to reread it
+            os.rename(os.path.join(self.directory, str(step)), target)
+        sync_processes(f"gptjax checkpoint: step {step} set aside")
         self._manager.reload()
         return target
 
-    def save(self, step: int, state, meta: dict) -> None:
-        """Starts an asynchronous save; the previous one is finished first by orbax."""
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    def save(self, step: int, state, meta: dict, data_state: dict | None = None) -> None:
+        """Starts an asynchronous save; the previous one is finished first by orbax. `data_state`: this
+        process's data-iterator state (each process saves its own)."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data_state is not None:
+            items["data"] = ProcessStateSave(data_state)
+        self._manager.save(step, args=ocp.args.Composite(**items))
 
     def restore_meta(self, step: int) -> dict:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_data_state(self, step: int) -> dict | None:
+        """This process's data-iterator state at `step`; None for a checkpoint from before per-process
+        states, or one written by another number of processes."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+            return None
+        return self._manager.restore(step, args=ocp.args.Composite(data=ProcessStateRestore()))["data"]
 
     def restore_state(self, step: int, abstract_state):
         """The state at `step`, placed with the shardings carried by `abstract_state`'s leaves."""

@@ -215,7 +215,12 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
         check_compatible(meta, json_config(cfg)["model"], identity, data.tokenizer_hash, checkpointer.directory,
                          optimizer=optim_identity, allow_steps_change=cfg.train.allow_steps_change)
         state = checkpointer.restore_state(step, spec.abstract)
-        data.train.set_state(meta["data_state"])
+        data_state = checkpointer.restore_data_state(step)
+        if data_state is None and jax.process_count() > 1:
+            logging.warning("%s step %d holds no data position of this process (%d of %d): the data order continues "
+                            "from process 0's position", checkpointer.directory, step, jax.process_index(),
+                            jax.process_count())
+        data.train.set_state(meta["data_state"] if data_state is None else data_state)
         task.diverged.update({int(k): v for k, v in meta.get("diverged", {}).items()})
         return state
 
@@ -223,7 +228,7 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
         checkpointer.save(step, state, dict(
             step=step, config=json_config(cfg), data_state=data.train.get_state(), data_identity=identity,
             tokenizer_hash=data.tokenizer_hash, optimizer_identity=optim_identity,
-            diverged={str(k): v for k, v in task.diverged.items()}))
+            diverged={str(k): v for k, v in task.diverged.items()}), data_state=data.train.get_state())
 
     def step(state, s: int):
         batch = next(data.train)
