@@ -42,11 +42,27 @@ def test_pretraining_on_two_processes_equals_one_process(tmp_path):
     assert run(evaluate, 2)["eval_loss"] == run(evaluate, 1)["eval_loss"] == one["eval_loss"]
 
 
+LONG = ["--config=configs/pretrain_synthetic.py", "--config.train.steps=200", "--config.train.eval_every=200",
+        "--config.train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[dict, dict]:
+    """LONG on two processes, never stopped: (its final metrics, its train loss at every step)."""
+    workdir = tmp_path_factory.mktemp("multihost_reference")
+    return run(LONG + [f"--workdir={workdir}"], 2), train_losses(workdir)
+
+
+def train_losses(workdir) -> dict:
+    """The last logged train loss of each step (a resumed run logs the steps after its checkpoint again)."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_launch_checkpoints_one_step_on_every_process_and_the_rerun_resumes(tmp_path):
-    args = ["--config=configs/pretrain_synthetic.py", "--config.train.steps=200", "--config.train.eval_every=200",
-            "--config.train.checkpoint_every=1000", "--config.train.log_every=1"]
-    reference = run(args + [f"--workdir={tmp_path / 'reference'}"], 2)
+def test_sigterm_to_the_launch_checkpoints_one_step_on_every_process_and_the_rerun_resumes(uninterrupted, tmp_path):
+    args = LONG + ["--config.train.checkpoint_every=1000"]
+    reference = uninterrupted[0]
     stopped = tmp_path / "stopped"
     command = [sys.executable, "-m", "gptjax.launch", "--processes=2", "--devices_per_process=2", "--", *args,
                f"--workdir={stopped}", "--config.train.progress_bar=False"]
@@ -66,6 +82,50 @@ def test_sigterm_to_the_launch_checkpoints_one_step_on_every_process_and_the_rer
     assert positions == {f"process_{i}-of-2.json": {"index": at} for i in (0, 1)}  # each process's own position
     resumed = run(args + [f"--workdir={stopped}"], 2)
     assert resumed["loss"] == reference["loss"] and resumed["eval_loss"] == reference["eval_loss"]
+
+
+def child_pid(parent: int, marker: str) -> int | None:
+    """The pid of `parent`'s child process whose command line contains `marker`."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and marker in cmdline:
+            return int(entry)
+    return None
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_fails_the_launch_and_the_rerun_resumes_from_the_last_checkpoint(uninterrupted,
+                                                                                                  tmp_path):
+    """A host lost without warning: the launch fails naming it, nothing half-saved is read back, and the rerun
+    continues from the last complete checkpoint exactly as the uninterrupted run went on."""
+    killed = tmp_path / "killed"
+    args = LONG + ["--config.train.checkpoint_every=50", f"--workdir={killed}", "--config.train.progress_bar=False"]
+    launch = subprocess.Popen([sys.executable, "-m", "gptjax.launch", "--processes=2", "--devices_per_process=2", "--",
+                               *args], env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "50").is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    victim = child_pid(launch.pid, "process_id=1")
+    assert victim is not None and (killed / "checkpoints" / "50").is_dir()
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = launch.communicate(timeout=180)
+    assert launch.returncode != 0
+    assert stderr.strip().splitlines()[-1].startswith("error: gptjax.launch: process 1 of 2 exited with code -9"), \
+        stderr[-2000:]
+    assert not (killed / "checkpoints" / "200").exists(), "the run finished before it could be killed"
+    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    resumed = run(args, 2)
+    assert resumed["loss"] == uninterrupted[0]["loss"] and resumed["eval_loss"] == uninterrupted[0]["eval_loss"]
+    losses, expected = train_losses(killed), uninterrupted[1]
+    assert sorted(losses) == list(range(1, 201))
+    assert [losses[s] for s in range(saved + 1, 201)] == [expected[s] for s in range(saved + 1, 201)]
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +243,49 @@ def test_a_token_cache_the_hosts_do_not_share_is_an_error_at_start_and_a_shared_
     losses = [json.loads(done.stdout.strip().splitlines()[-1])["loss"]
               for done in job([str(tmp_path / "shared")] * 2, tmp_path / "together")]
     assert losses[0] == losses[1]
+
+
+SWEEP_CONFIG = '''
+from gptjax.config import default_config
+
+
+def get_config():  # one budget, three sizes, two learning rates trained together: 3 trials, 6 models
+    cfg = default_config()
+    cfg.mode = "sweep"
+    cfg.model.update(vocab_size=40, max_len=32)
+    cfg.data.update(seq_len=16, batch_size=8, eval_batches=2)
+    cfg.optim.update(warmup_steps=2)
+    cfg.train.update(cpu_peak_flops=1e11)
+    cfg.sweep.update(budgets=(2e8,), family="depth", depths=(1, 2, 3), width_per_layer=8, head_dim=8,
+                     sizes_per_budget=3, size_spread=4.0, learning_rates=(3e-3, 1e-2), min_steps=10, n_bootstrap=20,
+                     target_flops=1e10, lr_widenings=0, validate_flops=0, compilation_cache="", n_workers=0)
+    return cfg
+'''
+
+
+def _losses(workdir) -> list[tuple]:
+    rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    return [(r["trial"], r["lr"], r["eval_loss"], r["train_loss"]) for r in rows]
+
+
+@pytest.mark.slow
+def test_a_sweep_and_one_of_its_trials_on_two_processes_equal_one_process(tmp_path):
+    """Every process trains each trial together (the worker subprocesses of sweep.n_workers would not join
+    the job, so they are not used), process 0 writes the shared files, and they all fit the same rows."""
+    config = tmp_path / "sweep_config.py"
+    config.write_text(SWEEP_CONFIG)
+    one = run([f"--config={config}", f"--workdir={tmp_path / 'one'}"], 1)
+    two = run([f"--config={config}", f"--workdir={tmp_path / 'two'}", "--config.sweep.n_workers=2"], 2)
+    assert one["models"] == two["models"] == two["ok"] == 6 and two["skipped"] == []
+    for a, b in zip(_losses(tmp_path / "one"), _losses(tmp_path / "two"), strict=True):
+        assert a[:2] == b[:2] and b[2:] == pytest.approx(a[2:], rel=1e-6)  # gloo sums in another order
+    assert (tmp_path / "two" / "report.md").is_file() and (tmp_path / "two" / "plots" / "loss_vs_compute.png").is_file()
+    assert not [p for p in (tmp_path / "two").rglob(".*.tmp-*")]  # no write left half done
+    trial = run([f"--config={config}", f"--workdir={tmp_path / 'trial'}", "--config.sweep.trial_index=1"], 2)
+    [index] = {r["index"] for r in (json.loads(x) for x in (tmp_path / "one" / "results.jsonl").read_text().splitlines())
+               if r["trial"] == trial["trial"]}
+    assert index == 1
+    expected = [row for row in _losses(tmp_path / "one") if row[0] == trial["trial"]]
+    got = [(trial["trial"], r["lr"], r["eval_loss"], r["train_loss"]) for r in trial["results"]]
+    for a, b in zip(expected, got, strict=True):
+        assert a[:2] == b[:2] and b[2:] == pytest.approx(a[2:], rel=1e-6)

@@ -144,10 +144,10 @@ def test_a_group_trains_sharded_on_the_mesh_like_on_one_device(tmp_path, monkeyp
     layouts = []  # (spec, first shard's shape) of one kernel in each saved state
     save = Checkpointer.save
 
-    def save_and_record(self, step, state, meta):
+    def save_and_record(self, step, state, meta, data_state):
         up = state["params"]["blocks"][0]["mlp"]["up"]["kernel"]
         layouts.append((getattr(up.sharding, "spec", None), up.addressable_shards[0].data.shape))
-        save(self, step, state, meta)
+        save(self, step, state, meta, data_state)
 
     monkeypatch.setattr(Checkpointer, "save", save_and_record)
     members = [{"lr": 3e-3, "seed": 0}, {"lr": 1e-2, "seed": 1}]

@@ -12,8 +12,10 @@ module, or a notebook's own backend, is unaffected.
 import math
 import os
 
+import jax
 import numpy as np
 
+from gptjax.atomic import atomic_path
 from gptjax.scaling import fit as fitlib
 from gptjax.scaling.fit.frontier import ZERO_E
 
@@ -46,16 +48,20 @@ def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float
     """Write WORKDIR/report.md and WORKDIR/plots/*.png; returns the path of report.md.
 
     rows: the sweep's trial rows (results.jsonl); fits: `fit.fit_all(rows, target_flops, ...)`.
-    Images are linked with paths relative to report.md.
+    Images are linked with paths relative to report.md. Every file is written atomically, by process 0 of a
+    multi-process job only.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: only reporting pays the import
     from matplotlib.figure import Figure
 
-    os.makedirs(os.path.join(workdir, PLOTS_DIR), exist_ok=True)
+    path = os.path.join(workdir, "report.md")
+    if jax.process_index() != 0:
+        return path
 
     def save(fig, name):
         FigureCanvasAgg(fig)
-        fig.savefig(os.path.join(workdir, PLOTS_DIR, name), dpi=110)
+        with atomic_path(os.path.join(workdir, PLOTS_DIR, name)) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         return f"![{name[:-4].replace('_', ' ')}]({PLOTS_DIR}/{name})"
 
     def new_figure(panels=1):
@@ -79,8 +85,7 @@ def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float
     notes = fits.get("notes") or []
     lines += ["## Notes", ""] + ([f"- {n}" for n in notes] or ["None."]) + [""]
     lines += _trials_table(rows)
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return path
 

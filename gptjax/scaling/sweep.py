@@ -19,6 +19,10 @@ and start time. A sweep that finds a trial locked skips it (it is left out of th
 `sweep.trial_index=K` on a locked trial fails with TrialLockedError. A lock whose process is dead on this
 same host (and pid namespace) is stale and taken over; from another host liveness cannot be told, so the
 error names the lock file to delete if its process is gone.
+
+A multi-process job (many hosts, or `gptjax.launch`) trains each trial with all its processes together:
+process 0 takes the lock and writes the shared files (the others wait for them before reading them back),
+and sweep.n_workers is not used (worker subprocesses would not join the job).
 """
 
 import dataclasses
@@ -38,6 +42,7 @@ from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import create_workdir, default_config, validate
 from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
+from gptjax.parallel.mesh import sync_processes
 from gptjax.scaling import adaptive, trial_lock, vectorized
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
@@ -116,7 +121,9 @@ def _train_pending(cfg, trials: list[Trial], workdir: str, progress: "SweepProgr
     todo = [t for t in trials if not _finished(cfg, workdir, t)]
     progress.add(len(trials), len(trials) - len(todo))
     logging.info("sweep: %d trials, %d already finished, %d to train", len(trials), len(trials) - len(todo), len(todo))
-    if cfg.sweep.n_workers > 0 and jax.default_backend() == "cpu":  # elsewhere each would claim the device
+    # Worker subprocesses only on one CPU process: on an accelerator each would claim the device, and in a
+    # multi-process job they would not join it (every process trains each trial together instead).
+    if cfg.sweep.n_workers > 0 and jax.default_backend() == "cpu" and jax.process_count() == 1:
         return _run_in_subprocesses(cfg, todo, workdir, progress)
     return _run_in_process(cfg, todo, workdir, progress)
 
@@ -181,6 +188,7 @@ def _write_plan(workdir: str, trials: list[Trial], train_tokens, warnings=None) 
         warnings = _read_plan(workdir).get("warnings", [])
     write_json_atomic(os.path.join(workdir, "plan.json"),
                       {"train_tokens": train_tokens, "warnings": warnings, "trials": [t.to_json() for t in trials]})
+    sync_processes("gptjax sweep: plan.json written")  # every process reads it back
 
 
 def _read_plan(workdir: str) -> dict:
@@ -295,6 +303,7 @@ def _train_trial(cfg, trial: Trial, workdir: str, directory: str) -> list[dict]:
         logging.error("trial %s failed:\n%s", trial.id, traceback.format_exc())
         results = _failed_rows(trial, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - start)
     write_json_atomic(os.path.join(directory, RESULT_FILE), results)
+    sync_processes(f"gptjax sweep: {trial.id} result written")  # every process gathers the results next
     return results
 
 
@@ -404,7 +413,7 @@ class SweepProgress:
         """Counts `trials` more trials, `finished` of them already done (a resumed run or a new round)."""
         self.total += trials
         self.done += finished
-        if self._bar is None and progress_bar_wanted(self._want_bar):
+        if self._bar is None and progress_bar_wanted(self._want_bar) and jax.process_index() == 0:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, initial=self.done, unit="trial", desc="sweep", dynamic_ncols=True)
@@ -423,6 +432,8 @@ class SweepProgress:
             outcome = f"{rows[0]['status']}: {rows[0]['reason']}"
         message = f"[sweep {self.done}/{self.total}] {trial.id} (N={trial.N:.3g}, D={trial.tokens:.3g}): {outcome}"
         logging.info("%s", message)
+        if jax.process_index() != 0:  # one job, one display
+            return
         if self._bar is not None:
             self._bar.write(message)
             self._bar.update(1)
@@ -521,7 +532,9 @@ def fit_and_report(cfg, workdir: str, rows: list[dict] | None = None, progress: 
 
 
 def print_summary(rows: list[dict]) -> None:
-    """The table of every trained model, to stderr."""
+    """The table of every trained model, to stderr (by process 0 of a multi-process job)."""
+    if jax.process_index() != 0:
+        return
     header = f"{'trial':<34} {'N':>9} {'D':>9} {'lr':>8} {'eval_loss':>9} {'status':>8} {'tok/s':>8} {'wall s':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
