@@ -35,8 +35,10 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient + ipykernel: tests/test_colabs.py executes colabs/*.ipynb in a fresh kernel
+        # wandb: train.wandb_project's logging is tested offline (WANDB_MODE=offline)
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "tensorboard>=2.16", "nbclient>=0.10", "nbformat>=5.9",
-                 "ipykernel>=6.29"],
+                 "ipykernel>=6.29", "wandb>=0.19"],
+        "wandb": ["wandb>=0.19"],
         "interop": INTEROP,
         "bench": INTEROP,
     },

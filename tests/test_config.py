@@ -219,3 +219,15 @@ def test_load_config_passes_the_argument_and_names_a_missing_file(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(ConfigError, match="has no get_config"):
         load_config(str(tmp_path / "empty.py"))
+
+
+def test_wandb_logging_without_wandb_installed_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    cfg = tiny_config()
+    validate(cfg)  # off by default: wandb is not needed
+    cfg.train.wandb_project = "mine"
+    with pytest.raises(ConfigError, match=r"train.wandb_project='mine': needs the wandb package: pip install wandb"):
+        validate(cfg)

@@ -225,6 +225,52 @@ def test_profile_steps_write_a_trace_tensorboard_reads(tmp_path):
         validate(cfg)
 
 
+def wandb_history(run_dir) -> list[dict]:
+    """The history rows of an offline W&B run, read from its run-<id>.wandb file: W&B's LevelDB-style log
+    (a 7-byte file header, then records of a 7-byte header - crc32, length, kind - and a Record protobuf,
+    split across 32 KiB blocks; wandb has no public reader for it)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_dir.glob("run-*.wandb")
+    data, block, pos, pending, rows = path.read_bytes(), 32768, 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+            pending = b""
+    return rows
+
+
+def test_wandb_logs_every_row_offline_and_a_resumed_run_logs_on_into_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = tiny_config()
+    cfg.train.update(steps=4, eval_every=2, checkpoint_every=2, log_every=1, wandb_project="gptjax-test")
+    workdir = tmp_path / "run"
+    train(cfg, str(workdir))
+    cfg.train.update(steps=6, allow_steps_change=True)
+    train(cfg, str(workdir))
+    run_id = (workdir / "wandb_run_id").read_text()
+    runs = sorted((workdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith(f"-{run_id}") for run in runs)  # one W&B run, resumed
+    logged = [(row["step"], key, value) for run in runs for row in wandb_history(run)
+              for key, value in row.items() if key.endswith("/loss")]
+    expected = [(row["step"], f"{row['split']}/loss", row["loss"]) for row in read_metrics(str(workdir))]
+    assert logged == expected and len(expected) == 4 + 2 + 2 + 1  # train steps 1-6, eval at 2, 4 and 6
+
+
 def test_metrics_tensorboard_and_eval_mode(tmp_path):
     cfg = tiny_config()
     workdir = str(tmp_path / "run")

@@ -1,5 +1,7 @@
 """The `optim` and `train` sections of the config: keys, defaults and the rules they must meet."""
 
+import importlib.util
+
 import ml_collections
 
 from gptjax.config.base import RL_MODES, check_choice, fail
@@ -46,6 +48,9 @@ def train_defaults() -> ml_collections.ConfigDict:
             # (first, last): a jax.profiler trace of those steps in WORKDIR/profile (TensorBoard's profile
             # plugin reads it; each process writes its own); () = none
             profile_steps=(),
+            # a Weights & Biases project to log the metrics to as well (process 0; needs `pip install wandb`;
+            # WANDB_MODE=offline keeps the run on disk); "" = off
+            wandb_project="",
         )
     )
 
@@ -80,3 +85,5 @@ def validate_train(t) -> None:
     profile = tuple(t.profile_steps)
     if profile and not (len(profile) == 2 and 1 <= profile[0] <= profile[1] <= t.steps):
         fail("train.profile_steps", profile, f"must be () or (first, last) with 1 <= first <= last <= {t.steps}")
+    if t.wandb_project and importlib.util.find_spec("wandb") is None:
+        fail("train.wandb_project", t.wandb_project, "needs the wandb package: pip install wandb (or leave it empty)")

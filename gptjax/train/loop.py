@@ -265,7 +265,7 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
     found = checkpointer.restore_to_resume(lambda step: task.restore(checkpointer, step))
     state, start = (task.fresh(), 0) if found is None else (found[1], found[0])
     writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
-                           display=t.show_steps)
+                           display=t.show_steps, wandb_project=t.wandb_project, config=json_config(cfg))
     pending = []  # (step, metrics) not yet read back to the host
     clock, clock_step = time.perf_counter(), start
     finals = [{} for _ in range(K)]  # each member's latest metrics

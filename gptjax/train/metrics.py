@@ -1,6 +1,8 @@
-"""Metrics sinks: JSONL in the workdir (always), TensorBoard events, and a progress display.
+"""Metrics sinks: JSONL in the workdir (always), TensorBoard events, Weights & Biases (when
+train.wandb_project is set), and a progress display.
 
-Files: WORKDIR/metrics.jsonl (one JSON object per logged step and split), WORKDIR/tensorboard/.
+Files: WORKDIR/metrics.jsonl (one JSON object per logged step and split), WORKDIR/tensorboard/, and with W&B
+WORKDIR/wandb/ and WORKDIR/wandb_run_id (a resumed run logs on into the same W&B run).
 On a terminal a tqdm bar shows progress; otherwise one line per log interval goes to stderr (`show`).
 """
 
@@ -8,6 +10,10 @@ import json
 import math
 import os
 import sys
+import uuid
+
+
+from gptjax.atomic import atomic_path
 
 
 class MetricsWriter:
@@ -15,7 +21,7 @@ class MetricsWriter:
     `display=False` writes the files but shows nothing (no bar, no lines)."""
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int, progress_bar: bool = True,
-                 enabled: bool = True, display: bool = True):
+                 enabled: bool = True, display: bool = True, wandb_project: str = "", config: dict | None = None):
         self.enabled, self.display = enabled, display
         if not enabled:
             return
@@ -23,6 +29,7 @@ class MetricsWriter:
 
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._wandb = start_wandb(workdir, wandb_project, config) if wandb_project else None
         self._bar = None
         if display and progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
@@ -36,9 +43,12 @@ class MetricsWriter:
         row = {"step": step, "split": split, **{k: _plain(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        for key, value in row.items():
-            if key not in ("step", "split") and isinstance(value, float) and math.isfinite(value):
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+        scalars = {f"{split}/{key}": value for key, value in row.items()
+                   if key not in ("step", "split") and isinstance(value, float) and math.isfinite(value)}
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(dict(scalars, step=step))
         if show:
             self.show(step, split, values)
 
@@ -63,6 +73,29 @@ class MetricsWriter:
             self._bar.close()
         self._tb.close()
         self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def start_wandb(workdir: str, project: str, config: dict | None):
+    """A W&B run for `workdir`: its id is kept in WORKDIR/wandb_run_id, so a resumed run logs on into the same
+    run. Metrics are drawn against our `step` rather than W&B's own counter, which only rises: the steps a
+    resumed run logs again (those after its checkpoint) are kept, not dropped."""
+    import wandb  # optional: config validation has checked it is installed
+
+    id_path = os.path.join(workdir, "wandb_run_id")
+    if os.path.isfile(id_path):
+        with open(id_path, encoding="utf-8") as f:
+            run_id = f.read().strip()
+    else:
+        run_id = uuid.uuid4().hex[:12]
+        with atomic_path(id_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(run_id)
+    run = wandb.init(project=project, id=run_id, resume="allow", dir=workdir, config=config,  # silent: quiet logs
+                     name=os.path.basename(os.path.abspath(workdir)), settings=wandb.Settings(silent=True))
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
 
 
 def _plain(value):
