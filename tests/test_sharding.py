@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from gptjax.parallel.mesh import host_local_batch, logical_to_spec, make_mesh
+from gptjax.parallel.mesh import logical_to_spec, make_mesh, to_device
 from gptjax.train.loop import sharded_train_step
 
 # Its module-scoped fixtures are built once: under pytest-xdist (--dist loadgroup) the module stays on one worker.
@@ -26,7 +26,7 @@ def sharded_run(mesh_shape, num_devices, grad_accum=1):
         step, state, data = sharded_train_step(cfg, mesh)
         losses = []
         for batch in batches:
-            state, metrics = step(state, host_local_batch(batch, data))
+            state, metrics = step(state, to_device(batch, data, process_rows=True))
             losses.append(float(metrics["loss"]))
     return np.array(losses), state
 

@@ -94,30 +94,24 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-# The host <-> device paths. In a multi-process job every process runs the same program: data comes onto
-# devices as this process's rows (a training batch each process reads its own part of: host_local_batch)
-# or as host arrays every process holds in full (prompts, rollouts, preference batches: to_device), and
-# comes back with to_host, which gathers what lives on other processes' devices (a collective: every
-# process calls it at the same point, as they all run the same code).
+# The two host <-> device paths. In a multi-process job every process runs the same program: data comes onto
+# devices with to_device, as this process's rows of a batch (a training batch each process reads its own part
+# of) or as host arrays every process holds in full (prompts, rollouts, preference batches), and comes back with
+# to_host, which gathers what lives on other processes' devices (a collective: every process calls it at the
+# same point, as they all run the same code).
 
 
-def host_local_batch(batch_np: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Places this process's slice of a global batch on its devices (single- or multi-host)."""
-    if jax.process_count() == 1:
-        return jax.device_put(batch_np, sharding)
-    return jax.make_array_from_process_local_data(sharding, batch_np)
-
-
-def to_device(tree, shardings):
-    """Host arrays that every process holds in full (the same values) as global arrays on `shardings` (one
-    sharding, or a tree of them matching `tree`): each process places its own devices' slices only, so
+def to_device(tree, shardings, process_rows: bool = False):
+    """Host arrays as global arrays on `shardings` (one sharding, or a tree of them matching `tree`). Every
+    process holds each array in full (the same values), or with `process_rows` only its own rows of the batch
+    (the global batch is then every process's rows together). Each process places its own devices' slices, so
     nothing is sent between hosts (`jax.device_put` would gather and compare the whole tree across them)."""
     if jax.process_count() == 1:
         return jax.device_put(tree, shardings)
 
     def place(x, sharding):
         x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        return jax.make_array_from_process_local_data(sharding, x, None if process_rows else x.shape)
 
     if isinstance(shardings, jax.sharding.Sharding):
         return jax.tree.map(lambda x: place(x, shardings), tree)

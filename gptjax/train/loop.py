@@ -34,7 +34,7 @@ from gptjax.config import create_workdir, validate
 from gptjax.data.cache import SPLIT_RULE
 from gptjax.data.pipeline import DataStreams, make_streams
 from gptjax.model.build import model_graphdef
-from gptjax.parallel.mesh import batch_sharding, host_local_batch, make_mesh, replicated, to_host
+from gptjax.parallel.mesh import batch_sharding, make_mesh, replicated, to_device, to_host
 from gptjax.train import flops
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_compatible
 from gptjax.train.members import Members
@@ -156,7 +156,7 @@ def jit_eval_step(members: Members, graphdef, params_sharding, data_sharding):
 
 def validation_losses(eval_step, params, data: DataStreams, size: int, sharding) -> list[dict]:
     """`evaluate` for any params: `size` members' results on data.val_batches placed with `sharding`."""
-    losses = [eval_step(params, host_local_batch(b, sharding)) for b in data.val_batches]
+    losses = [eval_step(params, to_device(b, sharding, process_rows=True)) for b in data.val_batches]
     losses_UxM = np.reshape(to_host(losses), (len(losses), size))
     results = []
     n = len(losses)
@@ -205,7 +205,7 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
     data_sharding = batch_sharding(mesh, rules)
     compile_start = time.perf_counter()
     train_step = (jit_train_step(cfg, mesh, members, spec, optimizer, schedule)
-                  .lower(spec.abstract, host_local_batch(data.val_batches[0], data_sharding)).compile())
+                  .lower(spec.abstract, to_device(data.val_batches[0], data_sharding, process_rows=True)).compile())
     eval_step = jit_eval_step(members, spec.graphdef, spec.shardings["params"], data_sharding)
     compile_seconds = time.perf_counter() - compile_start
     warn_at = int(MAX_EPOCHS_BEFORE_WARNING * data.batches_per_epoch) + 1 if data.batches_per_epoch else None
@@ -232,7 +232,7 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
 
     def step(state, s: int):
         batch = next(data.train)
-        state, metrics = train_step(state, host_local_batch(batch, data_sharding))
+        state, metrics = train_step(state, to_device(batch, data_sharding, process_rows=True))
         metrics = dict(metrics, batch_crc32=zlib.crc32(batch.tobytes()))  # resume tests compare the batches
         if data.batches_per_epoch:
             metrics["epoch"] = s / data.batches_per_epoch
