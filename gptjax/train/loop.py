@@ -129,7 +129,7 @@ def seconds_per_train_step(cfg, batch_np, steps: int, warmup: int = 3) -> float:
     mesh = make_mesh(cfg.parallel)
     with jax.set_mesh(mesh):
         step, state, data = sharded_train_step(cfg, mesh)
-        batch = jax.device_put(batch_np, data)
+        batch = to_device(batch_np, data)  # the whole batch, held by this process (benchmarks run on one)
         for _ in range(warmup):
             state, metrics = step(state, batch)
         metrics["loss"].block_until_ready()
