@@ -150,10 +150,11 @@ def test_sft_on_two_processes_equals_one_process(sft_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["grpo", "ppo"])
-def test_rl_on_two_processes_equals_one_process(mode, sft_runs, tmp_path):
+@pytest.mark.parametrize("config", [["--config=configs/grpo.py"], ["--config=configs/grpo.py", "--config.mode=rloo"],
+                                    ["--config=configs/ppo.py"]], ids=["grpo", "rloo", "ppo"])
+def test_rl_on_two_processes_equals_one_process(config, sft_runs, tmp_path):
     """Rollouts sampled with the KV cache, scored and updated across processes (PPO: with its value model)."""
-    rl = post_training(f"--config=configs/{mode}.py", f"--config.align.init_from={sft_runs[0]}")
+    rl = post_training(*config, f"--config.align.init_from={sft_runs[0]}")
     one = run(rl + [f"--workdir={tmp_path / 'one'}"], 1)
     two = run(rl + [f"--workdir={tmp_path / 'two'}"], 2)
     for key in ("reward_mean", "gold_reward", "response_length", "eval_reward", "eval_train_reward"):
