@@ -27,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+from shapes import bon_expectations, fit_bon, fit_rl, shape_check, verdict  # this script's directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -228,34 +229,6 @@ def bon_stage(root, sft_dir, rm_dirs, force):
 
 
 # ------------------------------------------------------------------------------------------ analysis
-def bon_expectations(proxy_PxN, target_PxN, ns, rng):
-    """Per prompt, the expected `target` of the best-by-proxy of n samples drawn without replacement from
-    the N stored ones (the unbiased order-statistics estimator), for each n: array P x len(ns)."""
-    P, N = proxy_PxN.shape
-    jitter = rng.uniform(0, 1e-9, size=proxy_PxN.shape)  # random tie-breaking among equal proxy scores
-    order = np.argsort(proxy_PxN + jitter, axis=1)
-    sorted_target = np.take_along_axis(target_PxN, order, axis=1)
-    out = np.zeros((P, len(ns)))
-    for c, n in enumerate(ns):
-        w = np.array([math.comb(k, n - 1) for k in range(N)], float) / math.comb(N, n)  # P(pick = k-th lowest)
-        out[:, c] = sorted_target @ w
-    return out
-
-
-def fit_bon(d, r):
-    """alpha, beta of r = d (alpha - beta d) by least squares (no intercept: R(0) = 0)."""
-    X = np.stack([d, -d * d], 1)
-    return np.linalg.lstsq(X, r, rcond=None)[0]
-
-
-def fit_rl(d, r):
-    """alpha, beta of r = d (alpha - beta log d) by least squares, on points with d > 0."""
-    keep = d > 0
-    d, r = d[keep], r[keep]
-    X = np.stack([d, -d * np.log(d)], 1)
-    return np.linalg.lstsq(X, r, rcond=None)[0]
-
-
 def interval(samples):
     lo, hi = np.percentile(samples, [2.5, 97.5], axis=0)
     return lo.tolist(), hi.tolist()
@@ -301,7 +274,7 @@ def analyse(root, results_meta):
                              bon_prompts=BON_PROMPTS, bon_n_max=BON_N_MAX, rl_steps=RL_STEPS, rl_lr=RL_LR,
                              rl_kl_coef=RL_KL_COEF, n_boot=N_BOOT),
                initial_policy=dict(gold_mean=gold0, eos_fraction=float(z["stopped"].mean())),
-               bon=dict(n=ns.tolist(), kl=kl_bon.tolist(), d=d_bon.tolist()), rl={}, rm={})
+               bon=dict(n=ns.tolist(), kl=kl_bon.tolist(), d=d_bon.tolist()), rl={}, rm={}, shape_checks=[])
     out.update(results_meta)
     for n_rm in RM_SIZES:
         proxy = z[f"proxy_{n_rm}"]
@@ -319,6 +292,8 @@ def analyse(root, results_meta):
         # --- best-of-n
         g_curve = bon_expectations(proxy, gold, ns, rng) - gold0  # P x len(ns); column n=1 is exactly 0 on average
         p_curve = bon_expectations(proxy, proxy, ns, rng) - proxy0
+        # RL's per-step rows carry no per-prompt rewards, so only best-of-n gets a shape check here.
+        out["shape_checks"].append(shape_check("bon", n_rm, d_bon, p_curve, g_curve, N_BOOT, rng))
         g_mean, p_mean = g_curve.mean(0), p_curve.mean(0)
         boot_g, boot_p, boot_peak = [], [], []
         for _ in range(N_BOOT):
@@ -381,6 +356,7 @@ def analyse(root, results_meta):
             d_final=float(sd[-1]), kl_final=float(smooth(kl, w)[-1]),
             proxy_first_third=float(sp[:third].mean()), proxy_last_third=float(sp[-third:].mean()),
             seconds=(load_marker(root, f"rl_{n_rm}") or {}).get("seconds"))
+    out["shape_verdict"] = verdict(out["shape_checks"])
     return out
 
 
@@ -628,6 +604,18 @@ def write_report(res, out):
                 last = m["gold_final"]
                 falls = m["step"] < r["step"][-1] and m["gold"] > 0 and m["gold"] - last > 0.02
             L.append(f"| {method.upper()} | {k} | {rises} | {falls} | {m['gold']:+.3f} | {last:+.3f} |")
+    if "shape_checks" in res:  # written by analyse() since the pass criteria were defined (shapes.py)
+        L += ["", "## Shape checks (results.json `shape_checks`, computed by `shapes.shape_check`)", "",
+              "| method | RM pairs | proxy rises | gold peaks then falls | d at gold's peak (95%) | alpha (95%) | "
+              "beta (95%) |", "|---|---|---|---|---|---|---|"]
+        for c in res["shape_checks"]:
+            ci = {k: f"{c[k]:.3g} ({c[k + '_ci'][0]:.3g} .. {c[k + '_ci'][1]:.3g})" for k in ("d_peak", "alpha", "beta")}
+            L.append(f"| {c['method']} | {c['rm_pairs']} | {c['proxy_rises']} | {c['gold_peaks_then_falls']} | "
+                     f"{ci['d_peak']} | {ci['alpha']} | {ci['beta']} |")
+        for method, v in res["shape_verdict"].items():
+            L.append(f"\n{method}: the shape holds for {len(v['proxies_passing'])} of 3 proxies (needs 2: "
+                     f"{'met' if v['shape_holds'] else 'not met'}); d at the peak grows with the proxy's data: "
+                     f"{v['d_peak_grows_with_data']}.")
     L += ["", NOTES, LIBRARY_NOTES]
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))

@@ -1,0 +1,80 @@
+"""The over-optimisation study's estimators against brute force, and its pass criteria on planted curves
+(experiments/rm_overoptimization/shapes.py)."""
+
+import itertools
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                "rm_overoptimization"))
+from shapes import bon_expectations, shape_check, verdict  # noqa: E402
+
+from gptjax.align.losses import best_of_n_kl  # noqa: E402
+
+
+def test_best_of_n_from_a_pool_equals_every_subset_enumerated():
+    rng = np.random.default_rng(0)
+    pool = 7
+    proxy_PxN, gold_PxN = rng.normal(size=(3, pool)), rng.normal(size=(3, pool))
+    ns = list(range(1, pool + 1))
+    estimated = bon_expectations(proxy_PxN, gold_PxN, ns, rng)
+    for p in range(3):
+        for c, n in enumerate(ns):
+            subsets = list(itertools.combinations(range(pool), n))
+            brute = np.mean([gold_PxN[p][max(s, key=lambda i: proxy_PxN[p][i])] for s in subsets])
+            assert estimated[p, c] == pytest.approx(brute, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_the_best_of_n_kl_bounds_every_enumerated_discrete_policy_and_is_their_limit(n):
+    """Best of n independent draws from M equally likely outcomes (scored 1..M), every draw enumerated: its
+    KL to the base never exceeds log(n) - (n-1)/n and approaches it as M grows (distinct scores)."""
+    def enumerated_kl(M):
+        picks = np.zeros(M)
+        for draws in itertools.product(range(M), repeat=n):
+            picks[max(draws)] += 1
+        p = picks / picks.sum()
+        return float(sum(q * math.log(q * M) for q in p if q > 0))
+
+    kls = [enumerated_kl(M) for M in (2, 4, 8, 16)]
+    assert all(kl <= best_of_n_kl(n) + 1e-12 for kl in kls)
+    assert kls == sorted(kls) and kls[-1] == pytest.approx(best_of_n_kl(n), abs=0.05 * max(best_of_n_kl(n), 1e-3))
+
+
+def planted(gold_of_d, proxy_of_d, d_X, units=200, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    gold_UxX = gold_of_d(d_X) + rng.normal(0, noise, (units, len(d_X)))
+    proxy_UxX = proxy_of_d(d_X) + rng.normal(0, noise, (units, len(d_X)))
+    return proxy_UxX, gold_UxX
+
+
+def test_shape_checks_are_read_from_the_curves():
+    d_X = np.sqrt([best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256)])
+    rising = lambda d: 0.5 * d  # noqa: E731
+    rng = np.random.default_rng(1)
+    peaked = shape_check("bon", 500, d_X, *planted(lambda d: d * (0.6 - 0.4 * d), rising, d_X), n_boot=200, rng=rng)
+    assert peaked["proxy_rises"] and peaked["gold_peaks_then_falls"]
+    assert peaked["d_peak"] == pytest.approx(0.75, abs=0.25)  # the planted peak: 0.6 / (2 * 0.4)
+    assert peaked["alpha_ci"][0] < 0.6 < peaked["alpha_ci"][1] and peaked["beta_ci"][0] < 0.4 < peaked["beta_ci"][1]
+    monotone = shape_check("bon", 2000, d_X, *planted(lambda d: 0.3 * d, rising, d_X), n_boot=200, rng=rng)
+    assert monotone["proxy_rises"] and not monotone["gold_peaks_then_falls"]
+    assert monotone["d_peak"] == d_X[-1]
+    falling_proxy = shape_check("bon", 8000, d_X, *planted(lambda d: d * (0.6 - 0.4 * d), lambda d: -0.5 * d, d_X),
+                                n_boot=200, rng=rng)
+    assert not falling_proxy["proxy_rises"]
+    # Only the peaked proxy passes: the shape needs 2 of 3; d_peak went 0.75 -> the last point -> ~0.75.
+    assert verdict([peaked, monotone, falling_proxy]) == {"bon": dict(proxies_passing=[500], shape_holds=False,
+                                                                      d_peak_grows_with_data=False)}
+
+
+def test_rl_fit_recovers_a_planted_log_curve():
+    d_X = np.linspace(0.25, 6, 24)
+    check = shape_check("rl", 500, d_X, *planted(lambda d: d * (1.0 - 0.5 * np.log(d)), lambda d: d, d_X),
+                        n_boot=200, rng=np.random.default_rng(2))
+    assert check["gold_peaks_then_falls"] and check["proxy_rises"]
+    assert check["alpha"] == pytest.approx(1.0, abs=0.05) and check["beta"] == pytest.approx(0.5, abs=0.05)
+    assert check["d_peak"] == pytest.approx(math.exp(1.0 / 0.5 - 1), abs=0.5)  # d* = exp(alpha / beta - 1)
