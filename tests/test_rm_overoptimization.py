@@ -66,9 +66,24 @@ def test_shape_checks_are_read_from_the_curves():
     falling_proxy = shape_check("bon", 8000, d_X, *planted(lambda d: d * (0.6 - 0.4 * d), lambda d: -0.5 * d, d_X),
                                 n_boot=200, rng=rng)
     assert not falling_proxy["proxy_rises"]
-    # Only the peaked proxy passes: the shape needs 2 of 3; d_peak went 0.75 -> the last point -> ~0.75.
+    # Only the peaked proxy passes: the shape needs 2 of 3, and d_peak is compared between passing proxies only.
     assert verdict([peaked, monotone, falling_proxy]) == {"bon": dict(proxies_passing=[500], shape_holds=False,
                                                                       d_peak_grows_with_data=False)}
+    later = shape_check("bon", 8000, d_X, *planted(lambda d: d * (0.6 - 0.2 * d), rising, d_X), n_boot=20, rng=rng)
+    assert later["gold_peaks_then_falls"] and later["d_peak"] > peaked["d_peak"]  # planted peak at 1.5
+    assert verdict([peaked, monotone, later])["bon"] == dict(proxies_passing=[500, 8000], shape_holds=True,
+                                                             d_peak_grows_with_data=True)
+
+
+def test_a_flat_gold_curve_rarely_passes_as_peaked():
+    """The largest of noisy means is biased up; the Bonferroni level keeps a flat curve's false 'peaked' rare."""
+    d_X = np.sqrt([best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256)])
+    flat = lambda d: 0.0 * d  # noqa: E731
+    checks = [shape_check("bon", 500, d_X, *planted(flat, flat, d_X, units=100, seed=s), n_boot=2,
+                          rng=np.random.default_rng(s)) for s in range(1000)]
+    assert np.mean([c["gold_peaks_then_falls"] for c in checks]) <= 0.035  # at most 2.5%, one-sided
+    naive = [c["d_peak"] not in (d_X[0], d_X[-1]) and c["gold_drop"] > 2 * c["gold_drop_se"] for c in checks]
+    assert np.mean(naive) >= 0.08  # the plain 2 SE rule: about one flat curve in nine would pass
 
 
 def test_rl_fit_recovers_a_planted_log_curve():
@@ -78,3 +93,21 @@ def test_rl_fit_recovers_a_planted_log_curve():
     assert check["gold_peaks_then_falls"] and check["proxy_rises"]
     assert check["alpha"] == pytest.approx(1.0, abs=0.05) and check["beta"] == pytest.approx(0.5, abs=0.05)
     assert check["d_peak"] == pytest.approx(math.exp(1.0 / 0.5 - 1), abs=0.5)  # d* = exp(alpha / beta - 1)
+
+
+def test_the_report_states_the_shape_checks_results_json_holds(tmp_path):
+    import json
+
+    import run as study  # experiments/rm_overoptimization/run.py
+
+    with open(study.RESULTS, encoding="utf-8") as f:
+        res = json.load(f)
+    d_X = np.sqrt([best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 32, 64)])
+    res["shape_checks"] = [shape_check("bon", pairs, d_X, *planted(lambda d: d * (0.6 - 0.4 * d), lambda d: d, d_X,
+                                                                     seed=pairs), n_boot=20, rng=np.random.default_rng(0))
+                           for pairs in (500, 2000)]
+    res["shape_verdict"] = verdict(res["shape_checks"])
+    study.write_report(res, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "| bon | 500 | True | True | " in text and "| bon | 2000 | True | True | " in text
+    assert "bon: the shape holds for 2 of 3 proxies (needs 2: met)" in text

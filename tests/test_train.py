@@ -271,6 +271,33 @@ def test_wandb_logs_every_row_offline_and_a_resumed_run_logs_on_into_the_same_ru
     assert logged == expected and len(expected) == 4 + 2 + 2 + 1  # train steps 1-6, eval at 2, 4 and 6
 
 
+def test_a_wandb_that_cannot_start_leaves_training_to_the_other_sinks(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    def offline_and_no_network(**kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", offline_and_no_network)
+    cfg = tiny_config()
+    cfg.train.update(steps=2, eval_every=2, wandb_project="gptjax-test")
+    with caplog.at_level("WARNING"):
+        train(cfg, str(tmp_path / "run"))
+    assert [r["step"] for r in read_metrics(str(tmp_path / "run")) if r["split"] == "train"] == [1, 2]
+    assert "W&B did not start (no network)" in caplog.text
+
+
+def test_each_process_keeps_its_own_data_position(tmp_path):
+    import jax.numpy as jnp
+
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), 2)
+    checkpointer.save(3, {"w": jnp.zeros(2)}, {"step": 3}, data_state={"index": 7})
+    checkpointer.wait()
+    mine = tmp_path / "checkpoints" / "3" / "data" / "process_0-of-1.json"
+    assert Checkpointer.reader(str(tmp_path / "checkpoints")).restore_data_state(3) == {"index": 7}
+    os.rename(mine, mine.with_name("process_0-of-2.json"))  # as written by a job of two processes
+    assert Checkpointer.reader(str(tmp_path / "checkpoints")).restore_data_state(3) is None
+
+
 def test_metrics_tensorboard_and_eval_mode(tmp_path):
     cfg = tiny_config()
     workdir = str(tmp_path / "run")

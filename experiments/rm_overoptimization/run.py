@@ -293,7 +293,8 @@ def analyse(root, results_meta):
         g_curve = bon_expectations(proxy, gold, ns, rng) - gold0  # P x len(ns); column n=1 is exactly 0 on average
         p_curve = bon_expectations(proxy, proxy, ns, rng) - proxy0
         # RL's per-step rows carry no per-prompt rewards, so only best-of-n gets a shape check here.
-        out["shape_checks"].append(shape_check("bon", n_rm, d_bon, p_curve, g_curve, N_BOOT, rng))
+        out["shape_checks"].append(shape_check("bon", n_rm, d_bon, p_curve, g_curve, N_BOOT,
+                                               np.random.default_rng((SEED, n_rm))))  # leaves `rng`'s draws as before
         g_mean, p_mean = g_curve.mean(0), p_curve.mean(0)
         boot_g, boot_p, boot_peak = [], [], []
         for _ in range(N_BOOT):

@@ -10,14 +10,18 @@ log(n) - (n-1)/n (gptjax.align.losses.best_of_n_kl), whatever the pool.
 
 A shape check (`shape_check`) reads one method x proxy: curves of U independent units (prompts) at X points of
 increasing d = sqrt(KL). The proxy rises throughout when no step falls by more than 2 SE and the last point
-is more than 2 SE above the first; gold peaks then falls when its maximum is at an interior point and the last
-point is more than 2 SE below it (SEs of the paired per-unit differences). The fits R_bon(d) = d (alpha - beta d)
-and R_rl(d) = d (alpha - beta log d) get percentile intervals from a bootstrap over the units.
+is more than 2 SE above the first (best-of-n's proxy curve rises by construction; RL's need not). Gold peaks
+then falls when its maximum is at an interior point and the last point is more than z SE below it, z = 2 raised
+to the Bonferroni level for picking the peak among the X - 2 interior points (the largest of noisy means is
+biased up: at plain 2 SE a flat curve would pass about one time in eight). SEs are those of the paired
+per-unit differences. The fits R_bon(d) = d (alpha - beta d) and R_rl(d) = d (alpha - beta log d) get percentile
+intervals from a bootstrap over the units.
 """
 
 import math
 
 import numpy as np
+from scipy.stats import norm
 
 
 def bon_pick_probabilities(n: int, pool: int) -> np.ndarray:
@@ -75,6 +79,7 @@ def shape_check(method: str, rm_pairs: int, d_X, proxy_UxX, gold_UxX, n_boot: in
                        and proxy_X[-1] - proxy_X[0] > 2 * _paired_se(proxy_UxX, X - 1, 0))
     peak = int(np.argmax(gold_X))
     drop, drop_se = float(gold_X[peak] - gold_X[-1]), _paired_se(gold_UxX, peak, X - 1)
+    drop_z = max(2.0, float(norm.ppf(1 - 0.025 / max(X - 2, 1))))
     fit = FITS[method]
     alpha, beta = fit(d_X, gold_X)
     boot_fits, boot_peaks = [], []
@@ -85,20 +90,22 @@ def shape_check(method: str, rm_pairs: int, d_X, proxy_UxX, gold_UxX, n_boot: in
         boot_peaks.append(d_X[int(np.argmax(resampled_X))])
     boot_fits = np.array(boot_fits)
     return dict(method=method, rm_pairs=int(rm_pairs), proxy_rises=proxy_rises,
-                gold_peaks_then_falls=bool(0 < peak < X - 1 and drop > 2 * drop_se),
+                gold_peaks_then_falls=bool(0 < peak < X - 1 and drop > drop_z * drop_se),
                 d_peak=float(d_X[peak]), d_peak_ci=_interval(boot_peaks), gold_drop=drop, gold_drop_se=drop_se,
+                drop_z=drop_z,
                 alpha=float(alpha), alpha_ci=_interval(boot_fits[:, 0]),
                 beta=float(beta), beta_ci=_interval(boot_fits[:, 1]), units=int(U))
 
 
 def verdict(checks: list[dict]) -> dict:
     """Per method: whether at least 2 of its proxies pass both shape criteria, and whether d_peak grows with the
-    proxy's preference data (never falls from a smaller proxy to a larger one)."""
+    proxy's preference data: strictly, from each passing proxy to the next larger passing one (a proxy without an
+    interior peak has no d_peak to compare), with at least two of them."""
     out = {}
     for method in sorted({c["method"] for c in checks}):
         mine = sorted((c for c in checks if c["method"] == method), key=lambda c: c["rm_pairs"])
-        passing = [c["rm_pairs"] for c in mine if c["proxy_rises"] and c["gold_peaks_then_falls"]]
-        peaks = [c["d_peak"] for c in mine]
-        out[method] = dict(proxies_passing=passing, shape_holds=len(passing) >= 2,
-                           d_peak_grows_with_data=bool(all(b >= a for a, b in zip(peaks, peaks[1:]))))
+        passing = [c for c in mine if c["proxy_rises"] and c["gold_peaks_then_falls"]]
+        peaks = [c["d_peak"] for c in passing]
+        out[method] = dict(proxies_passing=[c["rm_pairs"] for c in passing], shape_holds=len(passing) >= 2,
+                           d_peak_grows_with_data=len(peaks) >= 2 and all(b > a for a, b in zip(peaks, peaks[1:])))
     return out

@@ -87,6 +87,21 @@ def constrain(x, names, rules):
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
+def process_0s(value: int) -> int:
+    """Process 0's `value` on every process (a collective): for a decision read from shared files, which every
+    process must take alike (another host may see a file late, or a writer may change it between two reads)."""
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def on_every_process(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.all(multihost_utils.process_allgather(np.array([flag]))))
+
+
 def sync_processes(name: str) -> None:
     """Waits until every process of the job reaches this point (nothing to wait for on one process): after
     process 0 writes a shared file that the others read next."""

@@ -35,14 +35,13 @@ import time
 import traceback
 
 import jax
-import numpy as np
 from absl import logging
 
 from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import create_workdir, default_config, validate
 from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
-from gptjax.parallel.mesh import sync_processes
+from gptjax.parallel.mesh import process_0s, sync_processes
 from gptjax.scaling import adaptive, trial_lock, vectorized
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
 from gptjax.train.checkpoint import data_with_split_seed, model_with_defaults
@@ -252,7 +251,25 @@ def _with_keys_added_since(saved: dict) -> dict:
 
 
 def _finished(cfg, workdir: str, trial: Trial) -> bool:
-    """True when the trial has a result (ok or diverged) written by this same config."""
+    """True when the trial has a result (ok or diverged) written by this same config. In a multi-process job
+    process 0 reads the files and every process takes its answer."""
+    finished = _ANOTHER_CONFIG
+    if jax.process_index() == 0:
+        try:
+            finished = _has_result(cfg, workdir, trial)
+        except SweepPlanError:
+            process_0s(_ANOTHER_CONFIG)
+            raise
+    finished = process_0s(finished)
+    if finished == _ANOTHER_CONFIG:  # the other processes: process 0 has raised the error
+        raise SweepPlanError(f"{trial_dir(workdir, trial)} was trained with another config (see process 0's error)")
+    return bool(finished)
+
+
+_ANOTHER_CONFIG = 2  # _finished's answer from process 0 when the trial's identity differs
+
+
+def _has_result(cfg, workdir: str, trial: Trial) -> bool:
     _check_identity(cfg, workdir, trial)
     path = os.path.join(trial_dir(workdir, trial), RESULT_FILE)
     if not os.path.isfile(path):
@@ -274,7 +291,8 @@ def _load_result(directory: str) -> list[dict]:
 def run_trial(cfg, trial: Trial, workdir: str) -> list[dict]:
     """Trains one trial (all its learning rates) unless it already has a result, holding its lock;
     raises TrialLockedError when another live process holds it. Never raises for a diverging or
-    crashing trial: its rows carry status "diverged" / "failed" and the reason."""
+    crashing trial: its rows carry status "diverged" / "failed" and the reason (a crash in a multi-process
+    job raises: the other processes may be waiting in one of its collectives; a rerun retries the trial)."""
     directory = trial_dir(workdir, trial)
     if _finished(cfg, workdir, trial):
         return _load_result(directory)
@@ -300,6 +318,8 @@ def _train_trial(cfg, trial: Trial, workdir: str, directory: str) -> list[dict]:
         else:
             results = [_train_one(tcfg, directory)]
     except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
+        if jax.process_count() > 1:  # the others may wait in a collective of this trial: fail the job; a rerun retries
+            raise
         logging.error("trial %s failed:\n%s", trial.id, traceback.format_exc())
         results = _failed_rows(trial, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - start)
     write_json_atomic(os.path.join(directory, RESULT_FILE), results)
@@ -325,12 +345,7 @@ def _lock_trial(trial: Trial, directory: str) -> str:
     takes it; every process of a multi-host job learns the outcome, so all train or all skip."""
     path = os.path.join(directory, LOCK_FILE)
     holder = trial_lock.acquire(path) if jax.process_index() == 0 else None
-    locked = holder is not None
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(locked)))
-    if locked:
+    if process_0s(holder is not None):
         raise TrialLockedError(_locked_message(trial, path, holder))
     return path
 

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from gptjax.config import model as model_config
-from gptjax.parallel.mesh import sync_processes
+from gptjax.parallel.mesh import on_every_process, sync_processes
 
 
 class CheckpointError(RuntimeError):
@@ -101,13 +101,18 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 with _silence_failed_reads():
-                    return step, restore(step)
+                    restored, problem = restore(step), None
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure to read a step's files is damage
-                damaged.append(f"step {step} ({_orbax_summary(e)})")
-                logging.warning("checkpoint step %d in %s is unreadable, skipped (kept on disk): %s", step,
-                                self.directory, _orbax_summary(e))
+                restored, problem = None, _orbax_summary(e)
+            # A step is used only if every process read its part (one host's files may be the damaged ones).
+            if on_every_process(problem is None):
+                return step, restored
+            problem = problem or "another process could not read its part"
+            damaged.append(f"step {step} ({problem})")
+            logging.warning("checkpoint step %d in %s is unreadable, skipped (kept on disk): %s", step,
+                            self.directory, problem)
         if damaged:
             raise CheckpointError(f"{self.directory}: no readable checkpoint; damaged: {'; '.join(damaged)}. Nothing "
                                   "was deleted; restore the files from a backup, or use a fresh --workdir.")

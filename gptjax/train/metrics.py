@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 
+from absl import logging
 
 from gptjax.atomic import atomic_path
 
@@ -91,8 +92,14 @@ def start_wandb(workdir: str, project: str, config: dict | None):
         run_id = uuid.uuid4().hex[:12]
         with atomic_path(id_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(run_id)
-    run = wandb.init(project=project, id=run_id, resume="allow", dir=workdir, config=config,  # silent: quiet logs
-                     name=os.path.basename(os.path.abspath(workdir)), settings=wandb.Settings(silent=True))
+    try:  # finish_previous: a sweep's next trial is a new run, never the last one's
+        run = wandb.init(project=project, id=run_id, resume="allow", dir=workdir, config=config,
+                         name=os.path.basename(os.path.abspath(workdir)), reinit="finish_previous",
+                         settings=wandb.Settings(silent=True))  # silent: quiet logs
+    except Exception as e:  # noqa: BLE001 - W&B (its login, the network) must not stop a run that trains
+        logging.warning("train.wandb_project=%s: W&B did not start (%s); metrics go to metrics.jsonl and TensorBoard "
+                        "only", project, e)
+        return None
     run.define_metric("step")
     run.define_metric("*", step_metric="step")
     return run
