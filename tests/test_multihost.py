@@ -55,8 +55,9 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, dict]:
 
 def train_losses(workdir) -> dict:
     """The last logged train loss of each step (a resumed run logs the steps after its checkpoint again)."""
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+    from gptjax.train.metrics import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(str(workdir)) if r["split"] == "train"}
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from shapes import bon_expectations, fit_bon, fit_rl, shape_check, verdict  # this script's directory
+from shapes import bon_expectations, fit_bon, fit_rl, interval, shape_check, verdict  # this script's directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -229,11 +229,6 @@ def bon_stage(root, sft_dir, rm_dirs, force):
 
 
 # ------------------------------------------------------------------------------------------ analysis
-def interval(samples):
-    lo, hi = np.percentile(samples, [2.5, 97.5], axis=0)
-    return lo.tolist(), hi.tolist()
-
-
 def smooth(x, window):
     """Centered moving average (window shrinks at the edges)."""
     x = np.asarray(x, float)

@@ -63,7 +63,8 @@ def _paired_se(curves_UxX, a: int, b: int) -> float:
     return float(diff_U.std(ddof=1) / math.sqrt(len(diff_U)))
 
 
-def _interval(samples) -> list:
+def interval(samples) -> list:
+    """The 95% percentile interval [low, high] of bootstrap `samples`."""
     low, high = np.percentile(samples, [2.5, 97.5])
     return [float(low), float(high)]
 
@@ -91,10 +92,10 @@ def shape_check(method: str, rm_pairs: int, d_X, proxy_UxX, gold_UxX, n_boot: in
     boot_fits = np.array(boot_fits)
     return dict(method=method, rm_pairs=int(rm_pairs), proxy_rises=proxy_rises,
                 gold_peaks_then_falls=bool(0 < peak < X - 1 and drop > drop_z * drop_se),
-                d_peak=float(d_X[peak]), d_peak_ci=_interval(boot_peaks), gold_drop=drop, gold_drop_se=drop_se,
+                d_peak=float(d_X[peak]), d_peak_ci=interval(boot_peaks), gold_drop=drop, gold_drop_se=drop_se,
                 drop_z=drop_z,
-                alpha=float(alpha), alpha_ci=_interval(boot_fits[:, 0]),
-                beta=float(beta), beta_ci=_interval(boot_fits[:, 1]), units=int(U))
+                alpha=float(alpha), alpha_ci=interval(boot_fits[:, 0]),
+                beta=float(beta), beta_ci=interval(boot_fits[:, 1]), units=int(U))
 
 
 def verdict(checks: list[dict]) -> dict:

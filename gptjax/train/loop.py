@@ -225,10 +225,11 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
         return state
 
     def save(checkpointer: Checkpointer, step: int, state) -> None:
+        position = data.train.get_state()  # this process's own, and (in meta) process 0's for older readers
         checkpointer.save(step, state, dict(
-            step=step, config=json_config(cfg), data_state=data.train.get_state(), data_identity=identity,
+            step=step, config=json_config(cfg), data_state=position, data_identity=identity,
             tokenizer_hash=data.tokenizer_hash, optimizer_identity=optim_identity,
-            diverged={str(k): v for k, v in task.diverged.items()}), data_state=data.train.get_state())
+            diverged={str(k): v for k, v in task.diverged.items()}), data_state=position)
 
     def step(state, s: int):
         batch = next(data.train)
@@ -260,12 +261,13 @@ def fit(cfg, workdir: str, task: Task) -> list[dict]:
     Returns each member's final metrics (its latest train row and eval_* results)."""
     t, members = cfg.train, task.members
     K = members.size
-    write_json_atomic(os.path.join(workdir, "config.json"), json_config(cfg))
+    config = json_config(cfg)
+    write_json_atomic(os.path.join(workdir, "config.json"), config)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), t.max_to_keep)
     found = checkpointer.restore_to_resume(lambda step: task.restore(checkpointer, step))
     state, start = (task.fresh(), 0) if found is None else (found[1], found[0])
     writer = MetricsWriter(workdir, t.steps, start, t.progress_bar, enabled=jax.process_index() == 0,
-                           display=t.show_steps, wandb_project=t.wandb_project, config=json_config(cfg))
+                           display=t.show_steps, wandb_project=t.wandb_project, config=config)
     pending = []  # (step, metrics) not yet read back to the host
     clock, clock_step = time.perf_counter(), start
     finals = [{} for _ in range(K)]  # each member's latest metrics
