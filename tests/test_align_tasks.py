@@ -1,12 +1,13 @@
 import math
 import re
 
+import numpy as np
 import pytest
 
 from gptjax.align import tasks
 from gptjax.align.data import AlignDataError, load_preferences, write_preferences
 from gptjax.align.tasks import (LEXICON, TASKS, ArithmeticProblem, arithmetic_problems, arithmetic_reward,
-                                arithmetic_sft_rows, get_task, gold_reward, shakespeare_preferences,
+                                arithmetic_sft_rows, concise_gold_reward, get_task, gold_reward, shakespeare_preferences,
                                 shakespeare_prompts, shakespeare_sft_rows)
 from gptjax.data import sources
 from gptjax.data.tokenizer import train_tokenizer
@@ -102,6 +103,26 @@ def test_gold_reward_is_bounded_and_deterministic():
     assert len(LEXICON) == 30
 
 
+def test_concise_gold_reward_peaks_at_seven_distinct_words():
+    words = "now is the winter of our discontent made glorious summer by this sun of york".split()
+    scores = [concise_gold_reward(" ".join(words[:n])) for n in range(1, 13)]
+    assert scores[:7] == pytest.approx([0.25 * n for n in range(1, 8)])  # each word up to 7 earns 0.25
+    assert scores[7:] == pytest.approx([1.75 - 1.0 * k for k in range(1, 6)])  # each beyond costs 1
+    assert int(np.argmax(scores)) + 1 == 7
+    assert concise_gold_reward("the the the the") == pytest.approx(1.0 - 0.75)  # 3 of 4 words repeat
+    assert concise_gold_reward("") == concise_gold_reward("!!") == -1.0
+
+
+def test_the_concise_task_judges_and_labels_with_its_own_gold():
+    concise, plain = get_task("shakespeare_concise"), get_task("shakespeare")
+    assert concise.prompts(5, seed=0) == plain.prompts(5, seed=0)  # the same prompts and SFT data
+    assert concise.sft_rows(5, seed=0) == plain.sft_rows(5, seed=0)
+    text = "the fair moon shines on my dear lord and all his men ride out"
+    assert concise.reward(None, text) == concise_gold_reward(text) != plain.reward(None, text)
+    for row in concise.preference_rows(30, seed=0):
+        assert concise_gold_reward(row["chosen"]) > concise_gold_reward(row["rejected"])
+
+
 # ------------------------------------------------------------------------------------------ shakespeare
 
 
@@ -154,7 +175,7 @@ def test_shakespeare_preference_rows_are_gold_labelled_and_loadable(tokenizer, t
 
 
 def test_registry_tasks_share_one_interface():
-    assert set(TASKS) == {"arithmetic", "shakespeare"}
+    assert set(TASKS) == {"arithmetic", "shakespeare", "shakespeare_concise"}
     arithmetic = get_task("arithmetic")
     assert arithmetic.name == "arithmetic"
     [(text, meta)] = arithmetic.prompts(1, seed=0)

@@ -229,6 +229,15 @@ def test_reward_model_learns_preferences_and_scores_rows(rm_dir, sft_dir):
     assert abs(float(np.mean(rm(tokens, [len(r) for r in preferred])))) < 1e-4
 
 
+def test_a_chosen_checkpoint_step_loads(rm_dir):
+    """load_network(step=K) reads step K (the over-optimisation study samples every kept RL checkpoint)."""
+    newest, earlier = load(rm_dir), load_network(rm_dir, MESH_1, RULES, step=2)
+    assert (newest.step, earlier.step) == (4, 2)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(newest.params), jax.tree.leaves(earlier.params)))
+    with pytest.raises(CheckpointError, match=r"no checkpoint step 3 .*\[2, 4\].*raise train.max_to_keep"):
+        load_network(rm_dir, MESH_1, RULES, step=3)
+
+
 def test_reward_model_from_another_tokenizer_is_refused(sft_dir, tmp_path):
     foreign = str(tmp_path / "rm_foreign")
     cfg = align_config("reward")  # a fresh network with its own, smaller tokenizer

@@ -175,7 +175,7 @@ BAD_ALIGN_CONFIGS = [  # (mode, {path: value}, words the error must contain)
     ("ppo", {}, ["align.init_from=''", "mode=ppo starts from a trained policy"]),
     ("grpo", {"align.init_from": "/nonexistent/run"}, ["align.init_from='/nonexistent/run'", "not a directory"]),
     ("rloo", {"rl.group_size": 1}, ["rl.group_size=1", "at least 2 samples"]),
-    ("sft", {"align.task": "poetry"}, ["align.task='poetry'", "arithmetic or shakespeare"]),
+    ("sft", {"align.task": "poetry"}, ["align.task='poetry'", "arithmetic, shakespeare or shakespeare_concise"]),
     ("sft", {"align.data": "/nonexistent.jsonl"}, ["align.data='/nonexistent.jsonl'", "does not exist"]),
     ("reward", {"align.batch_size": 6, "parallel.num_devices": 8, "parallel.mesh": (8, 1, 1)},
      ["align.batch_size=6", "divide by data*fsdp=8"]),

@@ -95,19 +95,61 @@ def test_rl_fit_recovers_a_planted_log_curve():
     assert check["d_peak"] == pytest.approx(math.exp(1.0 / 0.5 - 1), abs=0.5)  # d* = exp(alpha / beta - 1)
 
 
-def test_the_report_states_the_shape_checks_results_json_holds(tmp_path):
+def test_the_committed_report_states_every_shape_check_of_results_json():
     import json
 
     import run as study  # experiments/rm_overoptimization/run.py
 
     with open(study.RESULTS, encoding="utf-8") as f:
         res = json.load(f)
-    d_X = np.sqrt([best_of_n_kl(n) for n in (1, 2, 4, 8, 16, 32, 64)])
-    res["shape_checks"] = [shape_check("bon", pairs, d_X, *planted(lambda d: d * (0.6 - 0.4 * d), lambda d: d, d_X,
-                                                                     seed=pairs), n_boot=20, rng=np.random.default_rng(0))
-                           for pairs in (500, 2000)]
-    res["shape_verdict"] = verdict(res["shape_checks"])
-    study.write_report(res, tmp_path / "report.md")
-    text = (tmp_path / "report.md").read_text()
-    assert "| bon | 500 | True | True | " in text and "| bon | 2000 | True | True | " in text
-    assert "bon: the shape holds for 2 of 3 proxies (needs 2: met)" in text
+    with open(os.path.join(os.path.dirname(study.RESULTS), "report.md"), encoding="utf-8") as f:
+        report = f.read()
+    assert {c["method"] for c in res["shape_checks"]} == {"bon", "rl"} and len(res["shape_checks"]) == 6
+    for c in res["shape_checks"]:
+        assert f"| {c['rm_pairs']} | {c['proxy_rises']} | {c['gold_peaks_then_falls']} | " in report
+    for method, v in res["shape_verdict"].items():
+        assert v == verdict([c for c in res["shape_checks"] if c["method"] == method])[method]
+        assert f"criterion (>= 2) is **{'met' if v['shape_holds'] else 'not met'}**" in report
+
+
+@pytest.mark.slow
+def test_a_miniature_of_the_study_computes_its_shape_checks_from_its_samples(tmp_path):
+    """Every stage of run.py for a few seconds (--miniature): results.json's curves and shape checks are what the
+    stored samples give, the estimator equals brute force on a real pool, and the report rebuilds from the file."""
+    import json
+    import subprocess
+
+    import run as study
+
+    root = tmp_path / "rmo"
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(study.RESULTS), "run.py"), "--miniature",
+                    f"--root={root}"], check=True, capture_output=True, cwd=study.REPO)
+    res = json.loads((root / "results.json").read_text())
+    mini = study.MINIATURE
+    assert sorted((c["method"], c["rm_pairs"]) for c in res["shape_checks"]) == sorted(
+        (m, n) for m in ("bon", "rl") for n in mini["RM_SIZES"])
+    z = np.load(root / "bon" / "scores.npz")
+    gold_PxN, ns = z["gold"], mini["BON_NS"]
+    assert gold_PxN.shape == (mini["HELD_OUT_PROMPTS"], mini["BON_POOL"])
+    rng = np.random.default_rng(0)
+    for n_rm in mini["RM_SIZES"]:
+        proxy_PxN, curve = z[f"proxy_{n_rm}"], res["bon"][str(n_rm)]
+        expected = bon_expectations(proxy_PxN, gold_PxN, ns, rng) - gold_PxN.mean()
+        assert curve["gold"] == pytest.approx(expected.mean(0).tolist(), abs=1e-9)
+        assert curve["d"] == pytest.approx([math.sqrt(best_of_n_kl(n)) for n in ns])
+        small_proxy, small_gold = proxy_PxN[:1, :6], gold_PxN[:1, :6]  # a real pool of 6, every subset enumerated
+        for n in range(1, 7):
+            brute = np.mean([small_gold[0][max(s, key=lambda i: small_proxy[0][i])]
+                             for s in itertools.combinations(range(6), n)])
+            assert bon_expectations(small_proxy, small_gold, [n], rng)[0, 0] == pytest.approx(brute)
+    for key, r in list(res["bon"].items()) + list(res["rl"].items()):  # the pass criterion, read off the stored curve
+        peak = int(np.argmax(r["gold"]))
+        assert r["gold_peaks_then_falls"] == (0 < peak < len(r["gold"]) - 1
+                                              and r["gold_drop"] > r["drop_z"] * r["gold_drop_se"]), key
+        assert r["gold_drop"] == pytest.approx(r["gold"][peak] - r["gold"][-1])
+    rl = np.load(root / "rl_eval_24.npz")
+    assert rl["steps"].tolist() == list(range(0, mini["RL_STEPS"] + 1, mini["RL_EVAL_EVERY"]))
+    assert np.abs(rl["kl_XxU"][0]).max() < 1e-3  # step 0 is the SFT policy itself: no KL
+    assert res["rl"]["24"]["d"] == pytest.approx(np.sqrt(np.maximum(rl["kl_XxU"].mean(1), 0)).tolist())
+    study.rebuild_report(str(tmp_path / "again.md"), str(root / "results.json"))
+    assert (tmp_path / "again.md").read_text() == (root / "report.md").read_text()

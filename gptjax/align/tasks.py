@@ -5,6 +5,8 @@
                 programmatic *gold* reward (gold_reward) stands in for human judgement, so a reward
                 model trained on gold-labelled preferences is a *proxy* whose over-optimisation can be
                 measured (Gao et al. 2022: the proxy keeps rising while the gold score peaks and falls).
+  shakespeare_concise   the same prompts, judged by concise_gold_reward: a dense gold whose optimum
+                (7 distinct words) lies inside what the SFT policy produces, as the over-optimisation study uses.
 
 Each task in TASKS exposes `name`, `sft_rows(n, seed)` (SFT JSONL rows), `prompts(n, seed)` (a list
 of (prompt text, meta)), `reward(meta, completion_text)` and `preference_rows(n, seed)` (preference
@@ -15,6 +17,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -88,6 +91,8 @@ def _messages(prompt: str, reply: str) -> dict:
 PROMPT_PREFIX = "Continue: "
 MAX_REPLY_WORDS = 12  # SFT replies: the rest of the line, at most this many words
 MAX_GOLD_WORDS = 16  # gold_reward penalises every word beyond this
+CONCISE_WORDS = 7  # concise_gold_reward's best length, in words
+CONCISE_OVERLONG_COST = 1.0  # what concise_gold_reward takes off per word beyond CONCISE_WORDS
 # The document split of configs/pretrain_shakespeare.py (data.val_fraction, data.split_seed): the plays it
 # holds out for validation never give a post-training prompt, so a policy is never tuned on them.
 PRETRAINING_VAL_FRACTION, PRETRAINING_SPLIT_SEED = 0.1, 0
@@ -202,8 +207,7 @@ def gold_reward(text: str) -> float:
     the saturation or the penalties; maximising that proxy drifts into repetition and length, where
     gold falls: the reward hacking Gao et al. 2022 measure.
     """
-    words = re.findall(r"[a-z']+", text.lower())
-    words = [w for w in words if w.strip("'")]  # a lone apostrophe is punctuation, not a word
+    words = _words(text)
     if not words:
         return -1.0
     n, distinct = len(words), set(words)
@@ -211,6 +215,32 @@ def gold_reward(text: str) -> float:
     repetition = 1.0 - len(distinct) / n
     overlong = min(1.0, max(0, n - MAX_GOLD_WORDS) / 8.0)
     return float(min(1.0, max(-1.0, warmth - repetition - overlong)))
+
+
+def _words(text: str) -> list[str]:
+    """The lower-cased runs of letters and apostrophes (a lone apostrophe is punctuation, not a word)."""
+    return [w for w in re.findall(r"[a-z']+", text.lower()) if w.strip("'")]
+
+
+def concise_gold_reward(text: str) -> float:
+    """A dense judge with an interior optimum (task shakespeare_concise), for the over-optimisation study.
+
+    With n words of which u are distinct and L = CONCISE_WORDS:
+
+        gold = 0.25 * min(n, L) - C * max(0, n - L) - (1 - u / n),   and -1 for a text without words
+
+    (C = CONCISE_OVERLONG_COST.) Each word up to L earns 0.25, each beyond it costs C, and repeated words cost
+    their share. The SFT policy of the over-optimisation study writes 2 / 4 / 7 / 10 words (10th / 50th / 90th /
+    99th percentile), so gold is highest for a length it produces but rarely: a reward model learns "longer is
+    better" from most pairs, and only the few pairs past L teach it the turn. Optimising a proxy that learnt the
+    turn poorly overshoots L.
+    """
+    words = _words(text)
+    if not words:
+        return -1.0
+    n = len(words)
+    return float(0.25 * min(n, CONCISE_WORDS) - CONCISE_OVERLONG_COST * max(0, n - CONCISE_WORDS)
+                 - (1.0 - len(set(words)) / n))
 
 
 def shakespeare_preferences(completions_by_prompt, judge=gold_reward, seed: int = 0) -> list[dict]:
@@ -233,7 +263,7 @@ def shakespeare_preferences(completions_by_prompt, judge=gold_reward, seed: int 
     return rows
 
 
-def shakespeare_preference_rows(n: int, seed: int, words: int = 4) -> list[dict]:
+def shakespeare_preference_rows(n: int, seed: int, words: int = 4, judge=gold_reward) -> list[dict]:
     """`n` gold-labelled pairs of *ordinary* continuations: per prompt, the line's own rest against the
     rest of another random line (no model needed). This is the proxy reward model's training data."""
     references = [rest for _, rest in _eligible_lines(words)]
@@ -243,7 +273,7 @@ def shakespeare_preference_rows(n: int, seed: int, words: int = 4) -> list[dict]
         if len(rows) == n:
             break
         other = references[int(rng.integers(len(references)))]
-        rows += shakespeare_preferences({PROMPT_PREFIX + head: [rest, other]}, seed=int(rng.integers(2**31)))
+        rows += shakespeare_preferences({PROMPT_PREFIX + head: [rest, other]}, judge, seed=int(rng.integers(2**31)))
     if len(rows) < n:
         raise AlignDataError(f"n={n}: the corpus gave only {len(rows)} untied preference pairs; lower n")
     return rows
@@ -288,6 +318,7 @@ class ArithmeticTask:
 class ShakespeareTask:
     name: str = "shakespeare"
     words: int = 4
+    judge: Callable[[str], float] = gold_reward  # the gold reward of a completion's text
 
     def sft_rows(self, n: int, seed: int) -> list[dict]:
         return shakespeare_sft_rows(n, seed, self.words)
@@ -296,13 +327,14 @@ class ShakespeareTask:
         return [(p.prompt, p) for p in shakespeare_prompts(n, seed, self.words)]
 
     def reward(self, meta: ShakespearePrompt, completion_text: str) -> float:
-        return gold_reward(completion_text)  # the gold judge looks at the completion alone
+        return self.judge(completion_text)  # the gold judge looks at the completion alone
 
     def preference_rows(self, n: int, seed: int) -> list[dict]:
-        return shakespeare_preference_rows(n, seed, self.words)
+        return shakespeare_preference_rows(n, seed, self.words, self.judge)
 
 
-TASKS = {task.name: task for task in (ArithmeticTask(), ShakespeareTask())}
+TASKS = {task.name: task for task in (ArithmeticTask(), ShakespeareTask(),
+                                     ShakespeareTask(name="shakespeare_concise", judge=concise_gold_reward))}
 
 
 def get_task(name: str):

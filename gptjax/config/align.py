@@ -22,7 +22,7 @@ def align_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             init_from="",  # workdir whose latest checkpoint starts the model; "" = fresh from config.model
-            task="arithmetic",  # embedded task (align/tasks.py) used when align.data is "": arithmetic | shakespeare
+            task="arithmetic",  # embedded task (align/tasks.py) used when align.data is "": arithmetic | shakespeare | shakespeare_concise
             data="",  # JSONL; sft: {"messages"}; reward/dpo: pairs or rankings (README, Post-training); "" = align.task
             num_examples=400,  # rows an embedded task generates (arithmetic has 400 distinct problems)
             val_fraction=0.05,  # held out for eval (reward accuracy, DPO margins, SFT loss)
@@ -88,8 +88,9 @@ def dpo_defaults() -> ml_collections.ConfigDict:
 def validate(cfg, batch_shards: int) -> None:
     """Post-training keys. Whether init_from / reward_model / data exist is checked when they are opened."""
     a, r, o = cfg.align, cfg.rl, cfg.dpo
-    if not a.data and a.task not in ("arithmetic", "shakespeare"):
-        fail("align.task", a.task, "must be arithmetic or shakespeare (or set align.data to a JSONL file)")
+    if not a.data and a.task not in ("arithmetic", "shakespeare", "shakespeare_concise"):
+        fail("align.task", a.task, "must be arithmetic, shakespeare or shakespeare_concise (or set align.data to a "
+             "JSONL file)")
     if a.data and not os.path.isfile(a.data):
         fail("align.data", a.data, "does not exist; give a JSONL file (see README, Post-training) or leave it empty "
               "to use align.task")

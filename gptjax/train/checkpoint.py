@@ -92,6 +92,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def restore_newest_readable(self, restore: Callable[[int], T]) -> tuple[int, T] | None:
         """(step, restore(step)) for the newest step that `restore` can read, or None when there is no step.
         A damaged step (truncated or missing files: orbax and tensorstore raise) is named in a warning and

@@ -56,10 +56,12 @@ def saved_model_config(meta: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(model_with_defaults(saved))
 
 
-def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tokenizer: bool = True) -> Network:
-    """The newest readable checkpoint's network in `workdir` (params only, placed by `rules` on `mesh`).
-    `what` names the input in errors (e.g. "align.reference"). A damaged newest step is skipped with a
-    warning for the one before it (checkpoint.Checkpointer.restore_newest_readable)."""
+def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tokenizer: bool = True,
+                 step: int | None = None) -> Network:
+    """The newest readable checkpoint's network in `workdir` (params only, placed by `rules` on `mesh`), or
+    that of checkpoint `step` when given. `what` names the input in errors (e.g. "align.reference"). A damaged
+    newest step is skipped with a warning for the one before it (checkpoint.Checkpointer.restore_newest_readable);
+    a damaged `step` is an error."""
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise CheckpointError(f"{what}={workdir!r}: no checkpoint in {os.path.abspath(directory)}; give the workdir of "
@@ -77,7 +79,13 @@ def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tok
         return model_cfg, params, meta
 
     try:
-        found = checkpointer.restore_newest_readable(restore)
+        if step is None:
+            found = checkpointer.restore_newest_readable(restore)
+        elif step in checkpointer.all_steps():
+            found = step, restore(step)
+        else:
+            raise CheckpointError(f"{what}={workdir!r}: no checkpoint step {step} in {os.path.abspath(directory)} (it "
+                                  f"has {checkpointer.all_steps()}); raise train.max_to_keep to keep more steps")
     finally:
         checkpointer.close()
     if found is None:
