@@ -1,38 +1,54 @@
-"""GRPO vs RLOO vs PPO on the embedded arithmetic task, from one SFT'd model at equal sampling budgets.
+"""GRPO vs RLOO vs PPO on the embedded arithmetic task, from one SFT'd model at equal sampling budgets, with
+seeds and error bars.
 
     .venv/bin/python experiments/arithmetic_rl/run.py [--root /tmp/exp_arith]
     .venv/bin/python experiments/arithmetic_rl/run.py --report-only [--out PATH]
 
-Runs configs/sft.py once, then each method with the same prompts per step, samples per prompt, steps,
-learning rate and KL coefficient (only the advantage estimator and, for PPO, the value model differ),
-through the CLI exactly as a user would. Finished runs are reused (rerunning resumes / returns at once).
-Writes results.json (with the commit and command) and accuracy.png next to this file, then report.md from
-results.json alone: `--report-only` rebuilds it byte for byte without training (tests/test_experiment_reports.py).
+1. SFT once (configs/sft.py) on the training half of the 400 problems; the other half is held out by every stage.
+2. An lr probe per method: PROBE_LRS x PROBE_STEPS on a probe seed; each method gets the lr with the highest
+   sampled training reward over the probe's last third (chosen on training prompts, never on held-out ones).
+3. SEEDS x methods at their lr, the same prompts per step, samples per prompt, steps and KL form (beta * k3 as a
+   loss term, for PPO too); only the advantage estimator and, for PPO, the value model differ.
+4. Every run's final policy (and the SFT model) answers each held-out problem PASS_SAMPLES times at T = 1:
+   pass@1 per problem. Differences between methods are paired by seed and by problem.
+Runs go through the CLI exactly as a user's would; finished ones are reused. Writes results.json (with the commit
+and command) and accuracy.png next to this file, then report.md from results.json alone: `--report-only` rebuilds
+it byte for byte without training (tests/test_experiment_reports.py).
 """
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results.json")
 SCRIPT = ".venv/bin/python experiments/arithmetic_rl/run.py"
 
-# One budget for every method: 8 problems x 8 samples per step.
-SHARED = ["--config.align.num_examples=400", "--config.align.val_fraction=0.1", "--config.align.batch_size=8",
-          "--config.rl.group_size=8", "--config.rl.max_new_tokens=4", "--config.rl.kl_coef=0.01",
+SEEDS = (1, 2, 3)
+PROBE_SEED = 0
+PROBE_LRS = (1e-4, 3e-4)
+PROBE_STEPS = 150
+STEPS = 300
+PASS_SAMPLES = 16
+KL_COEF = 0.01
+SPLIT = ["--config.align.num_examples=400", "--config.align.val_fraction=0.5"]  # 200 train / 200 held-out problems
+# One budget for every method: 8 problems x 8 samples per step; one KL form: beta * k3 as a loss term.
+SHARED = [*SPLIT, "--config.align.batch_size=8", "--config.rl.group_size=8", "--config.rl.max_new_tokens=4",
+          f"--config.rl.kl_coef={KL_COEF}", "--config.rl.kl_estimator=k3", "--config.rl.kl_in_reward=False",
           "--config.rl.epochs=1", "--config.rl.minibatches=2", "--config.optim.schedule=constant",
-          "--config.optim.lr=1e-4", "--config.train.steps=1000", "--config.train.eval_every=100",
-          "--config.train.checkpoint_every=500", "--config.train.log_every=10"]
+          "--config.train.log_every=5", "--config.train.progress_bar=False"]
 METHODS = {  # name -> (config file, extra overrides)
     "GRPO": ("configs/grpo.py", []),
     "RLOO": ("configs/grpo.py", ["--config.mode=rloo"]),
-    "PPO": ("configs/ppo.py", []),  # its own KL form: k1 per token in the reward
+    "PPO": ("configs/ppo.py", []),
 }
 
 
@@ -41,110 +57,121 @@ def _git(*args) -> str:
 
 
 def cli(config: str, workdir: str, overrides: list[str]) -> float:
-    """Runs one job through gptjax.main; returns its wall time in seconds."""
+    """Runs one job through gptjax.main (a finished run returns at once); returns its wall time in seconds."""
     clock = time.time()
-    command = [sys.executable, "-m", "gptjax.main", f"--config={config}", f"--workdir={workdir}",
-               "--config.train.progress_bar=False", *overrides]
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "gptjax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "run.log"), "w") as log:
+        if subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, check=False).returncode:
+            raise SystemExit(f"{' '.join(command[1:])} failed; see {workdir}/run.log")
     return time.time() - clock
 
 
-def metrics(workdir: str) -> dict:
-    """{"train": {step: row}, "eval": {step: row}}, the last row of each step winning (resumed runs)."""
-    out = {"train": {}, "eval": {}}
+def train_rows(workdir: str) -> list[dict]:
+    """The logged training rows by step (a resumed run's later row for a step wins)."""
+    rows = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
-            out[row["split"]][row["step"]] = row
+            if row["split"] == "train":
+                rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]
+
+
+def last_third(rows: list[dict], key: str) -> float:
+    tail = rows[-max(len(rows) // 3, 1):]
+    return float(np.mean([r[key] for r in tail]))
+
+
+def held_out_pass_at_1(workdirs: dict) -> dict:
+    """{name: (pass@1 per held-out problem from PASS_SAMPLES samples at T = 1, greedy accuracy per problem)}."""
+    import jax
+
+    from gptjax.align.rl import task_prompts
+    from gptjax.align.tasks import get_task
+    from gptjax.config import load_config
+    from gptjax.parallel.mesh import make_mesh
+    from gptjax.sample.generate import generate
+    from gptjax.sample.strategies import Strategy
+    from gptjax.train.network import load_network
+
+    cfg = load_config(os.path.join(REPO, "configs/grpo.py"))
+    cfg.align.update(num_examples=400, val_fraction=0.5)  # SPLIT: the same held-out problems as every run
+    task, rules, mesh = get_task("arithmetic"), tuple(cfg.parallel.rules), make_mesh(cfg.parallel)
+    out = {}
+    with jax.set_mesh(mesh):
+        for name, workdir in workdirs.items():
+            net = load_network(workdir, mesh, rules)
+            _, val = task_prompts(cfg, task, net.tokenizer, net.model_cfg.max_len)
+            rows = [t for t in val.tokens for _ in range(PASS_SAMPLES)]
+            sampled = generate(net.model_cfg, net.params, rows, max_new_tokens=cfg.rl.max_new_tokens,
+                               strategy=Strategy(temperature=1.0), seed=12345, tokenizer=net.tokenizer, rules=rules)
+            correct = np.array([task.reward(val.meta[i // PASS_SAMPLES], c.text) for i, c in enumerate(sampled)])
+            greedy = generate(net.model_cfg, net.params, val.tokens, max_new_tokens=cfg.rl.max_new_tokens,
+                              strategy=Strategy(temperature=0.0), tokenizer=net.tokenizer, rules=rules)
+            out[name] = (correct.reshape(-1, PASS_SAMPLES).mean(1).tolist(),
+                         [task.reward(m, c.text) for m, c in zip(val.meta, greedy)])
     return out
 
 
-def smoothed(train: dict, key: str, window: int = 100) -> tuple[list[int], list[float]]:
-    """Mean of `key` over consecutive windows of logged steps (reward_mean is noisy: 64 samples a step)."""
-    steps = sorted(train)
-    xs, ys = [], []
-    for i in range(0, len(steps), max(1, window // 10)):
-        chunk = [train[s][key] for s in steps[i:i + max(1, window // 10)]]
-        xs.append(steps[min(i + len(chunk) - 1, len(steps) - 1)])
-        ys.append(sum(chunk) / len(chunk))
-    return xs, ys
+def t_interval(values) -> list:
+    """The 95% Student-t interval of the mean of `values` (independent seeds)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, float)
+    half = t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return [float(v.mean() - half), float(v.mean() + half)]
 
 
-def summarise(name: str, m: dict) -> dict:
-    first, last = min(m["eval"]), max(m["eval"])
-    train_steps = sorted(m["train"])
-    head, tail = train_steps[:10], train_steps[-10:]
-    mean = lambda steps, k: sum(m["train"][s][k] for s in steps) / len(steps)  # noqa: E731
-    return dict(
-        method=name,
-        heldout_greedy=(m["eval"][first]["reward"], m["eval"][last]["reward"]),
-        heldout_sampled=(m["eval"][first]["sampled_reward"], m["eval"][last]["sampled_reward"]),
-        train_greedy=(m["eval"][first]["train_reward"], m["eval"][last]["train_reward"]),
-        train_reward_mean=(mean(head, "reward_mean"), mean(tail, "reward_mean")),
-        final_kl_k1=mean(tail, "kl_k1"), final_entropy=mean(tail, "entropy"),
-        steps=last,
-    )
+def analyse(passes: dict, train: dict, lrs: dict) -> dict:
+    """Per method: pass@1 per seed and its mean with a t interval over seeds; the gain over SFT; and every pair of
+    methods' paired (by seed) difference with its t interval. A difference is "real" when its interval excludes 0."""
+    sft = float(np.mean(passes["SFT"][0]))
+    methods = {}
+    for name in METHODS:
+        per_seed = [float(np.mean(passes[f"{name}/{s}"][0])) for s in SEEDS]
+        methods[name] = dict(lr=lrs[name], pass_at_1=per_seed, mean=float(np.mean(per_seed)),
+                             interval=t_interval(per_seed), gain_over_sft=float(np.mean(per_seed)) - sft,
+                             gain_interval=[x - sft for x in t_interval(per_seed)],
+                             greedy=[float(np.mean(passes[f"{name}/{s}"][1])) for s in SEEDS],
+                             train_reward_last_third=[last_third(train[f"{name}/{s}"], "reward_mean") for s in SEEDS],
+                             kl_k1_last_third=[last_third(train[f"{name}/{s}"], "kl_k1") for s in SEEDS])
+    pairs = []
+    names = list(METHODS)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diffs = [x - y for x, y in zip(methods[a]["pass_at_1"], methods[b]["pass_at_1"])]
+            lo, hi = t_interval(diffs)
+            pairs.append(dict(a=a, b=b, differences=diffs, mean=float(np.mean(diffs)), interval=[lo, hi],
+                              real=bool(lo > 0 or hi < 0)))
+    return dict(sft=dict(pass_at_1=sft, greedy=float(np.mean(passes["SFT"][1]))), methods=methods, pairs=pairs)
 
 
-def plot(runs: dict, path: str) -> None:
+def plot(train: dict, path: str) -> None:
     import matplotlib  # here, so that --report-only needs no plotting library
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, m in runs.items():
-        steps = sorted(m["eval"])
-        axes[0].plot(steps, [m["eval"][s]["reward"] for s in steps], marker="o", label=name)
-        axes[1].plot(steps, [m["eval"][s]["train_reward"] for s in steps], marker="o", label=name)
-        axes[2].plot(*smoothed(m["train"], "reward_mean"), label=name)
-    for ax, title in zip(axes, ("held-out accuracy (greedy, 40 problems)", "training-prompt accuracy (greedy, 64)",
-                                "sampled reward during training (T=1)")):
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    colors = dict(zip(METHODS, ("C0", "C1", "C2")))
+    for key, rows in train.items():
+        name = key.split("/")[0]
+        window = 10  # reward_mean is noisy (64 samples a step): a moving average over 10 logged steps
+        smooth = lambda k: np.convolve([r[k] for r in rows], np.ones(window) / window, mode="valid")  # noqa: E731
+        steps = [r["step"] for r in rows][window - 1:]
+        label = name if key.endswith(f"/{SEEDS[0]}") else None
+        axes[0].plot(steps, smooth("reward_mean"), color=colors[name], alpha=0.7, label=label)
+        axes[1].plot(smooth("kl_k1"), smooth("reward_mean"), color=colors[name], alpha=0.7, label=label)
+    axes[0].set(xlabel="RL step", ylabel="sampled training reward", title=f"training reward ({len(SEEDS)} seeds each)")
+    axes[1].set(xlabel="KL to the SFT policy (k1, nats/sequence)", ylabel="sampled training reward",
+                title="reward against KL")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# The prose of the report: what SHARED and METHODS set up, and the reading of the committed results. The numbers
-# in braces (and the table) are filled in from results.json; the others were read off the committed run and must
-# be revised by hand after a rerun.
-SETUP = """## Setup
-
-- Task: "What is a+b?" with a, b in 0..19 (400 distinct problems), reward 1 for the exact answer, else 0
-  (`gptjax/align/tasks.py`); 360 problems for training, 40 held out.
-- Start: `configs/sft.py`, a fresh 2-layer d_model-128 decoder with a 320-id BPE, 300 SFT steps ({sft_seconds:.0f} s).
-  It is partly a memoriser: greedy accuracy {sft_train:g} on training problems, {sft_heldout:g} on held-out ones.
-- Equal budgets: 1000 steps × 8 problems × 8 sampled answers (64,000 completions per method), temperature 1,
-  1 epoch × 2 minibatches, AdamW lr 1e-4 constant, β = 0.01.
-  GRPO: (R − mean)/std group advantages, KL as a k3 loss term (`configs/grpo.py`); RLOO: leave-one-out
-  baseline, same KL form (`--config.mode=rloo`); PPO: separate value model from the SFT network, GAE(1, 0.95),
-  whitened advantages, k1 KL per token in the reward (`configs/ppo.py`).
-- Eval every 100 steps: greedy accuracy on the 40 held-out problems, sampled (T = 1, fixed key) accuracy on
-  them, and greedy accuracy on the first 64 training problems.
-"""
-
-FINDINGS = """## Findings
-
-- All three raise the reward they optimise by the same amount: the training-time sampled accuracy goes from
-  0.19 to 0.45 along near-identical curves (right panel), and held-out *sampled* accuracy from 0.15 to
-  0.33–0.35. At equal samples, the three estimators are indistinguishable here; PPO costs twice the wall
-  time (a second network to score and train).
-- Most of the gain is sharpening: entropy falls from 1.24 (first logged steps, read from the runs' metrics;
-  results.json keeps only the end value) to 0.72–0.79 nats/token while KL to the SFT model reaches ~0.55
-  nats/sequence, and sampled accuracy approaches greedy accuracy. Held-out greedy accuracy ends 0.35–0.375
-  (from 0.275), but it swings by ±0.1 between evaluations (left panel; 40 problems, one answer each), so that
-  gain is within its noise; training-prompt greedy accuracy does not rise (it is noisy, 0.30–0.675, middle panel).
-- Learning rate matters more than the estimator: in probes before this run, 3e-4 and 1e-3 at 200 steps left
-  the sampled reward flat or lowered held-out accuracy (0.55 → 0.3 from a longer-SFT'd start), and 1e-4 for
-  200 steps moved nothing visible; 1e-4 for 1000 steps is what `configs/grpo.py` and `configs/ppo.py` now use.
-- On a 20-problem set the same trainers raise the sampled reward much faster (0.11 → 0.36 for GRPO, 0.13 → 0.49
-  for PPO in 80 steps at lr 1e-3; the slow test `test_rl_raises_the_arithmetic_reward` asserts it): with few
-  problems, RL mostly memorises answers per problem; on 360 it has to move a shared skill, and does so slowly.
-"""
 
 
 def _recorded(res: dict, key: str) -> str:
@@ -154,51 +181,99 @@ def _recorded(res: dict, key: str) -> str:
 
 def write_report(res: dict, out: str) -> None:
     """report.md from the contents of results.json (a full run's and --report-only's one writer), written to `out`."""
-    def pair(v):
-        return f"{v[0]:.3f} → {v[1]:.3f}"
-
-    rows, seconds = res["results"], res["wall_seconds"]
-    start = rows[0]  # every method starts from the same SFT checkpoint: its first evaluation is the SFT model's
-    lines = ["# GRPO vs RLOO vs PPO on the embedded arithmetic task", "",
-             f"Regenerate (≈ {sum(seconds.values()) / 60:.0f} min on the 2-core CPU, shared with other jobs when "
-             "measured):", "", "```bash",
-             f"{SCRIPT}      # workdirs under /tmp/exp_arith; writes results.json, accuracy.png, report.md",
-             f"{SCRIPT} --report-only      # report.md again, from results.json alone", "```", "",
-             f"Written by `run.py` from `results.json`, never by hand. Commit: {_recorded(res, 'commit')}. "
-             f"Command: {_recorded(res, 'command')}.", "",
-             SETUP.format(sft_seconds=seconds["SFT"], sft_train=start["train_greedy"][0],
-                          sft_heldout=start["heldout_greedy"][0]),
-             "## Results", "",
-             "| method | held-out greedy acc | held-out sampled acc | training-prompt greedy acc | "
-             "sampled reward (first → last 10 logged steps) | KL k1 (nats/seq, end) | entropy (end) | wall |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {pair(r['heldout_greedy'])} | {pair(r['heldout_sampled'])} | "
-                     f"{pair(r['train_greedy'])} | {pair(r['train_reward_mean'])} | {r['final_kl_k1']:.2f} | "
-                     f"{r['final_entropy']:.2f} | {seconds[r['method']]:.0f} s |")
-    lines += ["", "![accuracy](accuracy.png)", "", FINDINGS]
+    a, s = res["analysis"], res["settings"]
+    ci = lambda v: f"[{v[0]:+.3f}, {v[1]:+.3f}]"  # noqa: E731
+    lines = ["# GRPO vs RLOO vs PPO on the embedded arithmetic task, with seeds", "",
+             f"Regenerate: `{SCRIPT}` (workdirs under {res['root']}; finished runs are reused), or "
+             f"`{SCRIPT} --report-only` for this file from results.json alone. Written by `run.py`, never by hand. "
+             f"Commit: {_recorded(res, 'commit')}. Command: {_recorded(res, 'command')}.", "",
+             f"Wall time: **{sum(res['wall_seconds'].values()) / 60:.1f} min** of runs on a 2-core CPU "
+             f"({res['cpu']}).", "", "## Setup", "",
+             f"- Task: \"What is a+b?\", a, b in 0..19 (400 distinct problems); reward 1 for the exact answer. "
+             f"{s['train_problems']} problems train (SFT and RL), {s['held_out_problems']} are held out by every stage.",
+             f"- Start: `configs/sft.py` on the training half (2 layers, d_model 128, 300 steps). Held-out pass@1 "
+             f"{a['sft']['pass_at_1']:.3f}, greedy accuracy {a['sft']['greedy']:.3f}.",
+             f"- Every method: {s['steps']} steps x 8 problems x 8 sampled answers, temperature 1, 1 epoch x 2 "
+             f"minibatches, constant lr, beta = {s['kl_coef']} with k3 as a loss term (the same KL form for PPO). "
+             "GRPO: (R - mean) / std group advantages; RLOO: leave-one-out baseline; PPO: a separate value model "
+             "from the SFT network, GAE, whitened advantages.",
+             f"- lr: per method, the best of {', '.join(map(str, s['probe_lrs']))} by sampled training reward over "
+             f"the last third of a {s['probe_steps']}-step probe (seed {s['probe_seed']}): "
+             + ", ".join(f"{m} {v['reward']}" for m, v in res["probe"].items()) + ".",
+             f"- Seeds {', '.join(map(str, s['seeds']))} per method. Score: pass@1 on each held-out problem from "
+             f"{s['pass_samples']} samples at T = 1, averaged over problems; intervals are 95% Student-t over the "
+             "seeds (differences paired by seed, on the same problems).", "", "## Results", "",
+             "| method | lr | held-out pass@1 per seed | mean [95%] | gain over SFT [95%] | greedy acc. per seed | "
+             "training reward, last third | KL k1, last third |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in a["methods"].items():
+        lines.append(f"| {name} | {m['lr']:g} | {', '.join(f'{x:.3f}' for x in m['pass_at_1'])} | {m['mean']:.3f} "
+                     f"{ci(m['interval'])} | {m['gain_over_sft']:+.3f} {ci(m['gain_interval'])} | "
+                     f"{', '.join(f'{x:.3f}' for x in m['greedy'])} | "
+                     f"{', '.join(f'{x:.3f}' for x in m['train_reward_last_third'])} | "
+                     f"{', '.join(f'{x:.2f}' for x in m['kl_k1_last_third'])} |")
+    lines += ["", "Paired differences in held-out pass@1 (same seed index, same problems):", "",
+              "| pair | per seed | mean [95%] | real? |", "|---|---|---|---|"]
+    for p in a["pairs"]:
+        lines.append(f"| {p['a']} - {p['b']} | {', '.join(f'{x:+.3f}' for x in p['differences'])} | "
+                     f"{p['mean']:+.3f} {ci(p['interval'])} | {'yes' if p['real'] else 'no: the interval holds 0'} |")
+    real_gains = [n for n, m in a["methods"].items() if m["gain_interval"][0] > 0]
+    real_pairs = [f"{p['a']} vs {p['b']}" for p in a["pairs"] if p["real"]]
+    lines += ["", "## Reading", "",
+              f"- Gains over the SFT model whose interval excludes 0: {', '.join(real_gains) or 'none'}.",
+              f"- Differences between methods whose interval excludes 0: {', '.join(real_pairs) or 'none'}"
+              + ("." if real_pairs else ": at this budget the three estimators are not distinguishable on held-out "
+                 "problems."), "", "![accuracy](accuracy.png)", ""]
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 
 
+def cpu_name() -> str:
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), "unknown CPU")
+
+
 def run(root: str) -> None:
-    """Trains SFT and every method under `root`; writes results.json and accuracy.png."""
+    """SFT, the probes and every seeded run under `root`; writes results.json and accuracy.png."""
     # The code that trains is the code checked out now; "-dirty" marks uncommitted changes to tracked files.
     commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), REPO), *sys.argv[1:]])
-    os.makedirs(root, exist_ok=True)
-    seconds = {"SFT": cli("configs/sft.py", os.path.join(root, "sft"), [])}
-    runs = {}
+    sft_dir = os.path.join(root, "sft")
+    seconds = {"SFT": cli("configs/sft.py", sft_dir, [*SPLIT, "--config.train.progress_bar=False"])}
+    start = [f"--config.align.init_from={sft_dir}", *SHARED]
+    probe, lrs = {}, {}
     for name, (config, extra) in METHODS.items():
-        workdir = os.path.join(root, name.lower())
-        seconds[name] = cli(config, workdir, [f"--config.align.init_from={os.path.join(root, 'sft')}",
-                                              *SHARED, *extra])
-        runs[name] = metrics(workdir)
-    rows = [summarise(name, m) for name, m in runs.items()]
-    plot(runs, os.path.join(HERE, "accuracy.png"))
-    with open(RESULTS, "w") as f:
-        json.dump(dict(settings=SHARED, methods={k: v[1] for k, v in METHODS.items()}, results=rows,
-                       wall_seconds=seconds, commit=commit, command=command), f, indent=1)
+        scores = {}
+        for lr in PROBE_LRS:
+            workdir = os.path.join(root, "probe", f"{name.lower()}_lr{lr:g}")
+            seconds[f"probe {name} {lr:g}"] = cli(config, workdir, [
+                *start, *extra, f"--config.optim.lr={lr}", f"--config.seed={PROBE_SEED}",
+                f"--config.train.steps={PROBE_STEPS}", f"--config.train.eval_every={PROBE_STEPS}",
+                f"--config.train.checkpoint_every={PROBE_STEPS}"])
+            scores[f"{lr:g}"] = last_third(train_rows(workdir), "reward_mean")
+        lrs[name] = float(max(scores, key=scores.get))
+        probe[name] = dict(scores=scores, lr=lrs[name], reward=" / ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
+    workdirs, train = {"SFT": sft_dir}, {}
+    for name, (config, extra) in METHODS.items():
+        for seed in SEEDS:
+            key, workdir = f"{name}/{seed}", os.path.join(root, f"{name.lower()}_seed{seed}")
+            seconds[key] = cli(config, workdir, [
+                *start, *extra, f"--config.optim.lr={lrs[name]}", f"--config.seed={seed}",
+                f"--config.train.steps={STEPS}", f"--config.train.eval_every={STEPS}",
+                f"--config.train.checkpoint_every={STEPS}"])
+            workdirs[key], train[key] = workdir, train_rows(workdir)
+    clock = time.time()
+    passes = held_out_pass_at_1(workdirs)
+    seconds["evaluation"] = time.time() - clock
+    plot(train, os.path.join(HERE, "accuracy.png"))
+    settings = dict(seeds=list(SEEDS), probe_seed=PROBE_SEED, probe_lrs=list(PROBE_LRS), probe_steps=PROBE_STEPS,
+                    steps=STEPS, pass_samples=PASS_SAMPLES, kl_coef=KL_COEF, shared=SHARED,
+                    methods={k: v[1] for k, v in METHODS.items()},
+                    train_problems=400 - len(passes["SFT"][0]), held_out_problems=len(passes["SFT"][0]))
+    res = dict(settings=settings, probe=probe, analysis=analyse(passes, train, lrs), wall_seconds=seconds,
+               commit=commit, command=command, root=root, cpu=cpu_name())
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(RESULTS + ".tmp", RESULTS)
 
 
 def main():

@@ -301,6 +301,7 @@ def rl_eval_stage(root, sampler, n_rm, rm_dir, force):
     """Each kept RL checkpoint (and the SFT policy as step 0) samples RL_EVAL_SAMPLES completions of every
     held-out prompt; per prompt and checkpoint: mean gold, mean proxy, and the mean of log pi - log pi_SFT
     over its samples (an unbiased estimate of the sequence KL to the SFT policy on that prompt)."""
+    from gptjax.align.tasks import CONCISE_WORDS
     from gptjax.train.network import load_network
 
     name = f"rl_eval_{n_rm}"
@@ -311,7 +312,7 @@ def rl_eval_stage(root, sampler, n_rm, rm_dir, force):
     clock = time.time()
     prompts, wd = sampler.held_out, os.path.join(root, f"rl_{n_rm}")
     steps = list(range(0, RL_STEPS + 1, RL_EVAL_EVERY))
-    gold, proxy, kl, length = [], [], [], []
+    gold, proxy, kl, length, over = [], [], [], [], []
     for step in steps:
         policy = sampler.sft if step == 0 else load_network(wd, sampler.mesh, sampler.rules, step=step)
         comps = sampler.sample(policy, prompts, RL_EVAL_SAMPLES, SEED + 3)
@@ -322,9 +323,10 @@ def rl_eval_stage(root, sampler, n_rm, rm_dir, force):
         gold.append([np.mean([sampler.task.reward(meta, c.text) for c in cs]) for (_, meta), cs in zip(prompts, comps)])
         proxy.append(sampler.proxy_scores(rm_dir, rows).reshape(shape).mean(1))
         length.append([np.mean([words(c.text) for c in cs]) for cs in comps])
+        over.append([np.mean([words(c.text) > CONCISE_WORDS for c in cs]) for cs in comps])
     out = os.path.join(root, f"{name}.npz")
     np.savez(out, steps=np.array(steps), gold_XxU=np.array(gold), proxy_XxU=np.array(proxy), kl_XxU=np.array(kl),
-             words_XxU=np.array(length))
+             words_XxU=np.array(length), over_XxU=np.array(over))
     result = dict(steps=steps, seconds=time.time() - clock)
     save_marker(root, name, result)
     print(f"[{name}] done in {result['seconds']:.0f} s", flush=True)
@@ -343,23 +345,24 @@ def pairwise_accuracy(proxy_PxN, gold_PxN):
     return agree / max(total, 1.0)
 
 
-def curve(check, d_X, gold_UxX, proxy_UxX, words_UxX, **extra):
-    """What the plots and the report read of one method x proxy besides its shape check."""
+def curve(check, d_X, gold_UxX, proxy_UxX, words_UxX, over_UxX, **extra):
+    """What the plots and the report read of one method x proxy besides its shape check (over: the share of
+    replies longer than gold's best length)."""
     se = lambda a: (a.std(0, ddof=1) / math.sqrt(len(a))).tolist()  # noqa: E731
     return dict(check, d=list(map(float, d_X)), gold=gold_UxX.mean(0).tolist(), gold_se=se(gold_UxX),
-                proxy=proxy_UxX.mean(0).tolist(), proxy_se=se(proxy_UxX), words=words_UxX.mean(0).tolist(), **extra)
+                proxy=proxy_UxX.mean(0).tolist(), proxy_se=se(proxy_UxX), words=words_UxX.mean(0).tolist(),
+                over=over_UxX.mean(0).tolist(), **extra)
 
 
 def analyse(root, results_meta):
     from gptjax.align.losses import best_of_n_kl
+    from gptjax.align.tasks import CONCISE_OVERLONG_COST, CONCISE_WORDS
 
     z = np.load(os.path.join(root, "bon", "scores.npz"))
     gold, words_pool = z["gold"], z["words"]
     ns = np.array(BON_NS)
     d_bon = np.sqrt([best_of_n_kl(int(n)) for n in ns])
     gold0 = float(gold.mean())
-    from gptjax.align.tasks import CONCISE_OVERLONG_COST, CONCISE_WORDS
-
     out = dict(settings=dict(seed=SEED, task=TASK, gold_best_words=CONCISE_WORDS,
                              gold_overlong_cost=CONCISE_OVERLONG_COST, pretrain_steps=PRETRAIN_STEPS, sft_steps=SFT_STEPS,
                              max_new_tokens=MAX_NEW_TOKENS, label_prompts=LABEL_PROMPTS, bt_temperature=BT_TEMPERATURE,
@@ -387,9 +390,10 @@ def analyse(root, results_meta):
         g_curve = bon_expectations(proxy, gold, ns, rng) - gold0
         p_curve = bon_expectations(proxy, proxy, ns, rng) - float(proxy.mean())
         w_curve = bon_expectations(proxy, words_pool, ns, rng)
+        o_curve = bon_expectations(proxy, words_pool > CONCISE_WORDS, ns, rng)
         check = shape_check("bon", n_rm, d_bon, p_curve, g_curve, N_BOOT, rng)
         out["shape_checks"].append(check)
-        out["bon"][key] = curve(check, d_bon, g_curve, p_curve, w_curve, n=ns.tolist())
+        out["bon"][key] = curve(check, d_bon, g_curve, p_curve, w_curve, o_curve, n=ns.tolist())
 
         # --- RL: units are the same held-out prompts, sampled at every kept checkpoint
         path = os.path.join(root, f"rl_eval_{n_rm}.npz")
@@ -402,8 +406,9 @@ def analyse(root, results_meta):
         p_rl = r["proxy_XxU"].T - r["proxy_XxU"][0].mean()
         check = shape_check("rl", n_rm, d_rl, p_rl, g_rl, N_BOOT, rng)
         out["shape_checks"].append(check)
-        out["rl"][key] = curve(check, d_rl, g_rl, p_rl, r["words_XxU"].T, step=r["steps"].tolist(),
-                               kl=kl_X.tolist(), seconds=(load_marker(root, f"rl_{n_rm}") or {}).get("seconds"))
+        out["rl"][key] = curve(check, d_rl, g_rl, p_rl, r["words_XxU"].T, r["over_XxU"].T,
+                               step=r["steps"].tolist(), kl=kl_X.tolist(),
+                               seconds=(load_marker(root, f"rl_{n_rm}") or {}).get("seconds"))
     out["shape_verdict"] = verdict(out["shape_checks"])
     return out
 
@@ -494,6 +499,16 @@ def trend(checks, coef):
     return f"{coef} " + "; ".join(parts) + f" — {resolved}"
 
 
+def first_move(key, rl, bon, best_words):
+    """One line: RL's first evaluation against the best-of-n point nearest to it in d, for the same proxy."""
+    j = int(np.argmin([abs(d - rl["d"][1]) for d in bon["d"]]))
+    return (f"- Proxy {key}: RL's first evaluation (step {rl['step'][1]}, d = {rl['d'][1]:.2f}) has gold "
+            f"{rl['gold'][1]:+.3f} (SE {rl['gold_se'][1]:.3f}), {rl['words'][1]:.1f} words a reply and "
+            f"{100 * rl['over'][1]:.1f}% of replies past {best_words} words (SFT: {rl['words'][0]:.1f} words, "
+            f"{100 * rl['over'][0]:.1f}%); best-of-{bon['n'][j]} at d = {bon['d'][j]:.2f} has gold "
+            f"{bon['gold'][j]:+.3f}, {bon['words'][j]:.1f} words and {100 * bon['over'][j]:.1f}% past {best_words}.")
+
+
 def write_report(res, out):
     """report.md from the contents of results.json (a full run's and --report-only's one writer), written to `out`."""
     s, lab = res["settings"], res["label"]
@@ -516,7 +531,8 @@ def write_report(res, out):
         m = v[method]
         L.append(f"- {name}: the over-optimisation shape (proxy rises throughout; gold peaks inside the range and "
                  f"its last point is significantly below the peak) holds for {len(m['proxies_passing'])} of 3 proxies "
-                 f"({', '.join(map(str, m['proxies_passing'])) or 'none'} pairs): the criterion (>= 2) is "
+                 f"({', '.join(map(str, m['proxies_passing'])) + ' pairs' if m['proxies_passing'] else 'none'}): "
+                 "the criterion (>= 2) is "
                  f"**{'met' if m['shape_holds'] else 'not met'}**. d at gold's peak grows with the proxy's data: "
                  f"**{'yes' if m['d_peak_grows_with_data'] else 'no'}**.")
     L.append("")
@@ -571,6 +587,9 @@ def write_report(res, out):
                      f"{r['gold_drop'] / max(r['gold_drop_se'], 1e-12):.1f} (z {r['drop_z']:.2f}) | "
                      f"{fmt_ci(r, 'd_peak', 2)} | {fmt_ci(r, 'alpha')} | {fmt_ci(r, 'beta')} |")
         checks = sorted((c for c in res["shape_checks"] if c["method"] == method), key=lambda c: c["rm_pairs"])
+        if method == "rl":
+            L.append("")
+            L += [first_move(k, r, res["bon"][k], s["gold_best_words"]) for k, r in res["rl"].items()]
         L.append("\nHow the gold fit moves with the proxy's data:\n")
         L.append(f"- {trend(checks, 'alpha')}.")
         L.append(f"- {trend(checks, 'beta')}.")
