@@ -17,12 +17,14 @@ _spec.loader.exec_module(study)
 def planted(means_by_method, seed_spread=0.01, problems=200, seed=0):
     """passes as held_out_pass_at_1 returns them: per run, (pass@1 per problem, greedy per problem)."""
     rng = np.random.default_rng(seed)
-    passes = {"SFT": (rng.uniform(0, 0.4, problems).tolist(), rng.integers(0, 2, problems).tolist())}
+    passes = {"SFT": dict(held_out=rng.uniform(0, 0.4, problems).tolist(), greedy=rng.integers(0, 2, problems).tolist(),
+                          train=rng.uniform(0, 1, problems).tolist())}
     for name, mean in means_by_method.items():
         for s in study.SEEDS:
             level = mean + rng.normal(0, seed_spread)
-            passes[f"{name}/{s}"] = (np.clip(rng.normal(level, 0.05, problems), 0, 1).tolist(),
-                                     rng.integers(0, 2, problems).tolist())
+            passes[f"{name}/{s}"] = dict(held_out=np.clip(rng.normal(level, 0.05, problems), 0, 1).tolist(),
+                                         greedy=rng.integers(0, 2, problems).tolist(),
+                                         train=rng.uniform(0, 1, problems).tolist())
     train = {k: [dict(step=i, reward_mean=0.3, kl_k1=0.1) for i in range(30)] for k in passes if k != "SFT"}
     return passes, train
 

@@ -34,9 +34,9 @@ SCRIPT = ".venv/bin/python experiments/arithmetic_rl/run.py"
 
 SEEDS = (1, 2, 3)
 PROBE_SEED = 0
-PROBE_LRS = (1e-4, 3e-4)
-PROBE_STEPS = 150
-STEPS = 300
+PROBE_LRS = (3e-5, 1e-4, 3e-4)
+PROBE_STEPS = 300
+STEPS = 1000
 PASS_SAMPLES = 16
 KL_COEF = 0.01
 SPLIT = ["--config.align.num_examples=400", "--config.align.val_fraction=0.5"]  # 200 train / 200 held-out problems
@@ -83,8 +83,9 @@ def last_third(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in tail]))
 
 
-def held_out_pass_at_1(workdirs: dict) -> dict:
-    """{name: (pass@1 per held-out problem from PASS_SAMPLES samples at T = 1, greedy accuracy per problem)}."""
+def pass_at_1(workdirs: dict) -> dict:
+    """{name: {"held_out": pass@1 per held-out problem from PASS_SAMPLES samples at T = 1, "greedy": greedy
+    accuracy per held-out problem, "train": pass@1 per training problem}}."""
     import jax
 
     from gptjax.align.rl import task_prompts
@@ -102,15 +103,19 @@ def held_out_pass_at_1(workdirs: dict) -> dict:
     with jax.set_mesh(mesh):
         for name, workdir in workdirs.items():
             net = load_network(workdir, mesh, rules)
-            _, val = task_prompts(cfg, task, net.tokenizer, net.model_cfg.max_len)
-            rows = [t for t in val.tokens for _ in range(PASS_SAMPLES)]
-            sampled = generate(net.model_cfg, net.params, rows, max_new_tokens=cfg.rl.max_new_tokens,
-                               strategy=Strategy(temperature=1.0), seed=12345, tokenizer=net.tokenizer, rules=rules)
-            correct = np.array([task.reward(val.meta[i // PASS_SAMPLES], c.text) for i, c in enumerate(sampled)])
+            train, val = task_prompts(cfg, task, net.tokenizer, net.model_cfg.max_len)
+
+            def sampled(prompts):
+                rows = [t for t in prompts.tokens for _ in range(PASS_SAMPLES)]
+                comps = generate(net.model_cfg, net.params, rows, max_new_tokens=cfg.rl.max_new_tokens,
+                                 strategy=Strategy(temperature=1.0), seed=12345, tokenizer=net.tokenizer, rules=rules)
+                correct = [task.reward(prompts.meta[i // PASS_SAMPLES], c.text) for i, c in enumerate(comps)]
+                return np.array(correct).reshape(-1, PASS_SAMPLES).mean(1).tolist()
+
             greedy = generate(net.model_cfg, net.params, val.tokens, max_new_tokens=cfg.rl.max_new_tokens,
                               strategy=Strategy(temperature=0.0), tokenizer=net.tokenizer, rules=rules)
-            out[name] = (correct.reshape(-1, PASS_SAMPLES).mean(1).tolist(),
-                         [task.reward(m, c.text) for m, c in zip(val.meta, greedy)])
+            out[name] = dict(held_out=sampled(val), train=sampled(train),
+                             greedy=[task.reward(m, c.text) for m, c in zip(val.meta, greedy)])
     return out
 
 
@@ -126,14 +131,15 @@ def t_interval(values) -> list:
 def analyse(passes: dict, train: dict, lrs: dict) -> dict:
     """Per method: pass@1 per seed and its mean with a t interval over seeds; the gain over SFT; and every pair of
     methods' paired (by seed) difference with its t interval. A difference is "real" when its interval excludes 0."""
-    sft = float(np.mean(passes["SFT"][0]))
+    sft = float(np.mean(passes["SFT"]["held_out"]))
     methods = {}
     for name in METHODS:
-        per_seed = [float(np.mean(passes[f"{name}/{s}"][0])) for s in SEEDS]
+        per_seed = [float(np.mean(passes[f"{name}/{s}"]["held_out"])) for s in SEEDS]
         methods[name] = dict(lr=lrs[name], pass_at_1=per_seed, mean=float(np.mean(per_seed)),
                              interval=t_interval(per_seed), gain_over_sft=float(np.mean(per_seed)) - sft,
                              gain_interval=[x - sft for x in t_interval(per_seed)],
-                             greedy=[float(np.mean(passes[f"{name}/{s}"][1])) for s in SEEDS],
+                             greedy=[float(np.mean(passes[f"{name}/{s}"]["greedy"])) for s in SEEDS],
+                             train_pass_at_1=[float(np.mean(passes[f"{name}/{s}"]["train"])) for s in SEEDS],
                              train_reward_last_third=[last_third(train[f"{name}/{s}"], "reward_mean") for s in SEEDS],
                              kl_k1_last_third=[last_third(train[f"{name}/{s}"], "kl_k1") for s in SEEDS])
     pairs = []
@@ -144,7 +150,8 @@ def analyse(passes: dict, train: dict, lrs: dict) -> dict:
             lo, hi = t_interval(diffs)
             pairs.append(dict(a=a, b=b, differences=diffs, mean=float(np.mean(diffs)), interval=[lo, hi],
                               real=bool(lo > 0 or hi < 0)))
-    return dict(sft=dict(pass_at_1=sft, greedy=float(np.mean(passes["SFT"][1]))), methods=methods, pairs=pairs)
+    return dict(sft=dict(pass_at_1=sft, greedy=float(np.mean(passes["SFT"]["greedy"])),
+                         train_pass_at_1=float(np.mean(passes["SFT"]["train"]))), methods=methods, pairs=pairs)
 
 
 def plot(train: dict, path: str) -> None:
@@ -155,17 +162,25 @@ def plot(train: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     colors = dict(zip(METHODS, ("C0", "C1", "C2")))
-    for key, rows in train.items():
-        name = key.split("/")[0]
-        window = 10  # reward_mean is noisy (64 samples a step): a moving average over 10 logged steps
-        smooth = lambda k: np.convolve([r[k] for r in rows], np.ones(window) / window, mode="valid")  # noqa: E731
-        steps = [r["step"] for r in rows][window - 1:]
-        label = name if key.endswith(f"/{SEEDS[0]}") else None
-        axes[0].plot(steps, smooth("reward_mean"), color=colors[name], alpha=0.7, label=label)
-        axes[1].plot(smooth("kl_k1"), smooth("reward_mean"), color=colors[name], alpha=0.7, label=label)
-    axes[0].set(xlabel="RL step", ylabel="sampled training reward", title=f"training reward ({len(SEEDS)} seeds each)")
+    block = STEPS // 20  # reward_mean is noisy (64 samples a step): means over blocks of steps
+
+    def blocks(rows, key):
+        values = np.array([r[key] for r in rows][:len(rows) // block * block])
+        return values.reshape(-1, block).mean(1)
+
+    for name in METHODS:
+        runs = [train[f"{name}/{s}"] for s in SEEDS]
+        reward = np.array([blocks(rows, "reward_mean") for rows in runs])
+        kl = np.array([blocks(rows, "kl_k1") for rows in runs])
+        steps = (np.arange(reward.shape[1]) + 0.5) * block
+        for r in reward:
+            axes[0].plot(steps, r, color=colors[name], alpha=0.25, lw=1)
+        axes[0].plot(steps, reward.mean(0), color=colors[name], lw=2, label=f"{name} (thin: each seed)")
+        axes[1].plot(kl.mean(0), reward.mean(0), "o-", color=colors[name], ms=3, label=name)
+    axes[0].set(xlabel="RL step", ylabel=f"sampled training reward (mean of {block} steps)",
+                title=f"training reward, {len(SEEDS)} seeds each")
     axes[1].set(xlabel="KL to the SFT policy (k1, nats/sequence)", ylabel="sampled training reward",
-                title="reward against KL")
+                title=f"reward against KL (mean of seeds, {block}-step blocks)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -203,12 +218,16 @@ def write_report(res: dict, out: str) -> None:
              f"- Seeds {', '.join(map(str, s['seeds']))} per method. Score: pass@1 on each held-out problem from "
              f"{s['pass_samples']} samples at T = 1, averaged over problems; intervals are 95% Student-t over the "
              "seeds (differences paired by seed, on the same problems).", "", "## Results", "",
-             "| method | lr | held-out pass@1 per seed | mean [95%] | gain over SFT [95%] | greedy acc. per seed | "
-             "training reward, last third | KL k1, last third |", "|---|---|---|---|---|---|---|---|"]
+             "| method | lr | held-out pass@1 per seed | mean [95%] | change from SFT [95%] | greedy acc. per seed | "
+             "training-problem pass@1 per seed | training reward, last third | KL k1, last third |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| SFT | - | {a['sft']['pass_at_1']:.3f} | - | - | {a['sft']['greedy']:.3f} | "
+             f"{a['sft']['train_pass_at_1']:.3f} | - | - |"]
     for name, m in a["methods"].items():
         lines.append(f"| {name} | {m['lr']:g} | {', '.join(f'{x:.3f}' for x in m['pass_at_1'])} | {m['mean']:.3f} "
                      f"{ci(m['interval'])} | {m['gain_over_sft']:+.3f} {ci(m['gain_interval'])} | "
                      f"{', '.join(f'{x:.3f}' for x in m['greedy'])} | "
+                     f"{', '.join(f'{x:.3f}' for x in m['train_pass_at_1'])} | "
                      f"{', '.join(f'{x:.3f}' for x in m['train_reward_last_third'])} | "
                      f"{', '.join(f'{x:.2f}' for x in m['kl_k1_last_third'])} |")
     lines += ["", "Paired differences in held-out pass@1 (same seed index, same problems):", "",
@@ -216,10 +235,12 @@ def write_report(res: dict, out: str) -> None:
     for p in a["pairs"]:
         lines.append(f"| {p['a']} - {p['b']} | {', '.join(f'{x:+.3f}' for x in p['differences'])} | "
                      f"{p['mean']:+.3f} {ci(p['interval'])} | {'yes' if p['real'] else 'no: the interval holds 0'} |")
-    real_gains = [n for n, m in a["methods"].items() if m["gain_interval"][0] > 0]
+    real_changes = [f"{n} {m['gain_over_sft']:+.3f}" for n, m in a["methods"].items()
+                    if m["gain_interval"][0] > 0 or m["gain_interval"][1] < 0]
     real_pairs = [f"{p['a']} vs {p['b']}" for p in a["pairs"] if p["real"]]
     lines += ["", "## Reading", "",
-              f"- Gains over the SFT model whose interval excludes 0: {', '.join(real_gains) or 'none'}.",
+              f"- Changes in held-out pass@1 from the SFT model whose interval excludes 0: "
+              f"{', '.join(real_changes) or 'none'}.",
               f"- Differences between methods whose interval excludes 0: {', '.join(real_pairs) or 'none'}"
               + ("." if real_pairs else ": at this budget the three estimators are not distinguishable on held-out "
                  "problems."), "", "![accuracy](accuracy.png)", ""]
@@ -262,13 +283,13 @@ def run(root: str) -> None:
                 f"--config.train.checkpoint_every={STEPS}"])
             workdirs[key], train[key] = workdir, train_rows(workdir)
     clock = time.time()
-    passes = held_out_pass_at_1(workdirs)
+    passes = pass_at_1(workdirs)
     seconds["evaluation"] = time.time() - clock
     plot(train, os.path.join(HERE, "accuracy.png"))
     settings = dict(seeds=list(SEEDS), probe_seed=PROBE_SEED, probe_lrs=list(PROBE_LRS), probe_steps=PROBE_STEPS,
                     steps=STEPS, pass_samples=PASS_SAMPLES, kl_coef=KL_COEF, shared=SHARED,
                     methods={k: v[1] for k, v in METHODS.items()},
-                    train_problems=400 - len(passes["SFT"][0]), held_out_problems=len(passes["SFT"][0]))
+                    train_problems=len(passes["SFT"]["train"]), held_out_problems=len(passes["SFT"]["held_out"]))
     res = dict(settings=settings, probe=probe, analysis=analyse(passes, train, lrs), wall_seconds=seconds,
                commit=commit, command=command, root=root, cpu=cpu_name())
     with open(RESULTS + ".tmp", "w") as f:
