@@ -60,7 +60,7 @@ RL_EVAL_SAMPLES = 8  # per held-out prompt and checkpoint
 N_BOOT = 1000
 PRETRAIN_ARGS = ()  # extra flags of the pretraining stage
 # --miniature (tests/test_rm_overoptimization.py): every stage for a few seconds, into --root alone.
-MINIATURE = dict(PRETRAIN_STEPS=6, SFT_STEPS=4, LABEL_PROMPTS=120, N_TEST_PAIRS=16, RM_SIZES=(24, 48, 96),
+MINIATURE = dict(PRETRAIN_STEPS=6, SFT_STEPS=4, LABEL_PROMPTS=160, N_TEST_PAIRS=16, RM_SIZES=(24, 48, 96),
                  RM_EPOCHS=1, HELD_OUT_PROMPTS=4, BON_POOL=32, BON_NS=(1, 2, 4, 8, 16), GEN_BATCH=64, RL_STEPS=4,
                  RL_EVAL_EVERY=2, RL_EVAL_SAMPLES=4, N_BOOT=20,
                  PRETRAIN_ARGS=("--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.n_heads=2",
@@ -633,7 +633,8 @@ def run(args):
         return
     cli_stage(root, "sft", d("sft"), [
         "--config=configs/sft.py:shakespeare", f"--config.align.task={TASK}", f"--config.align.init_from={d('pretrain')}",
-        f"--config.train.steps={SFT_STEPS}", f"--config.train.eval_every={SFT_STEPS}",
+        f"--config.train.steps={SFT_STEPS}", f"--config.optim.warmup_steps={min(20, SFT_STEPS)}",  # 20: sft.py's
+        f"--config.train.eval_every={SFT_STEPS}",
         f"--config.train.checkpoint_every={SFT_STEPS}"], force)
     if args.until == "sft":
         return
@@ -665,7 +666,8 @@ def run(args):
                 "--config.align.num_examples=2400", f"--config.rl.max_new_tokens={MAX_NEW_TOKENS}",
                 "--config.rl.group_size=4", "--config.align.batch_size=8", f"--config.rl.kl_coef={RL_KL_COEF}",
                 "--config.rl.missing_eos_penalty=0.0", f"--config.optim.lr={RL_LR}",
-                f"--config.train.steps={RL_STEPS}", f"--config.train.eval_every={RL_STEPS}",
+                f"--config.train.steps={RL_STEPS}", f"--config.optim.warmup_steps={min(5, RL_STEPS)}",  # 5: grpo.py's
+                f"--config.train.eval_every={RL_STEPS}",
                 f"--config.train.checkpoint_every={RL_EVAL_EVERY}",
                 f"--config.train.max_to_keep={RL_STEPS // RL_EVAL_EVERY + 1}", "--config.train.log_every=10"], force)
             rl_eval_stage(root, sampler, n, rm_dirs[n], force)
