@@ -29,6 +29,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from provenance import commit as code_commit, cpu_name  # noqa: E402  experiments/provenance.py
 RESULTS = os.path.join(HERE, "results.json")
 SCRIPT = ".venv/bin/python experiments/arithmetic_rl/run.py"
 
@@ -50,10 +52,6 @@ METHODS = {  # name -> (config file, extra overrides)
     "RLOO": ("configs/grpo.py", ["--config.mode=rloo"]),
     "PPO": ("configs/ppo.py", []),
 }
-
-
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
 
 def cli(config: str, workdir: str, overrides: list[str]) -> float:
@@ -256,15 +254,9 @@ def write_report(res: dict, out: str) -> None:
         f.write("\n".join(lines))
 
 
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), "unknown CPU")
-
-
 def run(root: str) -> None:
     """SFT, the probes and every seeded run under `root`; writes results.json and accuracy.png."""
-    # The code that trains is the code checked out now; "-dirty" marks uncommitted changes to tracked files.
-    commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    commit = code_commit()
     command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), REPO), *sys.argv[1:]])
     sft_dir = os.path.join(root, "sft")
     seconds = {"SFT": cli("configs/sft.py", sft_dir, [*SPLIT, "--config.train.progress_bar=False"])}

@@ -33,6 +33,8 @@ from shapes import bon_expectations, shape_check, verdict  # this script's direc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from provenance import commit as code_commit, cpu_name  # noqa: E402  experiments/provenance.py
 RESULTS = os.path.join(HERE, "results.json")
 SCRIPT = ".venv/bin/python experiments/rm_overoptimization/run.py"
 
@@ -69,10 +71,6 @@ MINIATURE = dict(PRETRAIN_STEPS=6, SFT_STEPS=4, LABEL_PROMPTS=160, N_TEST_PAIRS=
 
 
 # ------------------------------------------------------------------------------------------ plumbing
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-
-
 def marker(root, name):
     return os.path.join(root, "done", f"{name}.json")
 
@@ -606,11 +604,6 @@ def rebuild_report(out, results=RESULTS):
     print(f"wrote {out}")
 
 
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), "unknown CPU")
-
-
 def run(args):
     """Runs (or reuses) every stage up to --until; after the last, writes results.json, the plots and the report."""
     import jax
@@ -618,8 +611,7 @@ def run(args):
     from gptjax.config import default_config
     from gptjax.parallel.mesh import make_mesh
 
-    # The analysis runs the code checked out now; "-dirty" marks uncommitted changes to tracked files.
-    commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    commit = code_commit()  # the analysis runs the code checked out now
     command = shlex.join(["python", os.path.relpath(os.path.abspath(__file__), REPO), *sys.argv[1:]])
     root, force = args.root, set(filter(None, args.force.split(",")))
     os.makedirs(root, exist_ok=True)

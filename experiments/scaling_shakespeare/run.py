@@ -24,18 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 COPIED = ("plan.json", "results.jsonl", "fits.json", "report.md")
 SCRIPT = "python experiments/scaling_shakespeare/run.py"
-
-
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+sys.path.insert(0, os.path.dirname(HERE))
+from provenance import commit as code_commit, cpu_name  # noqa: E402  experiments/provenance.py
 
 
 def run_seed(seed: int, work: str, refit: bool = False) -> None:
@@ -51,7 +41,7 @@ def run_seed(seed: int, work: str, refit: bool = False) -> None:
         sys.exit(f"--refit: needs seed{seed}/run.json here and the run's workdir {workdir}; run without --refit")
     command = [sys.executable, "-m", "gptjax.main", "--config=configs/sweep.py", f"--workdir={workdir}",
                f"--config.seed={seed}"]
-    commit = _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    commit = code_commit()
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     this_run = {"commit": commit, "command": " ".join(["python"] + command[1:]),
@@ -60,7 +50,7 @@ def run_seed(seed: int, work: str, refit: bool = False) -> None:
         with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
             meta = {**json.load(f), "refit": this_run}
     else:
-        meta = {"seed": seed, **this_run, "cpu": _cpu_model(), "python": platform.python_version(),
+        meta = {"seed": seed, **this_run, "cpu": cpu_name(), "python": platform.python_version(),
                 "jax": jax.__version__}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
