@@ -202,9 +202,11 @@ class Sampler:
         from gptjax.align.dpo import response_logprobs
         from gptjax.model.build import model_graphdef
 
-        logprobs = jax.jit(functools.partial(response_logprobs,
-                                             graphdef=model_graphdef(self.sft.model_cfg, self.rules)))
-        return self.batched(lambda t, n, p: logprobs(self.sft.params, tokens_RxL=t, prompt_len_R=p, lengths_R=n)[0],
+        if not hasattr(self, "_logprobs"):  # jitted once: every RL checkpoint's samples are scored with it
+            self._logprobs = jax.jit(functools.partial(response_logprobs,
+                                                       graphdef=model_graphdef(self.sft.model_cfg, self.rules)))
+        return self.batched(lambda t, n, p: self._logprobs(self.sft.params, tokens_RxL=t, prompt_len_R=p,
+                                                           lengths_R=n)[0],
                             rows, np.asarray(prompt_len, np.int32))
 
 
@@ -320,8 +322,9 @@ def rl_eval_stage(root, sampler, n_rm, rm_dir, force):
         kl.append((logp - sampler.sft_logprobs(rows, prompt_len).reshape(shape)).mean(1))
         gold.append([np.mean([sampler.task.reward(meta, c.text) for c in cs]) for (_, meta), cs in zip(prompts, comps)])
         proxy.append(sampler.proxy_scores(rm_dir, rows).reshape(shape).mean(1))
-        length.append([np.mean([words(c.text) for c in cs]) for cs in comps])
-        over.append([np.mean([words(c.text) > CONCISE_WORDS for c in cs]) for cs in comps])
+        counts = [[words(c.text) for c in cs] for cs in comps]  # words per reply, per prompt
+        length.append([np.mean(n) for n in counts])
+        over.append([np.mean(np.array(n) > CONCISE_WORDS) for n in counts])
     out = os.path.join(root, f"{name}.npz")
     np.savez(out, steps=np.array(steps), gold_XxU=np.array(gold), proxy_XxU=np.array(proxy), kl_XxU=np.array(kl),
              words_XxU=np.array(length), over_XxU=np.array(over))
