@@ -23,7 +23,7 @@ import tempfile
 import jax
 import numpy as np
 
-from gptjax.interop.hf_gpt2 import load_gpt2
+from gptjax.interop.hf import load_hf
 from gptjax.sample.generate import generate
 from gptjax.sample.strategies import Strategy
 from timing import fastest_threads, timed
@@ -43,7 +43,7 @@ def build_models(layers: int):
     model = transformers.GPT2LMHeadModel(config).eval()
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
-        model_cfg, params = load_gpt2(directory)
+        model_cfg, params = load_hf(directory)
     return model, model_cfg, params
 
 

@@ -13,7 +13,7 @@ stops, which would make the decode loop exit early; throughput does not depend o
 decode loop runs until every row has stopped, so while any row is still live (eos_fraction < 1) it
 computes all R x N slots; the trainer's rollout_tokens_per_sec counts tokens up to each row's <|eos|>.
 
-Part 2: the same SFT weights exported with gptjax.interop.hf_gpt2.save_gpt2 and loaded into
+Part 2: the same SFT weights exported with gptjax.interop.hf.save_hf and loaded into
 GPT2LMHeadModel (max_abs_logit_diff checks they compute the same function). Three calls of one batch
 shape -- R = prompts x group rows, a P = 16-token prompt (the trainer's prompt bucket), --new tokens
 sampled at temperature 1 with no top-k / top-p -- alternate in rounds after a warm-up call each:
@@ -52,7 +52,7 @@ from gptjax.align.sft import sft
 from gptjax.align.stage import bucket
 from gptjax.align.tasks import get_task
 from gptjax.config import default_config, validate
-from gptjax.interop.hf_gpt2 import save_gpt2
+from gptjax.interop.hf import save_hf
 from gptjax.parallel.mesh import make_mesh
 from gptjax.model.build import model_graphdef
 from gptjax.sample.generate import PROMPT_BUCKET, generate
@@ -140,7 +140,7 @@ def rollout_vs_hf(args, sft_dir: str, tmp: str) -> dict:
     trained = load_network(sft_dir, mesh, rules, what="bench sft")
     model_cfg, params = trained.model_cfg, jax.device_get(trained.params)
     hf_dir = os.path.join(tmp, "hf_gpt2")
-    save_gpt2(model_cfg, params, hf_dir)
+    save_hf(model_cfg, params, hf_dir)
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     R, P, N = args.prompts * args.group, PROMPT_BUCKET, args.new
     train_prompts, val_prompts = task_prompts(cfg, get_task(cfg.align.task), trained.tokenizer, model_cfg.max_len)

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax.config import default_config
 from gptjax.model.flash_attention import blocked_causal_attention
-from gptjax.model.layers import apply_rope
+from gptjax.model.layers import apply_rope, rope_inv_freq
 
 
 def qkv(B, T, N, K, H, dtype=jnp.float32, seed=0):
@@ -49,7 +50,8 @@ def test_values_and_gradients_match_the_reference(B, T, N, K, H, block):
 def test_rope_inputs_and_the_default_scale():
     q, k, v = qkv(2, 40, 4, 2, 16)
     positions = jnp.broadcast_to(jnp.arange(40), (2, 40))
-    q, k = apply_rope(q, positions, 10000.0), apply_rope(k, positions, 10000.0)
+    inv_freq = rope_inv_freq(q.shape[-1], default_config().model)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     np.testing.assert_allclose(blocked_causal_attention(q, k, v, block=16), reference(q, k, v, 16**-0.5), atol=2e-6)
 
 

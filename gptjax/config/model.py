@@ -10,6 +10,7 @@ POSITIONAL = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
+ROPE_SCALINGS = ("none", "linear", "llama3")  # model/layers.py rope_inv_freq
 DTYPES = ("float32", "bfloat16")
 ATTENTION_KERNELS = ("auto", "blocked", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
 
@@ -24,13 +25,16 @@ def defaults() -> ml_collections.ConfigDict:
             n_layers=2,
             n_heads=4,
             n_kv_heads=4,  # < n_heads gives grouped-query attention
+            head_dim=0,  # per-head width; 0 = d_model / n_heads (Qwen3 and some Llamas set it apart)
             d_ff=256,
             positional="learned",
             norm="layernorm",
             norm_position="pre",
             activation="gelu",
             qk_norm=False,
-            use_bias=True,
+            use_bias=True,  # biases on every dense layer and LayerNorm
+            qkv_bias=False,  # biases on the query/key/value projections even without use_bias (Qwen2)
+            norm_eps=1e-5,  # the epsilon of every LayerNorm / RMSNorm
             tie_embeddings=True,
             dropout=0.0,
             param_dtype="float32",
@@ -42,6 +46,14 @@ def defaults() -> ml_collections.ConfigDict:
             scalar_head=False,
             init_std=0.02,
             rope_base=10000.0,
+            # RoPE context extension: "linear" divides every frequency by the factor; "llama3" (Llama 3.1)
+            # divides only the low frequencies (wavelengths beyond original_max_len / low_freq_factor), keeps
+            # the high ones (below original_max_len / high_freq_factor) and blends those between.
+            rope_scaling="none",
+            rope_scaling_factor=1.0,
+            rope_low_freq_factor=1.0,
+            rope_high_freq_factor=4.0,
+            rope_original_max_len=8192,
             parametrization="sp",  # "sp" (standard) or "mup" (maximal update parametrization, model/mup.py)
             mup_base_width=64,  # muP: the d_model whose init and learning rates the others transfer from
             # muP: the base model's head dim, for its attention scale; 0 = mup_base_width / n_heads (n_heads
@@ -60,16 +72,32 @@ def validate(cfg) -> None:
     for key in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
         if m[key] <= 0:
             fail(f"model.{key}", m[key], "must be a positive integer")
-    if m.d_model % m.n_heads:
-        fail("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
+    if m.head_dim < 0:
+        fail("model.head_dim", m.head_dim, "must be a positive per-head width, or 0 for d_model / n_heads")
+    if not m.head_dim and m.d_model % m.n_heads:
+        fail("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model} (or set model.head_dim)")
     if m.n_heads % m.n_kv_heads:
         fail("model.n_kv_heads", m.n_kv_heads, f"must divide model.n_heads={m.n_heads}")
     for key, choices in (("positional", POSITIONAL), ("norm", NORMS), ("norm_position", NORM_POSITIONS),
                          ("activation", ACTIVATIONS), ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                         ("attention", ATTENTION_KERNELS), ("parametrization", PARAMETRIZATIONS)):
+                         ("attention", ATTENTION_KERNELS), ("parametrization", PARAMETRIZATIONS),
+                         ("rope_scaling", ROPE_SCALINGS)):
         check_choice(cfg, f"model.{key}", choices)
-    if m.positional == "rope" and (m.d_model // m.n_heads) % 2:
-        fail("model.positional", m.positional, f"RoPE needs an even head dim, got {m.d_model // m.n_heads}")
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    if m.positional == "rope" and head_dim % 2:
+        fail("model.positional", m.positional, f"RoPE needs an even head dim, got {head_dim}")
+    if not 0.0 < m.norm_eps < 1.0:
+        fail("model.norm_eps", m.norm_eps, "must be a small positive number (e.g. 1e-5, or 1e-6 as in Llama)")
+    if m.rope_scaling != "none":
+        if m.positional != "rope":
+            fail("model.rope_scaling", m.rope_scaling, "rescales RoPE; it needs model.positional='rope'")
+        if not m.rope_scaling_factor >= 1.0:
+            fail("model.rope_scaling_factor", m.rope_scaling_factor, "must be >= 1 (the context extension factor)")
+        if m.rope_scaling == "llama3" and not (0 < m.rope_low_freq_factor < m.rope_high_freq_factor
+                                                and m.rope_original_max_len > 0):
+            fail("model.rope_low_freq_factor", m.rope_low_freq_factor,
+                 "llama3 rope scaling needs 0 < rope_low_freq_factor < rope_high_freq_factor and "
+                 "rope_original_max_len > 0")
     if not 0.0 <= m.dropout < 1.0:
         fail("model.dropout", m.dropout, "must be in [0, 1)")
     if m.vocab_size <= NUM_SPECIAL_TOKENS:

@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -14,7 +15,7 @@ from gptjax.model.attend import attend, causal_mask, head_major
 from gptjax.model.flash_attention import DEFAULT_BLOCK as FLASH_BLOCK
 from gptjax.model.flash_attention import blocked_causal_attention
 from gptjax.model.kv_cache import cached_attention
-from gptjax.model.layers import Dense, apply_rope, make_norm
+from gptjax.model.layers import Dense, apply_rope, head_dim, make_norm, rope_inv_freq
 from gptjax.model.mup import attention_scale
 
 
@@ -82,15 +83,18 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg, rngs, std, resid_std, rules: tuple = ()):
         self.n_heads, self.n_kv_heads, self.rules = cfg.n_heads, cfg.n_kv_heads, rules
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = head_dim(cfg)
         self.scale = attention_scale(cfg)
-        self.positional, self.rope_base = cfg.positional, cfg.rope_base
+        self.positional = cfg.positional
+        # a tuple: an array attribute would be taken for model state
+        self.rope_inv_freq = tuple(rope_inv_freq(self.head_dim, cfg).tolist()) if cfg.positional == "rope" else ()
         D, NH, KH = cfg.d_model, cfg.n_heads * self.head_dim, cfg.n_kv_heads * self.head_dim
-        dense = dict(use_bias=cfg.use_bias, cfg=cfg, rngs=rngs)
-        self.query = Dense(D, NH, ("embed", "heads"), std=std, **dense)
-        self.key = Dense(D, KH, ("embed", "kv_heads"), std=std, **dense)
-        self.value = Dense(D, KH, ("embed", "kv_heads"), std=std, **dense)
-        self.out = Dense(NH, D, ("heads", "embed"), std=resid_std, **dense)
+        dense = dict(cfg=cfg, rngs=rngs)
+        qkv_bias = cfg.use_bias or cfg.get("qkv_bias", False)
+        self.query = Dense(D, NH, ("embed", "heads"), std=std, use_bias=qkv_bias, **dense)
+        self.key = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, **dense)
+        self.value = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, **dense)
+        self.out = Dense(NH, D, ("heads", "embed"), std=resid_std, use_bias=cfg.use_bias, **dense)
         if cfg.qk_norm:
             self.query_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))
             self.key_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))
@@ -109,8 +113,9 @@ class Attention(nnx.Module):
         if self.query_norm is not None:
             q_BxTxNxH, k_BxTxKxH = self.query_norm(q_BxTxNxH), self.key_norm(k_BxTxKxH)
         if self.positional == "rope":
-            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, self.rope_base)
-            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, self.rope_base)
+            inv_freq_H2 = np.asarray(self.rope_inv_freq, np.float32)
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq_H2)
+            k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq_H2)
         if cache is None:
             out_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.scale, self.kernel)
         else:

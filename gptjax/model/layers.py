@@ -3,8 +3,11 @@
 Every parameter carries logical axis names (see gptjax/parallel/mesh.py for the rules).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -39,10 +42,15 @@ class Dense(nnx.Linear):
         return y_2d.reshape(*x_ND.shape[:-1], y_2d.shape[-1])
 
 
+def head_dim(cfg) -> int:
+    """The per-head width H: `model.head_dim`, or d_model / n_heads when that is 0."""
+    return cfg.get("head_dim", 0) or cfg.d_model // cfg.n_heads
+
+
 def make_norm(dim, cfg, rngs, names=("embed",)):
-    """LayerNorm or RMSNorm over the last axis, per `cfg.norm`; statistics in float32."""
+    """LayerNorm or RMSNorm over the last axis, per `cfg.norm`, with `cfg.norm_eps`; statistics in float32."""
     common = dict(
-        epsilon=1e-5,
+        epsilon=cfg.get("norm_eps", 1e-5),
         dtype=DTYPES[cfg.compute_dtype],
         param_dtype=DTYPES[cfg.param_dtype],
         scale_init=partitioned(nnx.initializers.ones_init(), names),
@@ -100,10 +108,26 @@ def sinusoidal_positions(positions_BxT, dim, dtype):
     return jnp.concatenate([jnp.sin(angles_BxTxD2), jnp.cos(angles_BxTxD2)], axis=-1).astype(dtype)
 
 
-def apply_rope(x_BxTxNxH, positions_BxT, base):
-    """Rotary position embedding (rotate-half form) on the head dim."""
-    half = x_BxTxNxH.shape[-1] // 2
-    inv_freq_H2 = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
+def rope_inv_freq(head_dim: int, cfg) -> np.ndarray:
+    """RoPE's H/2 angular frequencies base^(-2i/H), rescaled per `cfg.rope_scaling` (config/model.py): a
+    static float32 array, so it folds into the compiled program. "llama3" is Llama 3.1's rule: frequencies
+    whose wavelength exceeds original_max_len / low_freq_factor are divided by the factor, those shorter
+    than original_max_len / high_freq_factor are kept, and the band between is interpolated."""
+    inv_freq = 1.0 / (cfg.rope_base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    scaling, factor = cfg.get("rope_scaling", "none"), cfg.get("rope_scaling_factor", 1.0)
+    if scaling == "linear":
+        inv_freq = inv_freq / factor
+    elif scaling == "llama3":
+        low, high, original = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_len
+        wavelen = 2 * math.pi / inv_freq
+        smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)  # 0: divided; 1: kept
+        inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return inv_freq.astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH, positions_BxT, inv_freq_H2):
+    """Rotary position embedding (rotate-half form, as HF Llama) on the head dim, at frequencies
+    `inv_freq_H2` (`rope_inv_freq`)."""
     angles_BxTx1xH2 = (positions_BxT[..., None].astype(jnp.float32) * inv_freq_H2)[:, :, None, :]
     sin, cos = jnp.sin(angles_BxTx1xH2), jnp.cos(angles_BxTx1xH2)
     x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)

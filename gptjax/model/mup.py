@@ -53,6 +53,7 @@ rate at every width.
 
 import math
 
+from gptjax.model.layers import head_dim
 from gptjax.model.param_kind import HIDDEN
 
 
@@ -81,10 +82,10 @@ def attention_scale(model_cfg) -> float:
     """Multiplier of the attention logits q.k. SP: 1/sqrt(H). μP: 1/H, the μP rule, written as
     sqrt(H_base)/H so that it equals 1/sqrt(H) at the base head dim (Tensor Programs V; the `mup`
     README's 8/d is the same idea for H_base = 64)."""
-    head_dim = model_cfg.d_model // model_cfg.n_heads
+    H = head_dim(model_cfg)
     if not is_mup(model_cfg):
-        return head_dim**-0.5
-    return math.sqrt(base_head_dim(model_cfg)) / head_dim
+        return H**-0.5
+    return math.sqrt(base_head_dim(model_cfg)) / H
 
 
 def output_multiplier(model_cfg) -> float:

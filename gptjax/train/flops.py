@@ -10,17 +10,20 @@ Three accountings of training FLOPs per token (forward + backward = 3x forward):
 
 import math
 
+from gptjax.model.layers import head_dim
+
 
 def param_counts(m) -> dict:
     """Parameter counts of the model `m` (config.model): total, embedding, head, non_embedding."""
-    H = m.d_model // m.n_heads
+    H = head_dim(m)
     D, F, NH, KH = m.d_model, m.d_ff, m.n_heads * H, m.n_kv_heads * H
     bias = 1 if m.use_bias else 0
+    qkv_bias = 1 if m.use_bias or m.get("qkv_bias", False) else 0
 
     def norm(dim):
         return dim * (2 if m.norm == "layernorm" and m.use_bias else 1)
 
-    attention = D * NH + 2 * D * KH + NH * D + bias * (NH + 2 * KH + D)
+    attention = D * NH + 2 * D * KH + NH * D + qkv_bias * (NH + 2 * KH) + bias * D
     if m.qk_norm:
         attention += 2 * norm(H)
     n_up = 2 if m.activation == "swiglu" else 1
@@ -37,7 +40,7 @@ def param_counts(m) -> dict:
 def flops_per_token(m, seq_len: int) -> dict:
     """Training FLOPs per token under the three accountings in this module's docstring."""
     counts = param_counts(m)
-    d_attn = m.n_heads * (m.d_model // m.n_heads)
+    d_attn = m.n_heads * head_dim(m)
     nonembed = 6 * counts["non_embedding"]
     return dict(
         total_6n=6 * counts["total"],
