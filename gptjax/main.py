@@ -23,6 +23,9 @@ from gptjax.align.stage import AlignError
 from gptjax.config import ConfigError
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
+from gptjax.evaluate.job import lm_eval_job
+from gptjax.interop.errors import InteropError
+from gptjax.interop.job import hf_export, hf_import
 from gptjax.parallel.mesh import maybe_initialize_distributed
 from gptjax.sample.strategies import SampleError
 from gptjax.scaling.sweep import TrialFailedError, run_sweep
@@ -34,7 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 
 MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint,
-         "sft": sft, "reward": reward, "ppo": rl, "grpo": rl, "rloo": rl, "dpo": dpo, "label": label}
+         "sft": sft, "reward": reward, "ppo": rl, "grpo": rl, "rloo": rl, "dpo": dpo, "label": label,
+         "hf_import": hf_import, "hf_export": hf_export, "lm_eval": lm_eval_job}
 
 
 def _quiet_orbax_info(record) -> bool:
@@ -62,7 +66,7 @@ def main(argv):
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(0)
     except (ConfigError, DataSourceError, TokenizerError, CheckpointError, TrainingDivergedError, SampleError,
-            TrialFailedError, AlignError, AlignDataError, ChatError) as e:
+            TrialFailedError, AlignError, AlignDataError, ChatError, InteropError) as e:
         print(f"error: {e}", file=sys.stderr)  # one line: not also an absl log line saying the same
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     print(json.dumps(result))

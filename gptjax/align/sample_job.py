@@ -46,11 +46,11 @@ def reward_scorer(sample_cfg, model_cfg, tokenizer, mesh, rules):
 
 
 def encode_prompt(prompt: str, tokenizer, chat_template: bool) -> list[int]:
-    """<|bos|> + the prompt, as pretraining documents start; or, with `chat_template`, a user turn
-    followed by <|assistant|> (the chat template), as SFT'd models expect."""
+    """BOS (where the tokenizer has one) + the prompt, as pretraining documents start; or, with `chat_template`,
+    a user turn followed by the assistant's turn opening (the chat template), as SFT'd models expect."""
     if chat_template:
         return prompt_tokens(prompt, tokenizer)
-    return [tokenizer.bos_id] + tokenizer.encode(prompt)
+    return ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(prompt)
 
 
 def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:

@@ -1,5 +1,6 @@
 """The config: every key with its default, assembled from one module per section (model.py, data.py,
-train.py for `optim` and `train`, parallel.py, sweep.py, sample.py, align.py for `align`, `rl` and `dpo`),
+train.py for `optim` and `train`, parallel.py, sweep.py, sample.py, align.py for `align`, `rl` and `dpo`,
+interop.py for `hf`, evaluate.py for `evaluate`),
 each with its keys, defaults, the choices its code accepts and its rules; and `validate(cfg)`, which runs
 every section's rules. The sections sit in this package, at the bottom of the import order, because the
 training loop and the sweep validate whole configs: inside their subsystems' packages they would make
@@ -18,12 +19,14 @@ import ml_collections
 
 from gptjax.config import align as align_config
 from gptjax.config import data as data_config
+from gptjax.config import evaluate as evaluate_config
+from gptjax.config import interop as interop_config
 from gptjax.config import model as model_config
 from gptjax.config import parallel as parallel_config
 from gptjax.config import sample as sample_config
 from gptjax.config import sweep as sweep_config
 from gptjax.config import train as train_config
-from gptjax.config.base import ALIGN_MODES, MODES, ConfigError, check_choice, fail
+from gptjax.config.base import ALIGN_MODES, HF_MODES, MODES, ConfigError, check_choice, fail
 
 __all__ = ["ConfigError", "create_workdir", "default_config", "load_config", "validate"]
 
@@ -57,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.align = align_config.align_defaults()
     cfg.rl = align_config.rl_defaults()
     cfg.dpo = align_config.dpo_defaults()
+    cfg.hf = interop_config.defaults()
+    cfg.evaluate = evaluate_config.defaults()
     return cfg
 
 
@@ -78,6 +83,9 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
         sweep_config.validate(cfg.sweep)
     if cfg.mode in ALIGN_MODES:
         align_config.validate(cfg, mesh[0] * mesh[1])
+    if cfg.mode in HF_MODES:
+        interop_config.validate(cfg)
+    evaluate_config.validate(cfg, required=cfg.mode == "lm_eval")
     if workdir is not None:
         _validate_workdir(workdir)
     return mesh

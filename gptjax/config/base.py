@@ -1,6 +1,8 @@
 """What every section's config module shares: the modes, ConfigError and the helpers that raise it."""
 
-MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")
+MODES = ("pretrain", "eval", "sweep", "sample", "sft", "reward", "ppo", "grpo", "rloo", "dpo", "label", "hf_import",
+         "hf_export", "lm_eval")
+HF_MODES = ("hf_import", "hf_export")  # gptjax/interop/job.py
 ALIGN_MODES = ("sft", "reward", "ppo", "grpo", "rloo", "dpo", "label")  # gptjax/align/
 RL_MODES = ("ppo", "grpo", "rloo")
 

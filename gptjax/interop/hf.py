@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from gptjax.atomic import atomic_path
+from gptjax.config.interop import EXPORT_MODEL_TYPES
 from gptjax.interop import hf_gpt2, hf_llama
 from gptjax.interop.errors import InteropError
 from gptjax.interop.safetensors_io import SafetensorsError, TensorFiles, write_tensors
@@ -27,7 +28,7 @@ from gptjax.train.state import abstract_params
 
 CONFIG_FILE = "config.json"
 MODEL_TYPES = ("gpt2", *hf_llama.MODEL_TYPES)
-EXPORT_TYPES = ("auto", *MODEL_TYPES)
+assert EXPORT_MODEL_TYPES == ("auto", *MODEL_TYPES)  # the config's list (config/interop.py) is this one
 
 
 def read_hf_config(directory: str) -> dict:
@@ -146,8 +147,8 @@ def load_hf(directory: str, mesh=None, rules=(), *, scan_layers: bool = False, p
 
 def export_model_type(model_cfg, requested: str = "auto") -> str:
     """The HF model_type `model_cfg` exports as (InteropError for one no family can hold)."""
-    if requested not in EXPORT_TYPES:
-        raise InteropError(f"hf.model_type={requested!r}: must be one of {', '.join(EXPORT_TYPES)}")
+    if requested not in EXPORT_MODEL_TYPES:
+        raise InteropError(f"hf.model_type={requested!r}: must be one of {', '.join(EXPORT_MODEL_TYPES)}")
     gpt2_like = model_cfg.positional == "learned"
     if requested == "gpt2" or (requested == "auto" and gpt2_like):
         hf_gpt2.check_exportable(model_cfg)

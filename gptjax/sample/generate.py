@@ -108,10 +108,16 @@ class DecodeStart:
     vocab_size: int  # ids at or above it are never emitted
 
 
+def default_stop_ids(tokenizer) -> tuple:
+    """The tokenizer's stop ids; gptjax's EOS without one (or for a decode-only stand-in that names none)."""
+    return getattr(tokenizer, "stop_ids", (EOS_ID,))
+
+
 def start_decoding(model_cfg, params, prompts, *, max_new_tokens: int, stop_tokens=None, tokenizer=None,
                    vocab_size: int | None = None, rules: tuple = ()) -> DecodeStart:
     """Left-pads `prompts` (lists of token ids; checked, SampleError if unusable) and prefills them for
-    max_new_tokens decode steps. stop_tokens: default EOS; vocab_size: default the tokenizer's
+    max_new_tokens decode steps. stop_tokens: default the tokenizer's stop ids (EOS, and an imported model's
+    end-of-turn ids), or gptjax's EOS without a tokenizer; vocab_size: default the tokenizer's
     vocabulary when given, else the model's; rules: the logical-axis rules (cfg.parallel.rules) that
     shard activations and KV caches under a mesh."""
     tokens_BxL, start_B = left_pad(prompts, max_new_tokens=max_new_tokens, max_len=model_cfg.max_len,
@@ -119,7 +125,7 @@ def start_decoding(model_cfg, params, prompts, *, max_new_tokens: int, stop_toke
     graphdef, P = model_graphdef(model_cfg, rules), tokens_BxL.shape[1]
     caches, logits_BxV = prefill(graphdef, params, tokens_BxL, start_B, length=P + max_new_tokens)
     return DecodeStart(graphdef, caches, logits_BxV, jnp.asarray(start_B), first_slot=P,
-                       stop_ids=tuple(sorted(set((EOS_ID,) if stop_tokens is None else stop_tokens))),
+                       stop_ids=tuple(sorted(set(default_stop_ids(tokenizer) if stop_tokens is None else stop_tokens))),
                        vocab_size=vocab_size or (tokenizer.vocab_size if tokenizer else model_cfg.vocab_size))
 
 
@@ -254,5 +260,5 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
                        tokenizer=tokenizer, vocab_size=vocab_size, rules=rules)
     out = decode(s.graphdef, params, s.caches, s.logits_BxV, s.start_B, keys_B, automaton_state, start_state,
                  first_slot=s.first_slot, max_new_tokens=max_new_tokens, strategy=strategy, stop_ids=s.stop_ids,
-                 eos_id=EOS_ID, pad_id=PAD_ID, vocab_size=s.vocab_size)
+                 eos_id=getattr(tokenizer, "eos_id", EOS_ID), pad_id=PAD_ID, vocab_size=s.vocab_size)
     return to_completions(*to_host(out[:4]), tokenizer=tokenizer, stop_strings=stop_strings)
