@@ -23,20 +23,20 @@ from gptjax.align.stage import AlignError
 from gptjax.config import ConfigError
 from gptjax.data.sources import DataSourceError
 from gptjax.data.tokenizer import TokenizerError
-from gptjax.evaluate.job import lm_eval_job
+from gptjax.evaluate.job import lm_eval_job, pretrain
 from gptjax.interop.errors import InteropError
 from gptjax.interop.job import hf_export, hf_import
 from gptjax.parallel.mesh import maybe_initialize_distributed
 from gptjax.sample.strategies import SampleError
 from gptjax.scaling.sweep import TrialFailedError, run_sweep
 from gptjax.train.checkpoint import CheckpointError
-from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint, train
+from gptjax.train.loop import TrainingDivergedError, evaluate_checkpoint
 from gptjax.train.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 
-MODES = {"pretrain": train, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint,
+MODES = {"pretrain": pretrain, "eval": evaluate_checkpoint, "sweep": run_sweep, "sample": sample_checkpoint,
          "sft": sft, "reward": reward, "ppo": rl, "grpo": rl, "rloo": rl, "dpo": dpo, "label": label,
          "hf_import": hf_import, "hf_export": hf_export, "lm_eval": lm_eval_job}
 

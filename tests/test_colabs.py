@@ -91,8 +91,24 @@ def check_post_training(nb, text):
     assert images(nb) == 3  # reward / KL curves and the committed study's two plots
 
 
+def check_bring_your_own_model(nb, text):
+    assert re.search(r"imported a qwen2 of [\d,]+ parameters; chat template: True", text)
+    scores = {label: (float(v), float(se)) for label, v, se in re.findall(
+        rf"(imported|after SFT|after GRPO): arithmetic_chat exact match {NUMBER} ± {NUMBER} on 60 problems", text)}
+    assert set(scores) == {"imported", "after SFT", "after GRPO"}, scores
+    assert scores["imported"][0] < 0.1 < 0.5 < scores["after SFT"][0]  # random weights know no sums; SFT teaches them
+    assert re.search(r"GRPO - SFT: [-+][\d.]+ ± [\d.]+ \(95%\): (a real change|no real change)", text)
+    [(diff,)] = numbers(rf"max \|logit difference\| gptjax vs transformers: {NUMBER}", text)
+    assert diff < 1e-4 and "exported as qwen2" in text  # the export is the same function in transformers
+    assert re.search(r"transformers answers 'What is 12\+7\?' with: '.*'", text)
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_scaling_sweep": check_scaling_sweep,
-          "03_sharding_on_tpu": check_sharding, "04_post_training": check_post_training}
+          "03_sharding_on_tpu": check_sharding, "04_post_training": check_post_training,
+          "05_bring_your_own_model": check_bring_your_own_model}
+
+
+REQUIRES = {"05_bring_your_own_model": ("torch", "transformers", "lm_eval")}
 
 
 def notebook_path(name: str) -> str:
@@ -138,5 +154,7 @@ def test_scrub_drops_stderr_and_execution_metadata():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_runs_top_to_bottom_and_prints_sane_figures(name):
+    for module in REQUIRES.get(name, ()):  # the optional extras a notebook installs in Colab
+        pytest.importorskip(module)
     nb = runner.execute(notebook_path(name))  # raises at the first failing cell, naming it
     CHECKS[name](nb, runner.printed_text(nb))

@@ -16,7 +16,6 @@ from gptjax.config import ConfigError, load_config
 from gptjax.data.tokenizer import train_tokenizer
 from gptjax.model.build import abstract_model, init_params
 from gptjax.parallel.mesh import make_mesh
-from gptjax.train.loop import train
 from gptjax.train.network import Network
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -24,7 +23,8 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from gptjax.evaluate.job import TASKS_DIR, lm_eval_job, summary  # noqa: E402
+from gptjax.evaluate.job import TASKS_DIR, downstream_scorer, lm_eval_job, pretrain, score_names, summary  # noqa: E402
+from gptjax.scaling.vectorized import train_group  # noqa: E402
 from gptjax.evaluate.lm import GptjaxLM  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("test_evaluate")
@@ -143,12 +143,22 @@ def test_acc_and_acc_norm_differ_on_a_planted_example(network, tmp_path):
     assert summary(results)["planted"]["acc"] == 0.0 and summary(results)["planted"]["acc_norm"] == 1.0
 
 
-def test_lm_eval_mode_writes_results_and_refuses_unknown_tasks(tmp_path):
-    workdir = str(tmp_path / "run")
+def shakespeare_config(**train):
     cfg = tiny_config(vocab_size=300, max_len=64)
     cfg.data.update(source="shakespeare", tokenizer_sample_bytes=100_000, seq_len=32)
-    cfg.train.update(steps=2, eval_every=2, checkpoint_every=2)
-    train(cfg, workdir)
+    cfg.train.update(dict(steps=2, eval_every=1, checkpoint_every=2) | train)
+    cfg.evaluate.update(limit=8)
+    return cfg
+
+
+def test_pretraining_scores_eval_tasks_as_mode_lm_eval_does(tmp_path):
+    workdir = str(tmp_path / "run")
+    cfg = shakespeare_config(eval_tasks="shakespeare_cloze,arithmetic_em_fewshot")
+    final = pretrain(cfg, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [row for row in map(json.loads, f) if row["split"] == "eval"]
+    assert [row["step"] for row in evals] == [1, 2]
+    assert all(0 <= row["task_shakespeare_cloze_acc"] <= 1 for row in evals)
     cfg = load_config("configs/evaluate.py")
     cfg.parallel.update(num_devices=1, mesh=(1, 1, 1))
     cfg.evaluate.update(limit=8, tasks="shakespeare_cloze,arithmetic_em_fewshot")
@@ -157,6 +167,17 @@ def test_lm_eval_mode_writes_results_and_refuses_unknown_tasks(tmp_path):
     assert out["tasks"] == results["tasks"] and results["step"] == 2
     assert set(results["tasks"]["shakespeare_cloze"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
     assert results["n_samples"] == {"shakespeare_cloze": 8, "arithmetic_em_fewshot": 8}
+    # the in-loop scores of the final step are those of the standalone evaluation of its checkpoint
+    assert {f"eval_{k}": v for k, v in score_names(results["tasks"]).items()} == {
+        k: v for k, v in final.items() if k.startswith("eval_task_")}
     cfg.evaluate.tasks = "shakespeare_cloze,hellaswag_typo"
     with pytest.raises(ConfigError, match=r"unknown task\(s\) \['hellaswag_typo'\]"):
         lm_eval_job(cfg, workdir)
+
+
+def test_each_member_of_a_sweep_group_gets_its_scores(tmp_path):
+    cfg = shakespeare_config(eval_tasks="shakespeare_cloze", eval_every=2)
+    rows = train_group(cfg, [{"lr": 1e-3, "seed": 0}, {"lr": 3e-2, "seed": 0}], str(tmp_path),
+                       downstream_scorer(cfg, str(tmp_path)))
+    for row in rows:  # what a sweep's results.jsonl rows carry for each trained model
+        assert 0 <= row["eval_task_shakespeare_cloze_acc"] <= 1 and 0 <= row["eval_task_shakespeare_cloze_acc_norm"] <= 1

@@ -174,3 +174,13 @@ def test_report_renders_the_validation_runs_and_is_byte_deterministic(tmp_path, 
     assert len(linked_images(str(tmp_path / "a"), text)) == 4
     with open(write_report(str(tmp_path / "c"), rows, fits, 1e22), encoding="utf-8") as f:
         assert "## Validation" not in f.read()
+
+
+def test_downstream_scores_are_plotted_against_compute_when_the_sweep_has_them(tmp_path, sweep):
+    rows, fits = sweep
+    plain = open(write_report(str(tmp_path / "plain"), rows, fits, 1e22), encoding="utf-8").read()
+    assert "Downstream tasks" not in plain  # a sweep without train.eval_tasks
+    scored = [dict(r, eval_task_shakespeare_cloze_acc=0.25 + 0.01 * math.log10(r["C"])) for r in rows]
+    text = open(write_report(str(tmp_path / "tasks"), scored, fits, 1e22), encoding="utf-8").read()
+    assert "### Downstream tasks vs compute" in text
+    assert "plots/tasks_vs_compute.png" in linked_images(str(tmp_path / "tasks"), text)

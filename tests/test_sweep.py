@@ -260,7 +260,8 @@ def test_trial_index_runs_one_trial_and_bad_index_is_an_error(tmp_path, monkeypa
 
 def _fake_train_group(calls):
     """A stand-in for train_group that records the trial it trains and checks the trial is locked meanwhile."""
-    def train_group(tcfg, members, directory):
+    def train_group(tcfg, members, directory, downstream=None):
+        assert downstream is None  # no train.eval_tasks
         assert os.path.isfile(os.path.join(directory, sweep_lib.LOCK_FILE)), "trained without holding the lock"
         calls.append(os.path.basename(directory))
         return [dict(lr=m["lr"], seed=m["seed"], status="ok", reason="", eval_loss=1.0) for m in members]
@@ -483,7 +484,7 @@ def _surface_loss(tcfg, lr, seed):
 
 
 def _fake_trainers(monkeypatch, calls):
-    def train_group(tcfg, members, directory):
+    def train_group(tcfg, members, directory, downstream=None):
         calls.append((os.path.basename(directory), tuple(m["lr"] for m in members)))
         return [dict(lr=m["lr"], seed=m["seed"], status="ok", reason="", eval_loss_se=0.001,
                      eval_loss=_surface_loss(tcfg, m["lr"], m["seed"])) for m in members]

@@ -86,6 +86,8 @@ def validate(cfg: ml_collections.ConfigDict, workdir: str | None = None, device_
     if cfg.mode in HF_MODES:
         interop_config.validate(cfg)
     evaluate_config.validate(cfg, required=cfg.mode == "lm_eval")
+    if cfg.train.eval_tasks and cfg.data.source.startswith("synthetic"):
+        fail("train.eval_tasks", cfg.train.eval_tasks, "scores text tasks; a synthetic-token source has no tokenizer")
     if workdir is not None:
         _validate_workdir(workdir)
     return mesh

@@ -51,6 +51,9 @@ def train_defaults() -> ml_collections.ConfigDict:
             # a Weights & Biases project to log the metrics to as well (process 0; needs `pip install wandb`;
             # WANDB_MODE=offline keeps the run on disk); "" = off
             wandb_project="",
+            # lm-eval tasks (comma-separated) scored at every evaluation, with the `evaluate` section's settings;
+            # "" = off. Needs the eval extra and a text source; sweeps record each trial's final scores.
+            eval_tasks="",
         )
     )
 

@@ -16,8 +16,9 @@ from gptjax.atomic import write_json_atomic
 from gptjax.config import ConfigError
 from gptjax.config.evaluate import task_names
 from gptjax.config.parallel import rule_axes
-from gptjax.train.loop import run_in_mesh
-from gptjax.train.network import Network, load_network
+from gptjax.data.tokenizer import Tokenizer
+from gptjax.train.loop import run_in_mesh, train
+from gptjax.train.network import Network, load_network, workdir_tokenizer
 
 TASKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks")
 # the metrics kept in the summary (lm-eval reports each as "<metric>,<filter>" with a "_stderr" twin)
@@ -77,6 +78,38 @@ def run_tasks(network: Network, mesh, rules, evaluate_cfg) -> dict:
     return dict(tasks=summary(results), n_samples={t: v.get("effective", v.get("original"))
                                                    for t, v in results.get("n-samples", {}).items()},
                 seconds=time.perf_counter() - start, table=lm_eval.utils.make_table(results))
+
+
+def score_names(tasks: dict) -> dict:
+    """{"task_<task>_<metric>": value} of a summary's scores (stderrs left out), for metrics rows."""
+    clean = str.maketrans({"[": "_", "]": None})
+    return {f"task_{task}_{metric.translate(clean)}": value for task, row in tasks.items()
+            for metric, value in row.items() if not metric.endswith("_stderr")}
+
+
+def downstream_scorer(cfg, workdir: str):
+    """The training loop's `downstream` hook for train.eval_tasks (None when off): scores a member's params on
+    those tasks with the `evaluate` section's settings, reading text with the run's tokenizer."""
+    if not cfg.train.eval_tasks:
+        return None
+    _lm_eval()  # fail before training, not at the first evaluation
+    tasks_cfg = cfg.evaluate.copy_and_resolve_references()
+    tasks_cfg.tasks = cfg.train.eval_tasks
+    tokenizers = []
+
+    def score(params, model_cfg, mesh) -> dict:
+        if not tokenizers:  # written by the data pipeline before the first step
+            path = cfg.data.tokenizer or os.path.join(workdir, "tokenizer.json")
+            tokenizers.append(Tokenizer.load(path) if cfg.data.tokenizer else workdir_tokenizer(workdir))
+        network = Network(model_cfg, params, tokenizers[0], 0, {}, workdir)
+        return score_names(run_tasks(network, mesh, tuple(cfg.parallel.rules), tasks_cfg)["tasks"])
+
+    return score
+
+
+def pretrain(cfg, workdir: str) -> dict:
+    """mode=pretrain: the one training loop, with train.eval_tasks scored at every evaluation."""
+    return train(cfg, workdir, downstream_scorer(cfg, workdir))
 
 
 def lm_eval_job(cfg, workdir: str) -> dict:

@@ -82,6 +82,9 @@ def write_report(workdir: str, rows: list[dict], fits: dict, target_flops: float
               "### IsoFLOP profiles", "", _plot_isoflops(usable, fits, new_figure, save), "",
               "### Compute-optimal N and D", "", _plot_allocation(fits, target_flops, new_figure, save), "",
               "### Hyperparameters", "", _plot_hyperparameters(fits, target_flops, new_figure, save), ""]
+    tasks = _plot_tasks_vs_compute(usable, new_figure, save)
+    if tasks:
+        lines += ["### Downstream tasks vs compute", "", tasks, ""]
     notes = fits.get("notes") or []
     lines += ["## Notes", ""] + ([f"- {n}" for n in notes] or ["None."]) + [""]
     lines += _trials_table(rows)
@@ -366,6 +369,36 @@ def _plot_loss_vs_compute(usable, fits, target_flops, new_figure, save):
     ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel="eval loss", title="Loss vs compute")
     ax.legend(fontsize=8)
     return save(fig, "loss_vs_compute.png") + sentence
+
+
+TASK_PREFIX = "eval_task_"  # train.eval_tasks' final scores on each row (gptjax/evaluate/job.py score_names)
+MAX_TASK_PANELS = 3
+
+
+def _plot_tasks_vs_compute(usable, new_figure, save):
+    """Loss and each downstream score (train.eval_tasks) against compute, side by side: every trial, and per
+    budget the trial with the lowest loss joined by a line. None when no trial was scored on tasks."""
+    metrics = sorted({k for r in usable for k in r if k.startswith(TASK_PREFIX)})
+    if not metrics:
+        return None
+    shown = metrics[:MAX_TASK_PANELS]
+    fig, axes = new_figure(1 + len(shown))
+    colors = _budget_colors(r["budget"] for r in usable)
+    best = {}
+    for r in usable:
+        if r["budget"] not in best or r["eval_loss"] < best[r["budget"]]["eval_loss"]:
+            best[r["budget"]] = r
+    frontier = [best[b] for b in sorted(best)]
+    for ax, key, label in zip(axes, ["eval_loss", *shown], ["eval loss", *(m[len(TASK_PREFIX):] for m in shown)]):
+        scored = [r for r in usable if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        ax.scatter([r["C"] for r in scored], [r[key] for r in scored], s=14, alpha=0.6,
+                   c=[colors[r["budget"]] for r in scored])
+        ax.plot([r["C"] for r in frontier], [r.get(key, math.nan) for r in frontier], "k-o", markersize=4,
+                label="lowest-loss trial per budget")
+        ax.set(xscale="log", xlabel="training compute C (FLOPs)", ylabel=label, title=label)
+        ax.legend(fontsize=8)
+    left_out = f" ({len(metrics) - len(shown)} more scores are in results.jsonl)" if len(metrics) > len(shown) else ""
+    return save(fig, "tasks_vs_compute.png") + left_out
 
 
 _ROLE_MARKERS = {"recommended": "D", "half": "<", "double": ">"}

@@ -41,6 +41,7 @@ from gptjax.atomic import write_json_atomic, write_jsonl_atomic
 from gptjax.config import create_workdir, default_config, validate
 from gptjax.data.pipeline import markov_chain
 from gptjax.data.sources import parse_source
+from gptjax.evaluate.job import downstream_scorer
 from gptjax.parallel.mesh import process_0s, sync_processes
 from gptjax.scaling import adaptive, trial_lock, vectorized
 from gptjax.scaling.plan import SweepPlanError, Trial, plan_sweep, resolved_flops, trial_config
@@ -314,7 +315,7 @@ def _train_trial(cfg, trial: Trial, workdir: str, directory: str) -> list[dict]:
     try:
         if len(trial.learning_rates) > 1:
             members = [{"lr": lr, "seed": trial.seed} for lr in trial.learning_rates]
-            results = vectorized.train_group(tcfg, members, directory)
+            results = vectorized.train_group(tcfg, members, directory, downstream_scorer(tcfg, directory))
         else:
             results = [_train_one(tcfg, directory)]
     except Exception as e:  # noqa: BLE001 - a crashing trial must not stop the sweep
@@ -354,7 +355,7 @@ def _train_one(tcfg, directory: str) -> dict:
     """One model through the regular training loop (sharded over the mesh, as any pretraining run)."""
     start = time.perf_counter()
     try:
-        final = train(tcfg, directory)
+        final = train(tcfg, directory, downstream_scorer(tcfg, directory))
     except TrainingDivergedError as e:
         final = {"diverged": str(e)}
     return vectorized.member_result(tcfg, tcfg.optim.lr, tcfg.seed, final, group_size=1, wall_seconds=time.perf_counter() - start)
@@ -474,7 +475,8 @@ def result_rows(trial: Trial, results: list[dict]) -> list[dict]:
             flops={k: v * trial.tokens for k, v in trial.flops_per_token.items()},
             **{k: r.get(k) for k in ("eval_loss", "eval_loss_se", "eval_bits_per_byte", "train_loss", "tokens_per_sec",
                                      "wall_seconds", "compile_seconds", "group_size", "epochs", "status",
-                                     "reason")}))
+                                     "reason")},
+            **{k: v for k, v in r.items() if k.startswith("eval_task_")}))  # train.eval_tasks' final scores
     return rows
 
 

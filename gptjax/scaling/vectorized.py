@@ -19,7 +19,7 @@ from gptjax.train.loop import train_members
 from gptjax.train.members import Members
 
 
-def train_group(cfg, members: list[dict], workdir: str) -> list[dict]:
+def train_group(cfg, members: list[dict], workdir: str, downstream=None) -> list[dict]:
     """Trains one model per member ({"lr": float, "seed": int}) of the shapes in `cfg`, together, on
     `cfg.parallel`'s mesh (the member axis replicated, each member sharded as one model would be).
 
@@ -27,11 +27,11 @@ def train_group(cfg, members: list[dict], workdir: str) -> list[dict]:
     group is only re-evaluated). Returns one dict per member: lr, seed, status ("ok" | "diverged"),
     reason, eval_loss (and eval_bits_per_byte for text), train_loss, steps, tokens, tokens_per_sec
     (each member's, over the last logging interval), wall_seconds (shared by the group),
-    compile_seconds, group_size, epochs.
+    compile_seconds, group_size, epochs; with `downstream` (train.eval_tasks) each member's task scores.
     """
     group = Members.group(members)
     start = time.perf_counter()
-    finals = train_members(cfg, workdir, group)
+    finals = train_members(cfg, workdir, group, downstream)
     wall_seconds = time.perf_counter() - start
     return [member_result(cfg, lr, seed, final, group_size=group.size, wall_seconds=wall_seconds)
             for lr, seed, final in zip(group.lrs, group.seeds, finals)]

@@ -171,20 +171,22 @@ def validation_losses(eval_step, params, data: DataStreams, size: int, sharding)
     return results
 
 
-def train(cfg, workdir: str) -> dict:
-    """Pretrains per `cfg`, resuming from `workdir` if it holds a checkpoint. Returns final metrics."""
-    return train_members(cfg, workdir, Members.solo(cfg))[0]
+def train(cfg, workdir: str, downstream: Callable | None = None) -> dict:
+    """Pretrains per `cfg`, resuming from `workdir` if it holds a checkpoint. Returns final metrics.
+    `downstream(params, model_cfg, mesh) -> {name: score}`: more scores at every evaluation (train.eval_tasks:
+    gptjax/evaluate/job.py builds it; the loop sits below it and only calls it)."""
+    return train_members(cfg, workdir, Members.solo(cfg), downstream)[0]
 
 
-def train_members(cfg, workdir: str, members: Members) -> list[dict]:
+def train_members(cfg, workdir: str, members: Members, downstream: Callable | None = None) -> list[dict]:
     """Trains `members` per `cfg`, resuming from `workdir`; returns each member's final metrics, with
     the reason under "diverged" for a group member that diverged (plain pretraining raises instead)."""
-    return run_in_mesh(functools.partial(_train, members=members), cfg, workdir)
+    return run_in_mesh(functools.partial(_train, members=members, downstream=downstream), cfg, workdir)
 
 
-def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
+def _train(cfg, workdir: str, mesh, members: Members, downstream: Callable | None) -> list[dict]:
     data = make_streams(cfg, workdir)
-    task, compile_seconds = pretraining_task(cfg, mesh, members, data)
+    task, compile_seconds = pretraining_task(cfg, mesh, members, data, downstream)
     finals = fit(cfg, workdir, task)
     for k, final in enumerate(finals):
         final.update(compile_seconds=compile_seconds, entropy_rate=data.entropy_rate)
@@ -195,9 +197,11 @@ def _train(cfg, workdir: str, mesh, members: Members) -> list[dict]:
     return finals
 
 
-def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Task, float]:
+def pretraining_task(cfg, mesh, members: Members, data: DataStreams,
+                     downstream: Callable | None = None) -> tuple[Task, float]:
     """(the Task that trains `members` on `data`'s next-token prediction, seconds spent compiling its step).
-    A checkpoint holds the state and, in its meta, the data position, so a rerun resumes in data order."""
+    A checkpoint holds the state and, in its meta, the data position, so a rerun resumes in data order.
+    `downstream` (see `train`) adds each member's scores to its evaluation."""
     rules = tuple(cfg.parallel.rules)
     optimizer, schedule = members.optimizer(cfg)
     spec = members.state_spec(cfg, optimizer, mesh, rules)
@@ -243,7 +247,12 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams) -> tuple[Ta
         return state, metrics
 
     def evaluate(state) -> list[dict]:
-        return validation_losses(eval_step, state["params"], data, members.size, data_sharding)
+        results = validation_losses(eval_step, state["params"], data, members.size, data_sharding)
+        if downstream is not None:
+            for k, result in enumerate(results):
+                params = state["params"] if members.size == 1 else jax.tree.map(lambda x: x[k], state["params"])
+                result.update(downstream(params, cfg.model, mesh))
+        return results
 
     task = Task("pretrain", members, spec.initialize, restore, save, step, evaluate,
                 guard=("loss", "grad_norm", "param_norm"), tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
