@@ -177,7 +177,14 @@ def test_pretraining_scores_eval_tasks_as_mode_lm_eval_does(tmp_path):
 
 def test_each_member_of_a_sweep_group_gets_its_scores(tmp_path):
     cfg = shakespeare_config(eval_tasks="shakespeare_cloze", eval_every=2)
-    rows = train_group(cfg, [{"lr": 1e-3, "seed": 0}, {"lr": 3e-2, "seed": 0}], str(tmp_path),
-                       downstream_scorer(cfg, str(tmp_path)))
+    scorer, seen = downstream_scorer(cfg, str(tmp_path)), []
+
+    def downstream(params, model_cfg, mesh):  # the real scorer, and what it was given
+        seen.append(np.asarray(params["token_embed"]["embedding"]))
+        return scorer(params, model_cfg, mesh)
+
+    rows = train_group(cfg, [{"lr": 1e-3, "seed": 0}, {"lr": 3e-2, "seed": 0}], str(tmp_path), downstream)
     for row in rows:  # what a sweep's results.jsonl rows carry for each trained model
         assert 0 <= row["eval_task_shakespeare_cloze_acc"] <= 1 and 0 <= row["eval_task_shakespeare_cloze_acc_norm"] <= 1
+    # each member's own params, without the member axis: two different models at the final evaluation
+    assert [x.shape for x in seen] == [(300, 32)] * 2 and not np.array_equal(seen[0], seen[1])

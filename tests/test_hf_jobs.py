@@ -129,6 +129,9 @@ def test_imported_workdir_samples_like_transformers_and_exports_back(hf_dir, imp
                                 max_new_tokens=10, do_sample=False, eos_token_id=reference.eos_token_id,
                                 pad_token_id=reference.pad_token_id)[0, len(prompt):].tolist()
     assert ours == theirs[:len(ours)] and len(ours) == len(theirs)
+    cfg.sample.quantize = "int8"  # weight-only int8 kernels: the same command, a smaller model
+    quantized = sample_checkpoint(cfg, imported)
+    assert quantized["params_bytes_int8"] < quantized["params_bytes_float"] and quantized["samples"] == 1
     # export: transformers reloads the same model and tokenizer
     cfg = tiny_config()
     cfg.mode, cfg.hf.path = "hf_export", str(tmp_path / "out")

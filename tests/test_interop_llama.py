@@ -16,20 +16,22 @@ from gptjax.parallel.mesh import make_mesh
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from gptjax.config.interop import EXPORT_MODEL_TYPES  # noqa: E402
 from gptjax.interop.errors import InteropError  # noqa: E402
-from gptjax.interop.hf import load_hf, save_hf  # noqa: E402
+from gptjax.interop.hf import MODEL_TYPES, load_hf, save_hf  # noqa: E402
 from gptjax.sample.generate import generate  # noqa: E402
 from gptjax.sample.strategies import Strategy  # noqa: E402
 
 VOCAB = 97
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500.0)
-# Each family with the options that set it apart (rope scaling that bites within 64 positions: the original
-# context is 16).
+# Each family with the options that set it apart. llama3 rope scaling: with head dim 8 and theta 500 the
+# wavelengths are 6.3, 29.7, 140 and 664 positions; an original context of 32 keeps the first, interpolates the
+# second (between 32 / high_freq_factor = 16 and 32 / low_freq_factor = 32) and divides the last two.
 FAMILIES = {
     "llama31": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(
         rope_scaling=dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=2.0,
-                          original_max_position_embeddings=16))),
+                          original_max_position_embeddings=32))),
     "llama_bias_headdim": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(
         attention_bias=True, mlp_bias=True, head_dim=16, rope_scaling=dict(rope_type="linear", factor=2.0))),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, dict(sliding_window=48)),
@@ -88,7 +90,7 @@ def test_import_matches_logits_and_greedy_continuations(tmp_path, family):
 def test_family_options_are_mapped(tmp_path):
     hf_model(tmp_path / "l", "llama31")
     cfg, _ = load_hf(tmp_path / "l")
-    assert (cfg.rope_scaling, cfg.rope_scaling_factor, cfg.rope_original_max_len) == ("llama3", 4.0, 16)
+    assert (cfg.rope_scaling, cfg.rope_scaling_factor, cfg.rope_original_max_len) == ("llama3", 4.0, 32)
     assert (cfg.positional, cfg.norm, cfg.activation, cfg.n_kv_heads, cfg.tie_embeddings) == (
         "rope", "rmsnorm", "swiglu", 2, False)
     hf_model(tmp_path / "m", "mistral")
@@ -140,8 +142,9 @@ def test_sharded_index_and_bf16_checkpoints_import(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(bf16["token_embed"]["embedding"], np.float32),
         model.model.embed_tokens.weight.detach().float().numpy())
-    # and a sharded bf16 export writes the same values back
-    save_hf(cfg, bf16, tmp_path / "bf16_out")
+    # and a bf16 export, split into shards with an index, writes the same values back
+    save_hf(cfg, bf16, tmp_path / "bf16_out", shard_bytes=20_000)
+    assert (tmp_path / "bf16_out" / "model.safetensors.index.json").exists()
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16_out", dtype=torch.bfloat16)
     for (name, p), q in zip(model.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
@@ -158,7 +161,7 @@ def test_import_onto_eight_devices_equals_one(tmp_path):
     assert kernel.addressable_shards[0].data.size < kernel.size  # each device holds a slice, not the tensor
     _, single = load_hf(tmp_path / "hf")
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), sharded, single)
-    with mesh:
+    with jax.set_mesh(mesh):
         np.testing.assert_allclose(gptjax_logits(model_cfg, sharded, tokens() % 96), hf_logits(model, tokens() % 96),
                                    atol=2e-5, rtol=1e-4)
     with pytest.raises(InteropError, match="vocab_size=97.*does not divide onto the mesh"):  # a clear line, not XLA's
@@ -191,8 +194,28 @@ def test_mismatched_or_missing_files_are_refused(tmp_path):
         load_hf(tmp_path / "hf")
 
 
+def test_damaged_weights_and_reexports_are_refused_in_one_line(tmp_path):
+    assert EXPORT_MODEL_TYPES == ("auto", *MODEL_TYPES)  # the config's choices are the families interop has
+    hf_model(tmp_path / "hf", "qwen2")
+    weights = tmp_path / "hf" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2])  # a download cut short
+    with pytest.raises(InteropError, match="not a readable safetensors file .*spans bytes"):
+        load_hf(tmp_path / "hf")
+    weights.write_bytes((10**12).to_bytes(8, "little") + data[8:])  # a header length past the end of the file
+    with pytest.raises(InteropError, match="not a readable safetensors file"):
+        load_hf(tmp_path / "hf")
+    weights.write_bytes(data)
+    cfg, params = load_hf(tmp_path / "hf")
+    save_hf(cfg, params, tmp_path / "out")
+    with pytest.raises(InteropError, match="already holds safetensors weights"):
+        save_hf(cfg, params, tmp_path / "out")
+
+
 @pytest.mark.parametrize("override, model_type, match", [
     (dict(positional="learned"), "llama", "model.positional='learned'"),
+    (dict(positional="rope", norm="rmsnorm", activation="swiglu", use_bias=False), "qwen3", "always applies QK-norm"),
+    (dict(positional="rope", norm="rmsnorm", activation="swiglu", use_bias=False), "qwen2", "always has q/k/v biases"),
     (dict(positional="rope", norm="rmsnorm", activation="swiglu", use_bias=False, qk_norm=True), "qwen2", "qwen3"),
     (dict(positional="rope", norm="rmsnorm", activation="swiglu", use_bias=True), "qwen2", "use_bias"),
 ])

@@ -18,6 +18,7 @@ reply and the template's end-of-turn tokens, not the header the generation promp
 import dataclasses
 import datetime
 import functools
+import json
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -78,6 +79,9 @@ def _compiled(template: str) -> jinja2.Template:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals.update(raise_exception=raise_exception,
                        strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
+    # transformers' tojson: not HTML-escaped, non-ASCII kept
+    env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
     return env.from_string(template)
 
 

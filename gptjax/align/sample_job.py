@@ -20,6 +20,7 @@ from gptjax.align.stage import AlignError
 from gptjax.atomic import write_jsonl_atomic
 from gptjax.sample.generate import generate
 from gptjax.sample.job import constraint_automaton, read_prompts
+from gptjax.sample.quantize import params_bytes, quantize_int8
 from gptjax.sample.search import beam_search, best_of_n
 from gptjax.sample.strategies import SampleError, Strategy
 from gptjax.train.loop import run_in_mesh
@@ -58,6 +59,11 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
     prompts = read_prompts(s)
     network = load_network(workdir, mesh, rules)
     model_cfg, params, step, tokenizer = network.model_cfg, network.params, network.step, network.tokenizer
+    memory = {}
+    if s.quantize == "int8":
+        memory["params_bytes_float"] = params_bytes(params)
+        model_cfg, params = quantize_int8(model_cfg, params, mesh, rules)
+        memory["params_bytes_int8"] = params_bytes(params)
     automaton = constraint_automaton(s, tokenizer)
     scorer = reward_scorer(s, model_cfg, tokenizer, mesh, rules)
     encoded = [encode_prompt(p, tokenizer, s.chat) for p in prompts]
@@ -88,7 +94,7 @@ def _sample_checkpoint(cfg, workdir: str, mesh) -> dict:
         logging.info("sampled %d/%d rows", min(first + s.batch_size, len(jobs)), len(jobs))
     output = s.output or os.path.join(workdir, "samples.jsonl")
     write_jsonl_atomic(output, rows)
-    result = dict(step=step, prompts=len(prompts), samples=len(rows), output=os.path.abspath(output))
+    result = dict(step=step, prompts=len(prompts), samples=len(rows), output=os.path.abspath(output), **memory)
     if s.prompt:  # one prompt from the command line: show its completions too
         result["completions"] = [r["completion"] for r in rows]
     return result

@@ -11,6 +11,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 ROPE_SCALINGS = ("none", "linear", "llama3")  # model/layers.py rope_inv_freq
+KERNEL_QUANTS = ("none", "int8")  # model/layers.py Dense
 DTYPES = ("float32", "bfloat16")
 ATTENTION_KERNELS = ("auto", "blocked", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
 
@@ -63,6 +64,9 @@ def defaults() -> ml_collections.ConfigDict:
             # at the base width), under sp and mup alike: Tensor Programs V tunes this ratio at the base width.
             embed_lr_mult=1.0,
             readout_zero_init=False,  # start the untied LM head at zero (needs tie_embeddings=False)
+            # "int8": dense kernels stored as int8 with a per-column scale; set by sample.quantize on a trained
+            # network (gptjax/sample/quantize.py), not for training
+            kernel_quant="none",
         )
     )
 
@@ -81,7 +85,7 @@ def validate(cfg) -> None:
     for key, choices in (("positional", POSITIONAL), ("norm", NORMS), ("norm_position", NORM_POSITIONS),
                          ("activation", ACTIVATIONS), ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
                          ("attention", ATTENTION_KERNELS), ("parametrization", PARAMETRIZATIONS),
-                         ("rope_scaling", ROPE_SCALINGS)):
+                         ("rope_scaling", ROPE_SCALINGS), ("kernel_quant", KERNEL_QUANTS)):
         check_choice(cfg, f"model.{key}", choices)
     head_dim = m.head_dim or m.d_model // m.n_heads
     if m.positional == "rope" and head_dim % 2:

@@ -4,7 +4,9 @@ import os
 
 import ml_collections
 
-from gptjax.config.base import fail
+from gptjax.config.base import check_choice, fail
+
+QUANTIZE = ("none", "int8")  # gptjax/sample/quantize.py
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -28,6 +30,7 @@ def defaults() -> ml_collections.ConfigDict:
             regex="",  # constrained decoding: completions match this regular expression, or
             json_schema="",  # are JSON documents valid under this JSON schema (a JSON string)
             scorer="",  # best-of-N: a reward-model workdir (mode=reward) that ranks num_samples completions
+            quantize="none",  # "int8": sample from weight-only int8 kernels (gptjax/sample/quantize.py)
             chat=False,  # wrap each prompt in the chat template (a user turn + <|assistant|>), for SFT'd models
         )
     )
@@ -57,6 +60,7 @@ def validate(cfg):
     if s.beam_width and (s.regex or s.json_schema or s.stop_strings):
         fail("sample.beam_width", s.beam_width, "beam search supports neither constraints nor stop strings; "
               "set sample.beam_width=0 to sample")
+    check_choice(cfg, "sample.quantize", QUANTIZE)
     if s.scorer and s.beam_width:
         fail("sample.scorer", s.scorer, "best-of-N samples num_samples completions; set sample.beam_width=0")
     if s.scorer and not os.path.isdir(s.scorer):

@@ -95,9 +95,13 @@ class Tokenizer:
         bos = token_id("bos_token")
         # no BOS (Qwen): a sequence starts with its first token; the eos id pads (masked wherever it pads)
         self.bos_id = bos
-        self.pad_id = token_id("pad_token") if token_id("pad_token") is not None else self.eos_id
+        pad = token_id("pad_token")
+        self.pad_id = pad if pad is not None else self.eos_id
         self.stop_ids = tuple(sorted({self.eos_id, *stop_ids}))
-        self.chat_template = config.get("chat_template")
+        template = config.get("chat_template")
+        if isinstance(template, list):  # several named templates (older tokenizer configs): the "default" one
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        self.chat_template = template
         self.special_ids = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
         identity = self._tok.to_str() + json.dumps([config, list(self.stop_ids)], sort_keys=True)
         self.hash = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
@@ -188,14 +192,16 @@ def _read_hf_configs(directory: str) -> tuple[dict | None, tuple]:
         except ValueError as e:
             raise TokenizerError(f"{path} is not valid JSON ({e})") from e
 
-    config = read(HF_CONFIG)
+    config, generation = read(HF_CONFIG), read(HF_GENERATION_CONFIG) or {}
     if config is None:
         return None, ()
+    if not isinstance(config, dict) or not isinstance(generation, dict):
+        raise TokenizerError(f"{directory}: {HF_CONFIG} and {HF_GENERATION_CONFIG} must be JSON objects")
     template_file = os.path.join(directory, "chat_template.jinja")  # where newer transformers save it
     if not config.get("chat_template") and os.path.isfile(template_file):
         with open(template_file, encoding="utf-8") as f:
             config = {**config, "chat_template": f.read()}
-    eos = (read(HF_GENERATION_CONFIG) or {}).get("eos_token_id")
+    eos = generation.get("eos_token_id")
     stop_ids = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
     return config, stop_ids
 

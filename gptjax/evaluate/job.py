@@ -52,9 +52,10 @@ def summary(results: dict) -> dict:
     return out
 
 
-def run_tasks(network: Network, mesh, rules, evaluate_cfg) -> dict:
-    """Scores `network` on evaluate_cfg's tasks: {"tasks": summary, "n_samples": {task: documents}, "seconds"}."""
-    lm_eval, TaskManager, GptjaxLM = _lm_eval()
+def task_manager(evaluate_cfg):
+    """lm-eval's TaskManager holding gptjax's offline tasks and evaluate.include_path's; ConfigError naming any
+    task of evaluate.tasks it does not know."""
+    _, TaskManager, _ = _lm_eval()
     pylogging.getLogger("lm_eval").setLevel(pylogging.ERROR)  # its INFO/WARNING chatter per task; errors still show
     include = [TASKS_DIR] + [p.strip() for p in evaluate_cfg.include_path.split(",") if p.strip()]
     names = task_names(evaluate_cfg.tasks)
@@ -64,9 +65,16 @@ def run_tasks(network: Network, mesh, rules, evaluate_cfg) -> dict:
         manager = TaskManager(include_path=include)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
+        ours = sorted(n for n in TaskManager(include_path=[TASKS_DIR], include_defaults=False).all_tasks)
         raise ConfigError(f"evaluate.tasks={evaluate_cfg.tasks!r}: unknown task(s) {unknown}; gptjax's offline tasks "
-                          f"are {sorted(n for n in manager.all_tasks if n.startswith(('shakespeare_', 'arithmetic_em')))}, "
-                          "the hub's (hellaswag, arc_easy, mmlu, gsm8k, ...) need a machine that reaches it")
+                          f"are {ours}, the hub's (hellaswag, arc_easy, mmlu, gsm8k, ...) need a machine that reaches it")
+    return manager
+
+
+def run_tasks(network: Network, mesh, rules, evaluate_cfg) -> dict:
+    """Scores `network` on evaluate_cfg's tasks: {"tasks": summary, "n_samples": {task: documents}, "seconds"}."""
+    lm_eval, _, GptjaxLM = _lm_eval()
+    names, manager = task_names(evaluate_cfg.tasks), task_manager(evaluate_cfg)
     shards = math.prod(mesh.shape[a] for a in rule_axes(rules, "batch"))
     batch = -(-evaluate_cfg.batch_size // shards) * shards  # whole rows per data-parallel device
     lm = GptjaxLM(network, mesh, rules, batch_size=batch, chat=evaluate_cfg.chat)
@@ -92,15 +100,14 @@ def downstream_scorer(cfg, workdir: str):
     those tasks with the `evaluate` section's settings, reading text with the run's tokenizer."""
     if not cfg.train.eval_tasks:
         return None
-    _lm_eval()  # fail before training, not at the first evaluation
     tasks_cfg = cfg.evaluate.copy_and_resolve_references()
     tasks_cfg.tasks = cfg.train.eval_tasks
+    task_manager(tasks_cfg)  # an unknown task or a missing lm-eval fails before training, not at its first evaluation
     tokenizers = []
 
     def score(params, model_cfg, mesh) -> dict:
         if not tokenizers:  # written by the data pipeline before the first step
-            path = cfg.data.tokenizer or os.path.join(workdir, "tokenizer.json")
-            tokenizers.append(Tokenizer.load(path) if cfg.data.tokenizer else workdir_tokenizer(workdir))
+            tokenizers.append(Tokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else workdir_tokenizer(workdir))
         network = Network(model_cfg, params, tokenizers[0], 0, {}, workdir)
         return score_names(run_tasks(network, mesh, tuple(cfg.parallel.rules), tasks_cfg)["tasks"])
 

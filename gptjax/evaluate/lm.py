@@ -10,6 +10,8 @@ lm-eval renders each prompt through the tokenizer's chat template (`apply_chat_t
 already begins with whatever BOS the template writes. Registered with lm-eval as "gptjax".
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,21 @@ LENGTH_BUCKET = 32  # padded lengths are multiples of this: a handful of compile
 DEFAULT_MAX_GEN_TOKS = 256
 
 
+@functools.lru_cache(maxsize=8)
+def _scorer(graphdef):
+    """The jitted (log p of each target, whether it is the argmax) of a model, compiled once per graphdef (so
+    train.eval_tasks does not recompile at every evaluation)."""
+
+    @jax.jit
+    def score(params, inputs_BxT, targets_BxT):
+        logits_BxTxV = nnx.merge(graphdef, params)(inputs_BxT)
+        B, T, V = logits_BxTxV.shape
+        logp_BxT = token_logprobs(logits_BxTxV.reshape(B * T, V), targets_BxT.reshape(B * T)).reshape(B, T)
+        return logp_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+
+    return score
+
+
 @register_model("gptjax")
 class GptjaxLM(LM):
     def __init__(self, network: Network, mesh, rules: tuple = (), batch_size: int = 16, chat: bool = False):
@@ -38,16 +55,7 @@ class GptjaxLM(LM):
         self.network, self.tokenizer, self.rules, self.chat = network, network.tokenizer, tuple(rules), chat
         self.batch_size, self.max_len = batch_size, network.model_cfg.max_len
         self.sharding = batch_sharding(mesh, self.rules)
-        graphdef = model_graphdef(network.model_cfg, self.rules)
-
-        @jax.jit
-        def score(params, inputs_BxT, targets_BxT):
-            logits_BxTxV = nnx.merge(graphdef, params)(inputs_BxT)
-            B, T, V = logits_BxTxV.shape
-            logp_BxT = token_logprobs(logits_BxTxV.reshape(B * T, V), targets_BxT.reshape(B * T)).reshape(B, T)
-            return logp_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-
-        self._score = score
+        self._score = _scorer(model_graphdef(network.model_cfg, self.rules))
 
     # ------------------------------------------------------------------ tokenization
     @property
@@ -104,7 +112,8 @@ class GptjaxLM(LM):
         """Each document scored whole in disjoint windows of max_len predictions, each with as much context as
         fits (lm-eval's rolling windows), the first token predicted from the prefix token."""
         pairs, owner = [], []
-        first = self.prefix[0] if self.prefix else self.tokenizer.eos_id
+        bos = self.tokenizer.bos_id
+        first = bos if bos is not None else self.tokenizer.eos_id  # lm-eval's prefix token: BOS, else EOS
         for n, request in enumerate(requests):
             tokens = self.encode(request.args[0])
             windows = get_rolling_token_windows(token_list=tokens, prefix_token=first, max_seq_len=self.max_len,
@@ -128,7 +137,8 @@ class GptjaxLM(LM):
             until = kwargs.get("until") or []
             until = tuple([until] if isinstance(until, str) else until)
             max_new = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
+            # lm-eval's HF model samples at temperature 1 when a task asks for sampling without naming one
+            temperature = float(kwargs.get("temperature", 1.0)) if kwargs.get("do_sample", False) else 0.0
             groups.setdefault((until, max_new, temperature), []).append((i, context))
         for (until, max_new, temperature), items in groups.items():
             max_new = min(max_new, self.max_len - 1)

@@ -20,7 +20,8 @@ from gptjax.atomic import atomic_path
 from gptjax.config.interop import EXPORT_MODEL_TYPES
 from gptjax.interop import hf_gpt2, hf_llama
 from gptjax.interop.errors import InteropError
-from gptjax.interop.safetensors_io import SafetensorsError, TensorFiles, write_tensors
+from gptjax.interop.safetensors_io import (SHARD_BYTES, SafetensorsError, TensorFiles, holds_checkpoint,
+                                          write_tensors)
 from gptjax.model.build import abstract_model
 from gptjax.model.layers import DTYPES
 from gptjax.parallel.mesh import to_device, to_host
@@ -28,7 +29,6 @@ from gptjax.train.state import abstract_params
 
 CONFIG_FILE = "config.json"
 MODEL_TYPES = ("gpt2", *hf_llama.MODEL_TYPES)
-assert EXPORT_MODEL_TYPES == ("auto", *MODEL_TYPES)  # the config's list (config/interop.py) is this one
 
 
 def read_hf_config(directory: str) -> dict:
@@ -41,6 +41,8 @@ def read_hf_config(directory: str) -> dict:
             hf = json.load(f)
     except ValueError as e:
         raise InteropError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(hf, dict):
+        raise InteropError(f"{path} is not a JSON object; point hf.path at a directory written by save_pretrained")
     if hf.get("model_type") not in MODEL_TYPES:
         raise InteropError(f"{path}: model_type={hf.get('model_type')!r} cannot be imported; supported: "
                            f"{', '.join(MODEL_TYPES)}")
@@ -157,12 +159,16 @@ def export_model_type(model_cfg, requested: str = "auto") -> str:
     return hf_llama.export_model_type(model_cfg, requested)
 
 
-def save_hf(model_cfg, params, directory: str, *, model_type: str = "auto", token_ids: dict | None = None) -> str:
+def save_hf(model_cfg, params, directory: str, *, model_type: str = "auto", token_ids: dict | None = None,
+            shard_bytes: int = SHARD_BYTES) -> str:
     """Writes `params` of `model_cfg` as a transformers checkpoint (config.json + safetensors, in the params'
     dtype) that `AutoModelForCausalLM.from_pretrained(directory)` loads; returns the model_type written.
-    `token_ids`: {"bos", "eos", "pad"} ids for config.json. Every process calls it (gathering sharded
-    params is collective); process 0 writes."""
+    `token_ids`: {"bos", "eos", "pad"} ids for config.json; files above `shard_bytes` are split into shards with
+    an index. Every process calls it (gathering sharded params is collective); process 0 writes."""
     model_type = export_model_type(model_cfg, model_type)
+    if holds_checkpoint(str(directory)):
+        raise InteropError(f"{directory} already holds safetensors weights; export into an empty directory (old shards "
+                           "left beside new ones would be read instead of them)")
     host = traverse_util.flatten_dict(to_host(params))
     if model_cfg.scan_layers:  # one subtree per block, as the HF names have
         flat = {}
@@ -181,7 +187,7 @@ def save_hf(model_cfg, params, directory: str, *, model_type: str = "auto", toke
         config = hf_llama.hf_config(model_cfg, model_type, token_ids or {})
     if jax.process_index() == 0:
         os.makedirs(directory, exist_ok=True)
-        write_tensors(directory, tensors)
+        write_tensors(directory, tensors, shard_bytes)
         with atomic_path(os.path.join(directory, CONFIG_FILE)) as tmp, open(tmp, "w") as f:
             json.dump(config, f, indent=2)
     return model_type

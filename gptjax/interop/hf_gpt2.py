@@ -1,7 +1,7 @@
 """HF transformers GPT-2 checkpoints <-> gptjax: the config both ways and the tensors' names and layout.
 gptjax/interop/hf.py reads and writes the files (the same path as the Llama family's).
 
-GPT-2 is gptjax with: learned positions, pre-norm LayerNorm (eps 1e-5) with biases, tanh-approximated
+GPT-2 is gptjax with: learned positions, pre-norm LayerNorm (layer_norm_epsilon) with biases, tanh-approximated
 GELU ("gelu_new"), multi-head attention (n_kv_heads = n_heads) scaled by 1/sqrt(head_dim), and the LM
 head tied to the token embedding (or a separate bias-free head when `tie_word_embeddings` is false).
 GPT-2's Conv1D stores kernels as [in, out], as gptjax's Dense does; its fused c_attn kernel [D, 3D]
@@ -102,6 +102,9 @@ def check_exportable(cfg) -> None:
     if cfg.activation not in ACTIVATIONS_TO_HF:
         raise InteropError(f"model.activation={cfg.activation!r} cannot be represented as GPT-2; use one of "
                            f"{', '.join(ACTIVATIONS_TO_HF)}")
+    if cfg.get("head_dim", 0) and cfg.head_dim * cfg.n_heads != cfg.d_model:
+        raise InteropError(f"model.head_dim={cfg.head_dim} cannot be represented as GPT-2, whose heads split "
+                           f"n_embd={cfg.d_model} into n_head={cfg.n_heads}; needs head_dim=0")
     if cfg.n_kv_heads != cfg.n_heads:
         raise InteropError(f"model.n_kv_heads={cfg.n_kv_heads} cannot be represented as GPT-2, which has no "
                            f"grouped-query attention; needs n_kv_heads = n_heads = {cfg.n_heads}")

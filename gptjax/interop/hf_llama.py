@@ -9,15 +9,17 @@ members apart, each a model option:
   Qwen2 / 2.5  biases on the q/k/v projections only (model.qkv_bias)
   Qwen3        RMSNorm on each head's query and key before RoPE (model.qk_norm), head_dim set apart
 and everywhere the RMSNorm epsilon (model.norm_eps), rope theta (model.rope_base) and tied or untied heads.
+A sliding window on the layers is exact on sequences no longer than it: the import caps model.max_len there.
 HF Linear weights are [out, in]; gptjax kernels [in, out]: every kernel is transposed.
 
 `model_config(hf)` and `hf_config(cfg)` map the config both ways; `tensor_names(cfg)` maps each gptjax
 parameter to its HF tensor. Settings with no gptjax equivalent (another activation, YaRN or dynamic rope
-scaling, a sliding window on some layers only, ...) are refused by name.
+scaling, an attention-only bias, ...) are refused by name.
 """
 
 from gptjax.config import default_config
 from gptjax.interop.errors import InteropError
+from gptjax.model.layers import head_dim
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
@@ -93,7 +95,7 @@ def model_config(hf: dict, where: str):
     if hf.get("hidden_act", "silu") != "silu":
         raise InteropError(f"{where}: hidden_act={hf['hidden_act']!r}; gptjax's SwiGLU needs 'silu'")
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or d_model // n_heads
+    H = hf.get("head_dim") or d_model // n_heads
     use_bias = qkv_bias = False
     if model_type == "qwen2":
         qkv_bias = True
@@ -112,7 +114,7 @@ def model_config(hf: dict, where: str):
     cfg.update(
         vocab_size=hf["vocab_size"], max_len=max_len, d_model=d_model, n_layers=hf["num_hidden_layers"],
         n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=0 if head_dim * n_heads == d_model else head_dim, d_ff=hf["intermediate_size"],
+        head_dim=0 if H * n_heads == d_model else H, d_ff=hf["intermediate_size"],
         positional="rope", norm="rmsnorm", norm_position="pre", activation="swiglu",
         qk_norm=model_type == "qwen3", use_bias=use_bias, qkv_bias=qkv_bias,
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -133,6 +135,13 @@ def export_model_type(cfg, requested: str) -> str:
                            f"({'model.qk_norm' if cfg.qk_norm else 'model.qkv_bias'}); use {needed!r} or 'auto'")
     if cfg.use_bias and requested != "llama":
         raise InteropError(f"hf.model_type={requested!r} has no biases for model.use_bias=True; use 'llama'")
+    # transformers would make up what the family has and the model lacks (unit QK-norms still normalise)
+    if requested == "qwen3" and not cfg.qk_norm:
+        raise InteropError("hf.model_type='qwen3' always applies QK-norm, which this model (model.qk_norm=False) "
+                           "lacks; use 'llama' or 'auto'")
+    if requested == "qwen2" and not cfg.qkv_bias:
+        raise InteropError("hf.model_type='qwen2' always has q/k/v biases, which this model (model.qkv_bias=False) "
+                           "lacks; use 'llama' or 'auto'")
     return requested
 
 
@@ -150,7 +159,7 @@ def check_exportable(cfg) -> None:
 
 def hf_config(cfg, model_type: str, token_ids: dict) -> dict:
     """The config.json of `cfg` as `model_type`; `token_ids`: bos/eos/pad token ids (None where absent)."""
-    H = cfg.head_dim or cfg.d_model // cfg.n_heads
+    H = head_dim(cfg)
     rope = {"rope_type": {v: k for k, v in ROPE_TYPES.items()}[cfg.rope_scaling], "rope_theta": cfg.rope_base}
     if cfg.rope_scaling != "none":
         rope["factor"] = cfg.rope_scaling_factor

@@ -9,6 +9,8 @@ gptjax one with a tokenizer_config.json carrying its reserved tokens and chat te
 
 import os
 
+import jax
+
 from gptjax.align.chat import JINJA_TEMPLATE
 from gptjax.data.tokenizer import Tokenizer, TokenizerError
 from gptjax.interop.errors import InteropError
@@ -41,6 +43,9 @@ def _import(cfg, workdir: str, mesh) -> dict:
     if not os.path.isfile(tokenizer_path):
         raise InteropError(f"{tokenizer_path} does not exist; the import needs the model's tokenizer (save it with "
                            "tokenizer.save_pretrained into the same directory)")
+    if not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
+        raise InteropError(f"{source} has no tokenizer_config.json (the tokenizer's bos / eos / pad tokens and chat "
+                           "template); save it with tokenizer.save_pretrained into the same directory")
     try:
         tokenizer = Tokenizer.load(tokenizer_path)
     except TokenizerError as e:
@@ -54,7 +59,8 @@ def _import(cfg, workdir: str, mesh) -> dict:
                 tokenizer_hash=tokenizer.hash, source=source, model_type=model_type)
     checkpointer.save_items(0, {"params": params}, meta)
     checkpointer.close()  # waits for the asynchronous save
-    tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+    if jax.process_index() == 0:  # shared files: one writer
+        tokenizer.save(os.path.join(workdir, "tokenizer.json"))
     return dict(model_type=model_type, params=param_counts(model_cfg)["total"], workdir=os.path.abspath(workdir),
                 chat_template=bool(tokenizer.chat_template))
 
@@ -65,5 +71,6 @@ def _export(cfg, workdir: str, mesh) -> dict:
     ids = dict(bos=tokenizer.bos_id, eos=tokenizer.eos_id, pad=tokenizer.pad_id)
     model_type = save_hf(network.model_cfg, network.params, cfg.hf.path, model_type=cfg.hf.model_type,
                          token_ids=ids)
-    tokenizer.save(os.path.join(cfg.hf.path, "tokenizer.json"))
+    if jax.process_index() == 0:
+        tokenizer.save(os.path.join(cfg.hf.path, "tokenizer.json"))
     return dict(model_type=model_type, step=network.step, path=os.path.abspath(cfg.hf.path))

@@ -26,16 +26,36 @@ class SafetensorsError(ValueError):
     """A safetensors file or index that cannot be read; the message names it."""
 
 
-def _read_header(path: str) -> tuple[dict, int]:
-    """(header without __metadata__, byte offset where the data starts)."""
+def _read_header(path: str) -> dict:
+    """{tensor: (dtype, shape, begin, end)} with absolute byte offsets, every entry checked against the file."""
+    def damaged(why):
+        return SafetensorsError(f"{path} is not a readable safetensors file ({why}); download or save it again")
+
     try:
+        file_size = os.path.getsize(path)
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= file_size - 8:
+                raise damaged(f"a header of {size} bytes in a file of {file_size}")
             header = json.loads(f.read(size))
     except (OSError, ValueError) as e:
-        raise SafetensorsError(f"{path} is not a readable safetensors file ({e})") from e
+        raise damaged(e) from e
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
     header.pop("__metadata__", None)
-    return header, 8 + size
+    out = {}
+    for name, info in header.items():
+        if isinstance(info, dict) and info.get("dtype") not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {info.get('dtype')}, which gptjax cannot read")
+        try:
+            dtype, shape, (begin, end) = DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise damaged(f"tensor {name!r} has no readable dtype, shape and data_offsets") from e
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if end - begin != nbytes or begin < 0 or 8 + size + end > file_size:
+            raise damaged(f"tensor {name!r} spans bytes {begin}..{end}, which do not hold its shape {shape} in the file")
+        out[name] = (dtype, shape, 8 + size + begin, 8 + size + end)
+    return out
 
 
 class TensorFiles:
@@ -45,9 +65,12 @@ class TensorFiles:
     def __init__(self, directory: str):
         index_path, single_path = os.path.join(directory, INDEX_FILE), os.path.join(directory, SINGLE_FILE)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f).get("weight_map") or {}
-            files = sorted(set(weight_map.values()))
+            try:
+                with open(index_path) as f:
+                    weight_map = json.load(f)["weight_map"]
+                files = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise SafetensorsError(f"{index_path} has no readable weight_map ({e}); save the model again") from e
         elif os.path.isfile(single_path):
             files = [SINGLE_FILE]
         else:
@@ -58,19 +81,11 @@ class TensorFiles:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise SafetensorsError(f"{index_path} names {name}, which is not in {directory}")
-            header, data_start = _read_header(path)
-            for tensor, info in header.items():
-                if info["dtype"] not in DTYPES:
-                    raise SafetensorsError(f"{path}: tensor {tensor} has dtype {info['dtype']}, which gptjax cannot read")
-                begin, end = info["data_offsets"]
-                self._where[tensor] = (path, DTYPES[info["dtype"]], tuple(info["shape"]), data_start + begin,
-                                       data_start + end)
+            for tensor, (dtype, shape, begin, end) in _read_header(path).items():
+                self._where[tensor] = (path, dtype, shape, begin, end)
 
     def names(self) -> set[str]:
         return set(self._where)
-
-    def shape(self, name: str) -> tuple:
-        return self._where[name][2]
 
     def get(self, name: str) -> np.ndarray:
         """The tensor, memory-mapped (read lazily, never written)."""
@@ -78,6 +93,11 @@ class TensorFiles:
         if end == begin:
             return np.zeros(shape, dtype)
         return np.memmap(path, dtype=dtype, mode="r", offset=begin, shape=shape)
+
+
+def holds_checkpoint(directory: str) -> bool:
+    """Whether `directory` already holds safetensors weights (a new export must not mix with them)."""
+    return os.path.isdir(directory) and any(n.endswith(".safetensors") or n == INDEX_FILE for n in os.listdir(directory))
 
 
 def write_tensors(directory: str, tensors: dict, shard_bytes: int = SHARD_BYTES) -> None:

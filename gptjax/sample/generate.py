@@ -242,7 +242,8 @@ def generate(model_cfg, params, prompts, *, max_new_tokens: int, strategy: Strat
 
     strategy: greedy / temperature / top-k / top-p / min-p (strategies.py). seed: an int (split into one
     key per prompt) or one typed key per prompt, which makes each prompt's sample independent of the
-    batch it is in; the same seed gives the same output. stop_tokens: ids that end a row (default: EOS).
+    batch it is in; the same seed gives the same output. stop_tokens: ids that end a row (default: the
+    tokenizer's stop ids, or EOS).
     stop_strings: end a row at the first of these in the decoded text (needs `tokenizer`, checked after
     decoding). automaton: constrained decoding, an object with device arrays `next_state_ZxV` (int32,
     -1 = token not allowed in that state), `is_final_Z` (bool) and an int `start_state`; EOS is allowed

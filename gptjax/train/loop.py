@@ -250,7 +250,7 @@ def pretraining_task(cfg, mesh, members: Members, data: DataStreams,
         results = validation_losses(eval_step, state["params"], data, members.size, data_sharding)
         if downstream is not None:
             for k, result in enumerate(results):
-                params = state["params"] if members.size == 1 else jax.tree.map(lambda x: x[k], state["params"])
+                params = jax.tree.map(lambda x: x[k], state["params"]) if members.stacked else state["params"]
                 result.update(downstream(params, cfg.model, mesh))
         return results
 
