@@ -22,7 +22,7 @@ from gptjax.align.losses import dpo_loss, token_logprobs
 from gptjax.align.reward import (group_arrays, preference_batch, preference_file, preference_groups,
                                  preference_shardings, preference_texts)
 from gptjax.align.stage import (bucket, check_same_vocabulary, full_batches, stage_identity, start_tokenizer,
-                                starting_network, supervised_stage)
+                                starting_network, supervised_stage, with_adapters)
 from gptjax.parallel.mesh import batch_sharding, to_device, to_host
 from gptjax.model.build import model_graphdef
 from gptjax.train.loop import run_in_mesh
@@ -95,7 +95,7 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
     path = preference_file(cfg, workdir)
     tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path, cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
-    model_cfg = start.model_cfg
+    model_cfg, init = with_adapters(cfg, start.model_cfg, start.params, mesh, rules)
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
     M = max(len(g.responses) for g in train_set + val_set)
     P = M * (M - 1) // 2
@@ -112,7 +112,7 @@ def _dpo(cfg, workdir: str, mesh) -> dict:
 
     batch_shardings = dict(preference_shardings(mesh, rules), ref_logp_R=batch_sharding(mesh, rules, 1))
     result = supervised_stage(
-        cfg, workdir, mesh, "dpo", model_cfg, tokenizer, start.params,
+        cfg, workdir, mesh, "dpo", model_cfg, tokenizer, init,
         loss_fn=functools.partial(dpo_batch_loss, graphdef=model_graphdef(model_cfg, rules), beta=o.beta, kind=o.loss,
                                   label_smoothing=o.label_smoothing),
         to_batch=to_batch, batch_shardings=batch_shardings, train_set=list(zip(train_set, train_ref)),

@@ -23,7 +23,7 @@ from flax import nnx
 from gptjax.align import data as align_data
 from gptjax.align.losses import pairwise_loss
 from gptjax.align.stage import (AlignError, bucket, full_batches, stage_identity, start_tokenizer,
-                                starting_network, supervised_stage, with_scalar_head)
+                                starting_network, supervised_stage, with_adapters, with_scalar_head)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import BOS_ID, PAD_ID, pad_rows
 from gptjax.parallel.mesh import batch_sharding, to_device, to_host
@@ -145,6 +145,7 @@ def _reward(cfg, workdir: str, mesh) -> dict:
     tokenizer = start_tokenizer(cfg, workdir, lambda: preference_texts(path, cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
     model_cfg, init = with_scalar_head(start, jax.random.key(cfg.seed + 1), mesh, rules)
+    model_cfg, init = with_adapters(cfg, model_cfg, init, mesh, rules)
     train_set, val_set = preference_groups(path, cfg, tokenizer, model_cfg.max_len)
     M = max(len(g.responses) for g in train_set + val_set)
     P = M * (M - 1) // 2

@@ -16,7 +16,8 @@ from flax import nnx
 
 from gptjax.align import data as align_data
 from gptjax.align.chat import render
-from gptjax.align.stage import bucket, stage_identity, start_tokenizer, starting_network, supervised_stage
+from gptjax.align.stage import (bucket, stage_identity, start_tokenizer, starting_network, supervised_stage,
+                                with_adapters)
 from gptjax.align.tasks import get_task
 from gptjax.data.tokenizer import PAD_ID, pad_rows
 from gptjax.parallel.mesh import batch_sharding
@@ -109,12 +110,12 @@ def _sft(cfg, workdir: str, mesh) -> dict:
     rules = tuple(cfg.parallel.rules)
     tokenizer = start_tokenizer(cfg, workdir, lambda: training_texts(cfg))
     start = starting_network(cfg, tokenizer, mesh, rules)
-    model_cfg = start.model_cfg
+    model_cfg, init = with_adapters(cfg, start.model_cfg, start.params, mesh, rules)
     train_set, val_set = load_conversations(cfg, tokenizer, model_cfg.max_len)
     length = bucket(max(len(r.tokens) for r in train_set + val_set), model_cfg.max_len)
     rows = batch_sharding(mesh, rules)
     result = supervised_stage(
-        cfg, workdir, mesh, "sft", model_cfg, tokenizer, start.params,
+        cfg, workdir, mesh, "sft", model_cfg, tokenizer, init,
         loss_fn=functools.partial(sft_loss, graphdef=model_graphdef(model_cfg, rules)),
         to_batch=functools.partial(sft_batch, length=length), batch_shardings=dict(tokens_BxL=rows, mask_BxL=rows),
         train_set=train_set, val_set=val_set, identity=stage_identity(cfg, examples=len(train_set)),

@@ -18,9 +18,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from gptjax.align import lora as align_lora
 from gptjax.align.data import SPLIT_RULE
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
+from gptjax.model import lora
 from gptjax.model.build import init_params
+from gptjax.model.quantize import quantize_params
 from gptjax.parallel.mesh import replicated, to_device, to_host
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import Task, fit, json_config
@@ -90,6 +93,19 @@ def with_scalar_head(trained: Network, key, mesh, rules) -> tuple[ml_collections
     return model_cfg, {**trained.params, "scalar_head": head}
 
 
+def with_adapters(cfg, model_cfg, params, mesh, rules) -> tuple[ml_collections.ConfigDict, dict]:
+    """(model config, params) with align.lora_* adapters added (fresh: the network is unchanged at step 0);
+    as they are when align.lora_rank is 0."""
+    if not cfg.align.lora_rank:
+        return model_cfg, params
+    lora_cfg = align_lora.lora_model_cfg(cfg.align, model_cfg)
+    if cfg.align.quantize_base == "int8":  # QLoRA-style: the frozen kernels int8, the adapters float
+        lora_cfg.kernel_quant = "int8"
+        base_cfg = ml_collections.ConfigDict({**model_cfg.to_dict(), "kernel_quant": "int8"})
+        params = jax.jit(quantize_params, out_shardings=params_shardings(base_cfg, mesh, rules))(params)
+    return lora_cfg, lora.combine(params, align_lora.fresh_adapters(lora_cfg, jax.random.key(cfg.seed + 2), mesh, rules))
+
+
 @dataclasses.dataclass
 class Optimizer:
     """optax optimizer of a stage with the shardings of its state."""
@@ -101,8 +117,15 @@ class Optimizer:
 
 def stage_optimizer(cfg, model_cfg, mesh, rules, updates_per_step: int = 1) -> Optimizer:
     """The stage's optimizer; its schedule spans train.steps * updates_per_step updates (RL makes
-    rl.epochs * rl.minibatches per step)."""
+    rl.epochs * rl.minibatches per step). Under LoRA it holds state for the trainable leaves only."""
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step, model_cfg)
+    if model_cfg.get("lora_rank", 0):
+        trainable = lora.split(params_shardings(model_cfg, mesh, rules))[0]
+        abstract = jax.eval_shape(lambda: tx.init(lora.split(init_params(model_cfg, jax.random.key(0)))[0]))
+        structure = jax.tree.structure(trainable)
+        shardings = jax.tree.map(lambda x: trainable if jax.tree.structure(x) == structure else replicated(mesh),
+                                 abstract, is_leaf=lambda x: jax.tree.structure(x) == structure)
+        return Optimizer(tx, schedule, shardings)
     abstract = jax.eval_shape(lambda: tx.init(init_params(model_cfg, jax.random.key(0))))
     shardings = state_shardings(model_cfg, mesh, rules, {"opt_state": abstract})["opt_state"]
     return Optimizer(tx, schedule, shardings)
@@ -187,6 +210,8 @@ def run_stage(cfg, workdir: str, name: str, model_cfg, tokenizer: Tokenizer, *, 
 
     def save(checkpointer: Checkpointer, s: int, items: dict) -> None:
         extra = extra_meta(items) if extra_meta else {}
+        if model_cfg.get("lora_rank", 0):  # the frozen base is read from there (train/network.py)
+            extra["lora_base"] = os.path.abspath(cfg.align.init_from)
         checkpointer.save_items(s, items, dict(stage=name, step=s, config=json_config(cfg), model=model_cfg.to_dict(),
                                                tokenizer_hash=tokenizer.hash, identity=identity,
                                                optimizer_identity=optimizer, **extra))
@@ -230,30 +255,45 @@ def supervised_stage(cfg, workdir: str, mesh, name: str, model_cfg, tokenizer: T
     examples come from `epoch_batch`; eval covers `val_set` once."""
     rules, B = tuple(cfg.parallel.rules), cfg.align.batch_size
     opt = stage_optimizer(cfg, model_cfg, mesh, rules)
-    item_shardings = dict(params=params_shardings(model_cfg, mesh, rules),
-                          train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
-    update = jax.jit(make_update_step(loss_fn, opt.tx, opt.schedule, count_name),
-                     in_shardings=(item_shardings, batch_shardings), out_shardings=(item_shardings, None),
-                     donate_argnums=0, compiler_options=training_compiler_options(mesh))
-    eval_fn = jax.jit(loss_fn)
+    shardings = params_shardings(model_cfg, mesh, rules)
+    # LoRA: the items train the adapters (and a reward model's head); the frozen rest is an argument of each
+    # jitted call, never copied into the items or checkpointed. Without LoRA `frozen` is empty.
+    trained, frozen_shardings = lora.split(shardings) if model_cfg.get("lora_rank", 0) else (shardings, {})
+    trained_init, frozen = lora.split(init) if model_cfg.get("lora_rank", 0) else (init, {})
+    item_shardings = dict(params=trained, train=dict(opt_state=opt.shardings, opt_state_step=replicated(mesh)))
+
+    def full_loss(frozen):
+        return lambda params, batch: loss_fn(lora.combine(frozen, params), batch)
+
+    update = jax.jit(lambda items, batch, frozen: make_update_step(full_loss(frozen), opt.tx, opt.schedule,
+                                                                   count_name)(items, batch),
+                     in_shardings=(item_shardings, batch_shardings, frozen_shardings),
+                     out_shardings=(item_shardings, None), donate_argnums=0,
+                     compiler_options=training_compiler_options(mesh))
+    eval_fn = jax.jit(lambda params, batch, frozen: full_loss(frozen)(params, batch))
 
     def fresh():
-        return dict(params=init, train=dict(opt_state=init_opt_state(opt, init), opt_state_step=jnp.zeros((), jnp.int32)))
+        return dict(params=trained_init, train=dict(opt_state=init_opt_state(opt, trained_init),
+                                                    opt_state_step=jnp.zeros((), jnp.int32)))
 
     def step(items, s):
         examples = [train_set[i] for i in epoch_batch(len(train_set), B, cfg.seed, s)]
-        return update(items, to_device(to_batch(examples, B), batch_shardings))
+        return update(items, to_device(to_batch(examples, B), batch_shardings), frozen)
 
     def evaluate(items) -> dict:
         sums, total = {}, 0.0
         for chunk, n in full_batches(val_set, B):
-            loss, (metrics, weight) = to_host(eval_fn(items["params"], to_device(to_batch(chunk, n), batch_shardings)))
+            loss, (metrics, weight) = to_host(eval_fn(items["params"], to_device(to_batch(chunk, n), batch_shardings),
+                                                      frozen))
             weight = float(weight)
             for key, value in dict(metrics, loss=loss).items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
             total += weight
         return {key: value / max(total, 1e-12) for key, value in sums.items()}
 
+    def meta_of(items) -> dict:  # extra_meta sees the whole network, also under LoRA
+        return extra_meta(dict(items, params=lora.combine(frozen, items["params"])))
+
     return run_stage(cfg, workdir, name, model_cfg, tokenizer, fresh=fresh,
                      abstract=placed(jax.eval_shape(fresh), item_shardings), step=step, evaluate=evaluate,
-                     identity=identity, extra_meta=extra_meta)
+                     identity=identity, extra_meta=meta_of if extra_meta else None)

@@ -9,6 +9,7 @@ import os
 import ml_collections
 
 from gptjax.config.base import fail
+from gptjax.config.model import LORA_TARGETS
 
 KL_ESTIMATORS = ("k1", "k2", "k3")  # align/losses.py kl_penalty
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "max_len")  # align/losses.py aggregate
@@ -34,6 +35,12 @@ def align_defaults() -> ml_collections.ConfigDict:
             reference="",  # ppo/grpo/rloo/dpo: frozen reference workdir; "" = align.init_from
             normalize_reward=True,  # reward: shift the score so its mean on the SFT (chosen) responses is 0
             output="",  # label: the preference JSONL written; "" = WORKDIR/preferences.jsonl
+            # LoRA (sft, reward, dpo): train rank-r adapters on these projections of the init_from network, which stays
+            # frozen and is not checkpointed again (gptjax/align/lora.py); 0 = train every weight
+            lora_rank=0,
+            lora_alpha=16.0,
+            lora_targets="query,key,value,out,gate,up,down",
+            quantize_base="none",  # "int8": the frozen base's kernels int8 under the adapters (QLoRA-style)
             judge="gold",  # label: gold (the task's programmatic reward) | reward_model | self (constitution prompt)
             constitution="Is the reply kind and varied? Answer yes or no.",  # label, judge=self: the question asked
             samples_per_prompt=2,  # label: completions sampled per prompt and compared
@@ -94,6 +101,23 @@ def validate(cfg, batch_shards: int) -> None:
     if a.data and not os.path.isfile(a.data):
         fail("align.data", a.data, "does not exist; give a JSONL file (see README, Post-training) or leave it empty "
               "to use align.task")
+    if a.lora_rank < 0:
+        fail("align.lora_rank", a.lora_rank, "must be >= 0 (0 = train every weight)")
+    if a.quantize_base != "none" and not a.lora_rank:
+        fail("align.quantize_base", a.quantize_base, "quantizes the frozen base under LoRA adapters; set align.lora_rank")
+    if a.lora_rank:
+        if cfg.mode not in ("sft", "reward", "dpo"):
+            fail("align.lora_rank", a.lora_rank, f"LoRA is supported for sft, reward and dpo; mode={cfg.mode} trains "
+                 "every weight (set align.lora_rank=0)")
+        if not a.init_from:
+            fail("align.lora_rank", a.lora_rank, "adapts a trained network: set align.init_from")
+        targets = [t.strip() for t in a.lora_targets.split(",") if t.strip()]
+        if not targets or set(targets) - set(LORA_TARGETS):
+            fail("align.lora_targets", a.lora_targets, f"must name some of {', '.join(LORA_TARGETS)}")
+        if a.quantize_base not in ("none", "int8"):
+            fail("align.quantize_base", a.quantize_base, "must be none or int8")
+        if not a.lora_alpha > 0:
+            fail("align.lora_alpha", a.lora_alpha, "must be > 0 (the adapter's output is scaled by alpha / rank)")
     for key in ("init_from", "reward_model", "reference"):
         if a[key] and not os.path.isdir(a[key]):
             fail(f"align.{key}", a[key], "is not a directory; give the workdir of an earlier run")

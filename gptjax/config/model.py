@@ -12,6 +12,7 @@ NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
 ROPE_SCALINGS = ("none", "linear", "llama3")  # model/layers.py rope_inv_freq
 KERNEL_QUANTS = ("none", "int8")  # model/layers.py Dense
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")  # the Dense layers a LoRA adapter can sit on
 DTYPES = ("float32", "bfloat16")
 ATTENTION_KERNELS = ("auto", "blocked", "einsum", "xla", "cudnn")  # model/attention.py choose_attention_kernel
 
@@ -67,6 +68,10 @@ def defaults() -> ml_collections.ConfigDict:
             # "int8": dense kernels stored as int8 with a per-column scale; set by sample.quantize on a trained
             # network (gptjax/sample/quantize.py), not for training
             kernel_quant="none",
+            # LoRA adapters (set by a post-training stage from align.lora_*: gptjax/align/lora.py), 0 = none
+            lora_rank=0,
+            lora_alpha=16.0,
+            lora_targets="query,key,value,out,gate,up,down",
         )
     )
 

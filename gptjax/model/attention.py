@@ -91,10 +91,10 @@ class Attention(nnx.Module):
         D, NH, KH = cfg.d_model, cfg.n_heads * self.head_dim, cfg.n_kv_heads * self.head_dim
         dense = dict(cfg=cfg, rngs=rngs)
         qkv_bias = cfg.use_bias or cfg.get("qkv_bias", False)
-        self.query = Dense(D, NH, ("embed", "heads"), std=std, use_bias=qkv_bias, **dense)
-        self.key = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, **dense)
-        self.value = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, **dense)
-        self.out = Dense(NH, D, ("heads", "embed"), std=resid_std, use_bias=cfg.use_bias, **dense)
+        self.query = Dense(D, NH, ("embed", "heads"), std=std, use_bias=qkv_bias, name="query", **dense)
+        self.key = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, name="key", **dense)
+        self.value = Dense(D, KH, ("embed", "kv_heads"), std=std, use_bias=qkv_bias, name="value", **dense)
+        self.out = Dense(NH, D, ("heads", "embed"), std=resid_std, use_bias=cfg.use_bias, name="out", **dense)
         if cfg.qk_norm:
             self.query_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))
             self.key_norm = make_norm(self.head_dim, cfg, rngs, names=("head_dim",))

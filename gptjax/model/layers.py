@@ -24,12 +24,16 @@ class Dense(nnx.Linear):
     2-D arrays (an MLP's forward + backward: 79 ms vs 29 ms on 2 cores); the reshape costs nothing on
     TPU/GPU. `std=0` initialises the kernel to exact zeros (μP's zero readout).
 
+    With `model.lora_rank` = r > 0 and its `name` among `model.lora_targets` it carries a LoRA adapter (Hu et al.
+    2021): y = x W + (x A) B * lora_alpha / r, A [in, r] Gaussian, B [r, out] zero, so the adapted layer starts
+    equal to W's. Post-training trains only A and B (gptjax/align/lora.py).
+
     With `model.kernel_quant="int8"` (weight-only quantization for sampling: gptjax/sample/quantize.py fills
     it) the kernel is int8 with a float32 scale per output column, `kernel_scale`; since that scale commutes
     with the matmul, y = (x @ int8 kernel) * scale, and no float copy of the kernel is kept between calls.
     """
 
-    def __init__(self, d_in, d_out, names, *, std, use_bias, cfg, rngs):
+    def __init__(self, d_in, d_out, names, *, std, use_bias, cfg, rngs, name: str = ""):
         super().__init__(
             d_in,
             d_out,
@@ -41,12 +45,25 @@ class Dense(nnx.Linear):
             rngs=rngs,
         )
 
-        self.int8 = cfg.get("kernel_quant", "none") == "int8"
+        rank = cfg.get("lora_rank", 0)
+        self.lora_scale = cfg.get("lora_alpha", 0.0) / rank if rank and name in lora_targets(cfg) else 0.0
+        if self.lora_scale:
+            self.lora_a = nnx.Param(partitioned(nnx.initializers.normal(d_in**-0.5), (names[0], None))(
+                rngs.params(), (d_in, rank), DTYPES[cfg.param_dtype]))
+            self.lora_b = nnx.Param(partitioned(nnx.initializers.zeros_init(), (None, names[1]))(
+                rngs.params(), (rank, d_out), DTYPES[cfg.param_dtype]))
+        # the projections and an untied LM head; a scalar head (unnamed) stays float, as it trains under LoRA
+        self.int8 = cfg.get("kernel_quant", "none") == "int8" and bool(name)
         if self.int8:
             self.kernel = nnx.Param(partitioned(nnx.initializers.zeros_init(), names)(rngs.params(), (d_in, d_out),
                                                                                       jnp.int8))
             self.kernel_scale = nnx.Param(partitioned(nnx.initializers.ones_init(), names[1:])(
                 rngs.params(), (d_out,), jnp.float32))
+
+    def dequantized_kernel(self):
+        """The kernel in the compute dtype (an int8 one times its scales), for the LM head's direct reads."""
+        kernel = self.kernel[...].astype(self.dtype)
+        return kernel * self.kernel_scale[...].astype(self.dtype) if self.int8 else kernel
 
     def __call__(self, x_ND):
         x_2d = x_ND.reshape(-1, x_ND.shape[-1])
@@ -58,7 +75,15 @@ class Dense(nnx.Linear):
             y_2d = y_2d.astype(self.dtype)
         else:
             y_2d = super().__call__(x_2d)
+        if self.lora_scale:
+            x_RxI = x_2d.astype(self.dtype)
+            y_2d = y_2d + (x_RxI @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype) * self.lora_scale
         return y_2d.reshape(*x_ND.shape[:-1], y_2d.shape[-1])
+
+
+def lora_targets(cfg) -> tuple[str, ...]:
+    """The Dense names `model.lora_targets` (comma-separated) puts adapters on."""
+    return tuple(t.strip() for t in cfg.get("lora_targets", "").split(",") if t.strip())
 
 
 def head_dim(cfg) -> int:
@@ -88,10 +113,12 @@ class MLP(nnx.Module):
     def __init__(self, cfg, rngs, std, resid_std):
         bias = cfg.use_bias
         self.activation = cfg.activation
-        self.up = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=std, use_bias=bias, cfg=cfg, rngs=rngs)
+        self.up = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=std, use_bias=bias, cfg=cfg, rngs=rngs, name="up")
         if cfg.activation == "swiglu":
-            self.gate = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=std, use_bias=bias, cfg=cfg, rngs=rngs)
-        self.down = Dense(cfg.d_ff, cfg.d_model, ("mlp", "embed"), std=resid_std, use_bias=bias, cfg=cfg, rngs=rngs)
+            self.gate = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), std=std, use_bias=bias, cfg=cfg, rngs=rngs,
+                              name="gate")
+        self.down = Dense(cfg.d_ff, cfg.d_model, ("mlp", "embed"), std=resid_std, use_bias=bias, cfg=cfg, rngs=rngs,
+                          name="down")
 
     def __call__(self, x_BxTxD):
         gate_BxTxF = self.gate(x_BxTxD) if self.activation == "swiglu" else None

@@ -34,8 +34,10 @@ def param_kind(path) -> str:
     """HIDDEN | EMBEDDING | READOUT | VECTOR for the parameter at key path `path` of a Transformer's
     params (as `jax.tree_util.tree_map_with_path` gives it)."""
     names = path_names(path)
-    if names[-1] in ("scale", "bias"):
+    if names[-1] in ("scale", "bias", "kernel_scale"):
         return VECTOR
+    if names[0] == "blocks" and names[-1] in ("lora_a", "lora_b"):  # adapters: matrices of the blocks
+        return HIDDEN
     if names[0] in _EMBEDDINGS and names[-1] == "embedding":
         return EMBEDDING
     if names[0] in _READOUTS and names[-1] == "kernel":

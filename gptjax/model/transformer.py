@@ -123,7 +123,7 @@ class Transformer(nnx.Module):
         self.final_norm = make_norm(cfg.d_model, cfg, rngs) if cfg.norm_position == "pre" else None
         dense = dict(use_bias=False, cfg=cfg, rngs=rngs)
         self.lm_head = None if cfg.tie_embeddings else Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"),
-                                                             std=readout_init_std(cfg), **dense)
+                                                             std=readout_init_std(cfg), name="lm_head", **dense)
         self.scalar_head = (Dense(cfg.d_model, 1, ("embed", "scalar"), std=cfg.init_std, **dense)
                             if cfg.scalar_head else None)
 
@@ -169,7 +169,7 @@ class Transformer(nnx.Module):
         """The LM head's matrix in the compute dtype: the token embedding's transpose when tied (the
         training loss applies it to `readout_input` through model/fused_cross_entropy.py)."""
         if self.lm_head is not None:
-            return self.lm_head.kernel[...].astype(self.compute_dtype)
+            return self.lm_head.dequantized_kernel()
         return self.token_embed.embedding[...].astype(self.compute_dtype).T
 
     def __call__(self, tokens_BxT, positions_BxT=None, dropout_key=None):

@@ -7,7 +7,9 @@ the params under Adam, is never read) straight onto their shardings, fills the m
 since the run was written with their defaults, and loads the tokenizer the run was trained with.
 
 Two checkpoint layouts exist: pretraining's (`state` item: params inside the train state; `meta` with
-the full config) and post-training's (`params` item; `meta` with "stage" and "model").
+the full config) and post-training's (`params` item; `meta` with "stage" and "model"). A LoRA stage's `params`
+hold only its adapters (and a reward model's head): its network is its base's (`meta["lora_base"]`) with them
+merged in.
 """
 
 import dataclasses
@@ -16,6 +18,8 @@ import os
 import ml_collections
 
 from gptjax.data.tokenizer import Tokenizer, TokenizerError
+from gptjax.model import lora
+from gptjax.model.quantize import quantization_rounded
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, model_with_defaults
 from gptjax.train.state import abstract_params
 
@@ -56,6 +60,18 @@ def saved_model_config(meta: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(model_with_defaults(saved))
 
 
+def _with_base(meta: dict, model_cfg, trained: dict, mesh, rules, what: str):
+    """(plain model config, params) of a LoRA checkpoint: its base network with the adapters merged in."""
+    base_dir = meta.get("lora_base", "")
+    if not os.path.isdir(os.path.join(base_dir, "checkpoints")):
+        raise CheckpointError(f"{what}: a LoRA checkpoint whose base network {base_dir!r} (the align.init_from it "
+                              "adapted) is gone; restore that workdir")
+    base = load_network(base_dir, mesh, rules, what=f"{what}'s LoRA base", need_tokenizer=False)
+    # under an int8 base (align.quantize_base) the adapters were trained against the rounded kernels
+    frozen = quantization_rounded(base.params) if model_cfg.get("kernel_quant", "none") == "int8" else base.params
+    return lora.merged(model_cfg, lora.combine(frozen, trained))
+
+
 def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tokenizer: bool = True,
                  step: int | None = None) -> Network:
     """The newest readable checkpoint's network in `workdir` (params only, placed by `rules` on `mesh`), or
@@ -72,6 +88,9 @@ def load_network(workdir: str, mesh, rules, *, what: str = "--workdir", need_tok
         meta = checkpointer.restore_meta(step)
         model_cfg = saved_model_config(meta)
         target = abstract_params(model_cfg, mesh, rules)
+        if model_cfg.lora_rank:  # a LoRA stage saved its trainable leaves; the frozen rest is its base's
+            trained = checkpointer.restore_items(step, {"params": lora.split(target)[0]})["params"]
+            return (*_with_base(meta, model_cfg, trained, mesh, rules, what), meta)
         if "stage" in meta:
             params = checkpointer.restore_items(step, {"params": target})["params"]
         else:
