@@ -94,12 +94,14 @@ def check_post_training(nb, text):
 def check_bring_your_own_model(nb, text):
     assert re.search(r"imported a qwen2 of [\d,]+ parameters; chat template: True", text)
     scores = {label: (float(v), float(se)) for label, v, se in re.findall(
-        rf"(imported|after SFT|after GRPO): arithmetic_chat exact match {NUMBER} ± {NUMBER} on 60 problems", text)}
-    assert set(scores) == {"imported", "after SFT", "after GRPO"}, scores
+        rf"(imported|after SFT|after LoRA-DPO): arithmetic_chat exact match {NUMBER} ± {NUMBER} on 60 problems", text)}
+    assert set(scores) == {"imported", "after SFT", "after LoRA-DPO"}, scores
     assert scores["imported"][0] < 0.1 < 0.5 < scores["after SFT"][0]  # random weights know no sums; SFT teaches them
-    assert re.search(r"GRPO - SFT: [-+][\d.]+ ± [\d.]+ \(95%\): (a real change|no real change)", text)
+    [(accuracy, _)] = numbers(rf"LoRA-DPO, \d+ steps: held-out preference accuracy {NUMBER}, margin {NUMBER}", text)
+    assert 0 <= accuracy <= 1
+    assert re.search(r"DPO - SFT: [-+][\d.]+ ± [\d.]+ \(95%\): (a real change|no real change)", text)
     [(diff,)] = numbers(rf"max \|logit difference\| gptjax vs transformers: {NUMBER}", text)
-    assert diff < 1e-4 and "exported as qwen2" in text  # the export is the same function in transformers
+    assert diff < 1e-4 and "exported as qwen2" in text  # the merged export is the same function in transformers
     assert re.search(r"transformers answers 'What is 12\+7\?' with: '.*'", text)
 
 
