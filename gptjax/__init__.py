@@ -12,5 +12,6 @@ thing across the package (tests/test_shape_letters.py keeps to this list):
   W  beams          G  completions per prompt (an RL group)
   M  members of a set (a group's responses, a sweep group's members, documents)
   P  preference pairs                      Z  states of an automaton or a Markov chain
+  I  a dense layer's input features         O  its output features (a kernel is IxO)
   1  a size-1 axis                         2  a pair (winner, loser)
 """

@@ -211,10 +211,10 @@ def test_a_crashing_or_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_pat
 
     original = vectorized.train_group
 
-    def crash_one(tcfg, members, directory):
+    def crash_one(tcfg, members, directory, downstream=None):
         if os.path.basename(directory) == crash_id:
             raise RuntimeError("simulated out-of-memory")
-        return original(tcfg, members, directory)
+        return original(tcfg, members, directory, downstream)
 
     monkeypatch.setattr(vectorized, "train_group", crash_one)
     summary = sweep_lib.run_sweep(cfg, workdir)
@@ -228,9 +228,9 @@ def test_a_crashing_or_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_pat
     # The rerun retries the crashed trial only (diverged ones are final).
     retrained = []
 
-    def count_calls(tcfg, members, directory):
+    def count_calls(tcfg, members, directory, downstream=None):
         retrained.append(os.path.basename(directory))
-        return original(tcfg, members, directory)
+        return original(tcfg, members, directory, downstream)
 
     monkeypatch.setattr(vectorized, "train_group", count_calls)
     sweep_lib.run_sweep(cfg, workdir)
