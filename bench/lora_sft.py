@@ -24,12 +24,9 @@ from gptjax.config import default_config
 from gptjax.model import lora
 from gptjax.model.build import init_params, model_graphdef
 from gptjax.parallel.mesh import make_mesh
+from gptjax.sample.quantize import params_bytes
 from gptjax.train.optim import make_optimizer
 from timing import timed
-
-
-def nbytes(tree) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def main():
@@ -69,7 +66,7 @@ def main():
         memory[name] = dict(step_mb=round((analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                                            + analysis.temp_size_in_bytes) / 2**20, 1),
                             temp_mb=round(analysis.temp_size_in_bytes / 2**20, 1),
-                            optimizer_state_mb=round(nbytes(items["train"]["opt_state"]) / 2**20, 1))
+                            optimizer_state_mb=round(params_bytes(items["train"]["opt_state"]) / 2**20, 1))
         sides[name][1], _ = step(items, batch, *extra)  # warm-up (compiles)
     times = {name: [] for name in sides}
     for _ in range(args.steps):

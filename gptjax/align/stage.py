@@ -23,14 +23,14 @@ from gptjax.align.data import SPLIT_RULE
 from gptjax.data.tokenizer import Tokenizer, train_tokenizer
 from gptjax.model import lora
 from gptjax.model.build import init_params
-from gptjax.model.quantize import quantize_params
 from gptjax.parallel.mesh import replicated, to_device, to_host
+from gptjax.sample.quantize import quantize_int8
 from gptjax.train.checkpoint import CheckpointError, Checkpointer, check_optimizer, optimizer_identity
 from gptjax.train.loop import Task, fit, json_config
 from gptjax.train.members import Members
 from gptjax.train.network import Network, load_network, workdir_tokenizer
 from gptjax.train.optim import make_optimizer
-from gptjax.train.state import params_shardings, placed, state_shardings
+from gptjax.train.state import opt_state_shardings, params_shardings, placed, state_shardings
 from gptjax.train.xla_options import training_compiler_options
 
 
@@ -101,8 +101,7 @@ def with_adapters(cfg, model_cfg, params, mesh, rules) -> tuple[ml_collections.C
     lora_cfg = align_lora.lora_model_cfg(cfg.align, model_cfg)
     if cfg.align.quantize_base == "int8":  # QLoRA-style: the frozen kernels int8, the adapters float
         lora_cfg.kernel_quant = "int8"
-        base_cfg = ml_collections.ConfigDict({**model_cfg.to_dict(), "kernel_quant": "int8"})
-        params = jax.jit(quantize_params, out_shardings=params_shardings(base_cfg, mesh, rules))(params)
+        params = quantize_int8(model_cfg, params, mesh, rules)[1]
     return lora_cfg, lora.combine(params, align_lora.fresh_adapters(lora_cfg, jax.random.key(cfg.seed + 2), mesh, rules))
 
 
@@ -122,10 +121,7 @@ def stage_optimizer(cfg, model_cfg, mesh, rules, updates_per_step: int = 1) -> O
     if model_cfg.get("lora_rank", 0):
         trainable = lora.split(params_shardings(model_cfg, mesh, rules))[0]
         abstract = jax.eval_shape(lambda: tx.init(lora.split(init_params(model_cfg, jax.random.key(0)))[0]))
-        structure = jax.tree.structure(trainable)
-        shardings = jax.tree.map(lambda x: trainable if jax.tree.structure(x) == structure else replicated(mesh),
-                                 abstract, is_leaf=lambda x: jax.tree.structure(x) == structure)
-        return Optimizer(tx, schedule, shardings)
+        return Optimizer(tx, schedule, opt_state_shardings(trainable, abstract, mesh))
     abstract = jax.eval_shape(lambda: tx.init(init_params(model_cfg, jax.random.key(0))))
     shardings = state_shardings(model_cfg, mesh, rules, {"opt_state": abstract})["opt_state"]
     return Optimizer(tx, schedule, shardings)

@@ -71,10 +71,11 @@ def task_manager(evaluate_cfg):
     return manager
 
 
-def run_tasks(network: Network, mesh, rules, evaluate_cfg) -> dict:
-    """Scores `network` on evaluate_cfg's tasks: {"tasks": summary, "n_samples": {task: documents}, "seconds"}."""
+def run_tasks(network: Network, mesh, rules, evaluate_cfg, manager=None) -> dict:
+    """Scores `network` on evaluate_cfg's tasks: {"tasks": summary, "n_samples": {task: documents}, "seconds"}.
+    `manager`: their `task_manager`, when the caller keeps one (built here otherwise)."""
     lm_eval, _, GptjaxLM = _lm_eval()
-    names, manager = task_names(evaluate_cfg.tasks), task_manager(evaluate_cfg)
+    names, manager = task_names(evaluate_cfg.tasks), manager or task_manager(evaluate_cfg)
     shards = math.prod(mesh.shape[a] for a in rule_axes(rules, "batch"))
     batch = -(-evaluate_cfg.batch_size // shards) * shards  # whole rows per data-parallel device
     lm = GptjaxLM(network, mesh, rules, batch_size=batch, chat=evaluate_cfg.chat)
@@ -102,14 +103,15 @@ def downstream_scorer(cfg, workdir: str):
         return None
     tasks_cfg = cfg.evaluate.copy_and_resolve_references()
     tasks_cfg.tasks = cfg.train.eval_tasks
-    task_manager(tasks_cfg)  # an unknown task or a missing lm-eval fails before training, not at its first evaluation
+    # built once: an unknown task or a missing lm-eval fails before training, not at its first evaluation
+    manager = task_manager(tasks_cfg)
     tokenizers = []
 
     def score(params, model_cfg, mesh) -> dict:
         if not tokenizers:  # written by the data pipeline before the first step
             tokenizers.append(Tokenizer.load(cfg.data.tokenizer) if cfg.data.tokenizer else workdir_tokenizer(workdir))
         network = Network(model_cfg, params, tokenizers[0], 0, {}, workdir)
-        return score_names(run_tasks(network, mesh, tuple(cfg.parallel.rules), tasks_cfg)["tasks"])
+        return score_names(run_tasks(network, mesh, tuple(cfg.parallel.rules), tasks_cfg, manager)["tasks"])
 
     return score
 

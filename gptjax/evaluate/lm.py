@@ -66,13 +66,18 @@ class GptjaxLM(LM):
             return []
         return [self.tokenizer.bos_id]
 
+    @property
+    def prefix_token(self) -> int:
+        """lm-eval's prefix token (what an empty context, or a rolling window's start, conditions on): BOS, else EOS."""
+        bos = self.tokenizer.bos_id
+        return bos if bos is not None else self.tokenizer.eos_id
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, allow_special=True)  # a rendered chat template's markers are specials
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if not context:
-            start = self.prefix or [self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id]
-            return start, self.encode(continuation)
+            return self.prefix or [self.prefix_token], self.encode(continuation)
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -112,11 +117,9 @@ class GptjaxLM(LM):
         """Each document scored whole in disjoint windows of max_len predictions, each with as much context as
         fits (lm-eval's rolling windows), the first token predicted from the prefix token."""
         pairs, owner = [], []
-        bos = self.tokenizer.bos_id
-        first = bos if bos is not None else self.tokenizer.eos_id  # lm-eval's prefix token: BOS, else EOS
         for n, request in enumerate(requests):
             tokens = self.encode(request.args[0])
-            windows = get_rolling_token_windows(token_list=tokens, prefix_token=first, max_seq_len=self.max_len,
+            windows = get_rolling_token_windows(token_list=tokens, prefix_token=self.prefix_token, max_seq_len=self.max_len,
                                                 context_len=1)
             for window in map(make_disjoint_window, windows):
                 pairs.append(window)

@@ -74,7 +74,7 @@ def _read_tensors(files: TensorFiles, model_cfg, model_type: str, directory: str
     used = set()
 
     def take(name):
-        if name not in files.names():
+        if name not in files.names:
             raise InteropError(f"{directory}: the checkpoint lacks the tensor {name!r} that the {model_type} of its "
                                "config.json needs; the weights do not match the config")
         used.add(name)
@@ -83,7 +83,7 @@ def _read_tensors(files: TensorFiles, model_cfg, model_type: str, directory: str
     if model_type == "gpt2":
         def gpt2_take(name):  # stored with the "transformer." prefix or, in older checkpoints, without
             prefixed = hf_gpt2.PREFIX + name
-            return take(prefixed if prefixed in files.names() else name)
+            return take(prefixed if prefixed in files.names else name)
 
         flat = traverse_util.flatten_dict(hf_gpt2.params_from_tensors(gpt2_take, model_cfg))
         ignored = hf_gpt2.IGNORED_SUFFIXES
@@ -93,7 +93,7 @@ def _read_tensors(files: TensorFiles, model_cfg, model_type: str, directory: str
         ignored = hf_llama.IGNORED_SUFFIXES
     if model_cfg.tie_embeddings:
         used.add("lm_head.weight")  # some checkpoints store the tied copy too
-    unexpected = sorted(n for n in files.names() - used if not n.endswith(ignored))
+    unexpected = sorted(n for n in files.names - used if not n.endswith(ignored))
     if unexpected:
         raise InteropError(f"{directory}: tensors the model of its config.json does not use ({unexpected[:4]}); "
                            "the config does not describe these weights")

@@ -83,9 +83,7 @@ class TensorFiles:
                 raise SafetensorsError(f"{index_path} names {name}, which is not in {directory}")
             for tensor, (dtype, shape, begin, end) in _read_header(path).items():
                 self._where[tensor] = (path, dtype, shape, begin, end)
-
-    def names(self) -> set[str]:
-        return set(self._where)
+        self.names = frozenset(self._where)  # every tensor's name
 
     def get(self, name: str) -> np.ndarray:
         """The tensor, memory-mapped (read lazily, never written)."""

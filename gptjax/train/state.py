@@ -28,19 +28,23 @@ def placed(shapes, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
 
-def state_shardings(model_cfg, mesh, rules, abstract_state):
-    """Shardings of the train state: params by their logical axes, Adam moments like their params."""
-    params = params_shardings(model_cfg, mesh, rules)
-    # Adam's moments are subtrees shaped exactly like the params; everything else (counts) is tiny.
+def opt_state_shardings(params, abstract_opt_state, mesh):
+    """Shardings of an optimizer state over params sharded as `params`: Adam's moments (subtrees shaped exactly
+    like the params) like them, everything else (counts) replicated, being tiny."""
     params_def = jax.tree.structure(params)
 
     def is_params_like(x):
         return jax.tree.structure(x) == params_def
 
-    opt_state = jax.tree.map(
-        lambda x: params if is_params_like(x) else replicated(mesh), abstract_state["opt_state"], is_leaf=is_params_like
-    )
-    return dict(params=params, opt_state=opt_state, step=replicated(mesh), rng=replicated(mesh))
+    return jax.tree.map(lambda x: params if is_params_like(x) else replicated(mesh), abstract_opt_state,
+                        is_leaf=is_params_like)
+
+
+def state_shardings(model_cfg, mesh, rules, abstract_state):
+    """Shardings of the train state: params by their logical axes, Adam moments like their params."""
+    params = params_shardings(model_cfg, mesh, rules)
+    return dict(params=params, opt_state=opt_state_shardings(params, abstract_state["opt_state"], mesh),
+                step=replicated(mesh), rng=replicated(mesh))
 
 
 @dataclasses.dataclass(frozen=True)
